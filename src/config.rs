@@ -1,0 +1,427 @@
+//! Configuration: command-line flags and an optional TOML file, parsed and
+//! then validated into [`Config`], a type that cannot hold bad values.
+//!
+//! Every option can be given as a flag or as a key of the same name
+//! (snake_case) in the file named by `--config`; a flag wins over the file,
+//! the file wins over the default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::dns::name::DomainName;
+
+pub const DEFAULT_DNS: &str = "127.0.0.1:8600";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8500";
+pub const DEFAULT_DOMAIN: &str = "consul";
+pub const DEFAULT_DATACENTER: &str = "dc1";
+/// The largest UDP payload signpost sends to an EDNS client: the DNS flag
+/// day 2020 value, which avoids IP fragmentation on common paths.
+pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+
+/// signpost: a DNS server for service discovery.
+///
+/// Answers `web.service.consul` A/AAAA/SRV queries from an in-memory
+/// registry fed by service definitions in `--zones` (and, with later
+/// features, its HTTP API and a Consul agent). Instances whose health checks
+/// are critical are never answered; record order rotates between queries.
+#[derive(Debug, Parser)]
+#[command(name = "signpost", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration file and the zones directory, then exit:
+    /// prints `file:line: reason` and exits 1 on the first problem, exits 0
+    /// when everything loads.
+    Check,
+}
+
+/// The options, each also settable in the TOML file under the same name.
+#[derive(Debug, Args, Default, Clone)]
+pub struct Flags {
+    /// TOML file with any of the options below (snake_case keys); flags win
+    /// over the file.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve DNS on, over UDP and TCP. Repeat the flag to listen
+    /// on several addresses. Port 0 picks a free port (the same one for UDP
+    /// and TCP). [default: 127.0.0.1:8600]
+    #[arg(long = "dns", value_name = "ADDR", global = true)]
+    pub dns: Vec<SocketAddr>,
+
+    /// Address of the HTTP listener (Consul-compatible API, metrics).
+    /// [default: 127.0.0.1:8500]
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub http: Option<SocketAddr>,
+
+    /// Directory of service definitions (`*.json`) loaded at start.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub zones: Option<PathBuf>,
+
+    /// Directory where registrations made through the HTTP API are kept
+    /// across restarts. Without it they live in memory only.
+    #[arg(long = "data-dir", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The DNS domain signpost is authoritative for. [default: consul]
+    #[arg(long, value_name = "DOMAIN", global = true)]
+    pub domain: Option<String>,
+
+    /// The datacenter this signpost serves; `name.service.<dc>.<domain>`
+    /// names it explicitly. [default: dc1]
+    #[arg(long, value_name = "DC", global = true)]
+    pub datacenter: Option<String>,
+
+    /// The name of signpost's own node, on which instances from service
+    /// definitions live. [default: the host name]
+    #[arg(long, value_name = "NAME", global = true)]
+    pub node: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    /// such as `signpost=debug`. RUST_LOG wins when set. [default: info]
+    #[arg(long = "log-level", value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file: the same options as the flags, plus DNS tuning that has
+/// no flag of its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    dns: Option<OneOrMany<SocketAddr>>,
+    http: Option<SocketAddr>,
+    zones: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    domain: Option<String>,
+    datacenter: Option<String>,
+    node: Option<String>,
+    log_level: Option<String>,
+    #[serde(default)]
+    dns_config: DnsFileConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+/// `[dns_config]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsFileConfig {
+    /// TTL of service records, in seconds. [default: 0, as Consul]
+    service_ttl: Option<u32>,
+    /// TTL of node records, in seconds. [default: 0, as Consul]
+    node_ttl: Option<u32>,
+    /// Largest UDP reply to an EDNS client. [default: 1232]
+    udp_payload_max: Option<u16>,
+    /// Drop instances in warning state too, not only critical ones.
+    only_passing: Option<bool>,
+    soa: Option<SoaFileConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SoaFileConfig {
+    refresh: Option<u32>,
+    retry: Option<u32>,
+    expire: Option<u32>,
+    min_ttl: Option<u32>,
+}
+
+/// A configuration problem: which file (or flag), which line, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}:{line}:{column}: {reason}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("{origin}: {reason}")]
+    Invalid { origin: String, reason: String },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dns: Vec<SocketAddr>,
+    pub http: SocketAddr,
+    pub zones: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub domain: DomainName,
+    pub datacenter: String,
+    pub node: String,
+    pub log_level: String,
+    pub dns_config: DnsConfig,
+}
+
+/// DNS answer policy, validated.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub service_ttl: u32,
+    pub node_ttl: u32,
+    pub udp_payload_max: u16,
+    pub only_passing: bool,
+    pub soa: Soa,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Soa {
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    /// Also the TTL of the SOA in negative answers (RFC 2308).
+    pub min_ttl: u32,
+}
+
+impl Default for Soa {
+    /// Consul's defaults.
+    fn default() -> Self {
+        Soa {
+            refresh: 3600,
+            retry: 600,
+            expire: 86400,
+            min_ttl: 0,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            service_ttl: 0,
+            node_ttl: 0,
+            udp_payload_max: DEFAULT_UDP_PAYLOAD,
+            only_passing: false,
+            soa: Soa::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests and embedding: listeners on loopback port 0,
+    /// no zones, no data dir.
+    pub fn ephemeral() -> Config {
+        Config {
+            dns: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            zones: None,
+            data_dir: None,
+            domain: DomainName::new(DEFAULT_DOMAIN).expect("default domain is valid"),
+            datacenter: DEFAULT_DATACENTER.to_string(),
+            node: "signpost".to_string(),
+            log_level: "info".to_string(),
+            dns_config: DnsConfig::default(),
+        }
+    }
+
+    /// Reads the file named by `--config` (if any), merges the flags over
+    /// it and validates the result.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let origin = flags
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "command line".to_string());
+        Self::merge(flags, file, &origin)
+    }
+
+    fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            reason,
+        };
+        let dns = if !flags.dns.is_empty() {
+            flags.dns.clone()
+        } else {
+            match file.dns {
+                Some(OneOrMany::One(a)) => vec![a],
+                Some(OneOrMany::Many(v)) => v,
+                None => vec![DEFAULT_DNS.parse().expect("default dns address")],
+            }
+        };
+        if dns.is_empty() {
+            return Err(invalid("dns: at least one listen address is needed".into()));
+        }
+        let domain_text = flags
+            .domain
+            .clone()
+            .or(file.domain)
+            .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
+        let domain = DomainName::new(&domain_text).map_err(|e| invalid(format!("domain: {e}")))?;
+        let datacenter = flags
+            .datacenter
+            .clone()
+            .or(file.datacenter)
+            .unwrap_or_else(|| DEFAULT_DATACENTER.to_string());
+        check_label("datacenter", &datacenter).map_err(invalid)?;
+        let node = match flags.node.clone().or(file.node) {
+            Some(n) => n,
+            None => host_name(),
+        };
+        check_label("node", &node).map_err(invalid)?;
+        let d = file.dns_config;
+        let udp_payload_max = d.udp_payload_max.unwrap_or(DEFAULT_UDP_PAYLOAD);
+        if udp_payload_max < 512 {
+            return Err(invalid(format!(
+                "dns_config.udp_payload_max: {udp_payload_max} is below the 512 bytes every DNS client accepts"
+            )));
+        }
+        let soa_file = d.soa.unwrap_or_default();
+        let soa_default = Soa::default();
+        Ok(Config {
+            dns,
+            http: flags
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("default http address")),
+            zones: flags.zones.clone().or(file.zones),
+            data_dir: flags.data_dir.clone().or(file.data_dir),
+            domain,
+            datacenter: datacenter.to_ascii_lowercase(),
+            node,
+            log_level: flags
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+            dns_config: DnsConfig {
+                service_ttl: d.service_ttl.unwrap_or(0),
+                node_ttl: d.node_ttl.unwrap_or(0),
+                udp_payload_max,
+                only_passing: d.only_passing.unwrap_or(false),
+                soa: Soa {
+                    refresh: soa_file.refresh.unwrap_or(soa_default.refresh),
+                    retry: soa_file.retry.unwrap_or(soa_default.retry),
+                    expire: soa_file.expire.unwrap_or(soa_default.expire),
+                    min_ttl: soa_file.min_ttl.unwrap_or(soa_default.min_ttl),
+                },
+            },
+        })
+    }
+
+    /// The address signpost's own node advertises: the first DNS listen
+    /// address, or loopback when that is a wildcard.
+    pub fn node_address(&self) -> IpAddr {
+        let ip = self.dns[0].ip();
+        if ip.is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            ip
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: format!("cannot read config file: {e}"),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            reason: e.message().to_string(),
+        }
+    })
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// A value that must be usable as one DNS label.
+fn check_label(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 63 {
+        return Err(format!("{what}: {value:?} must be 1 to 63 characters long"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{what}: {value:?} may hold only letters, digits, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    // A host name may be fully qualified; the node name is its first label.
+    let first = raw.trim().split('.').next().unwrap_or_default();
+    if check_label("node", first).is_ok() {
+        first.to_string()
+    } else {
+        "signpost".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn flag_wins_over_file() {
+        let file = parse("domain = \"example\"\ndatacenter = \"east\"\n").unwrap();
+        let flags = Flags {
+            domain: Some("flagged".into()),
+            ..Flags::default()
+        };
+        let c = Config::merge(&flags, file, "t.toml").unwrap();
+        assert_eq!(c.domain.as_str(), "flagged");
+        assert_eq!(c.datacenter, "east");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse("domian = \"x\"").unwrap_err();
+        assert!(err.message().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let file = parse("datacenter = \"d c\"").unwrap();
+        let err = Config::merge(&Flags::default(), file, "t.toml").unwrap_err();
+        assert!(err.to_string().starts_with("t.toml: datacenter"), "{err}");
+        let file = parse("[dns_config]\nudp_payload_max = 100").unwrap();
+        assert!(Config::merge(&Flags::default(), file, "t.toml").is_err());
+    }
+
+    #[test]
+    fn line_and_column() {
+        assert_eq!(line_col("ab\ncd\nef", 4), (2, 2));
+        assert_eq!(line_col("x", 0), (1, 1));
+    }
+}

@@ -1,0 +1,11 @@
+//! DNS: from a query's bytes to a response's bytes, and the listeners.
+//!
+//! `name` parses question names, `answers` keeps the ready-made record sets
+//! the registry feeds, `wire` reads queries and writes responses within the
+//! size budget, `handler` ties them together, `server` runs UDP and TCP.
+
+pub mod answers;
+pub mod handler;
+pub mod name;
+pub mod server;
+pub mod wire;

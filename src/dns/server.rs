@@ -1,0 +1,240 @@
+//! The DNS listeners: UDP and TCP on every `--dns` address.
+//!
+//! UDP is served by plain threads, one `SO_REUSEPORT` socket each, one per
+//! core: the handler never waits on anything, so a blocking receive → answer
+//! → send loop has no task, channel or allocation per datagram. TCP runs on
+//! tokio, one task per connection, answering its queries in order.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use super::handler::{Handler, Scratch, Transport};
+
+/// How often an idle UDP thread looks at the stop flag.
+const UDP_STOP_POLL: Duration = Duration::from_millis(100);
+/// A TCP connection with no query for this long is closed (RFC 7766 asks
+/// servers to time idle connections out).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Open TCP connections beyond this are closed at once.
+const TCP_MAX_CONNECTIONS: usize = 1024;
+/// Tries at finding a port free for both UDP and TCP when asked for port 0.
+const PORT_TRIES: usize = 20;
+
+pub struct DnsServer {
+    addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    stop_tcp: watch::Sender<bool>,
+    udp_threads: Vec<JoinHandle<()>>,
+    tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for bursts while a thread is busy; the kernel drops beyond it.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(UDP_STOP_POLL))?;
+    Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Binds UDP and TCP on `addr`; for port 0, on one port free for both.
+fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, std::net::TcpListener)> {
+    if addr.port() != 0 {
+        return Ok((udp_socket(addr)?, tcp_listener(addr)?));
+    }
+    let mut last = None;
+    for _ in 0..PORT_TRIES {
+        let udp = udp_socket(addr)?;
+        match tcp_listener(udp.local_addr()?) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free port")))
+}
+
+impl DnsServer {
+    /// Binds every address and starts serving. Must run inside a tokio
+    /// runtime (for TCP).
+    pub fn start(addrs: &[SocketAddr], handler: Arc<Handler>) -> io::Result<DnsServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_tcp, stop_rx) = watch::channel(false);
+        let per_addr = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut server = DnsServer {
+            addrs: Vec::new(),
+            stop,
+            stop_tcp,
+            udp_threads: Vec::new(),
+            tcp_tasks: Vec::new(),
+        };
+        let conns = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+        for &addr in addrs {
+            let (first, tcp) = bind_pair(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen for DNS on {addr}: {e}"))
+            })?;
+            let bound = first.local_addr()?;
+            server.addrs.push(bound);
+            let mut sockets = vec![first];
+            for _ in 1..per_addr {
+                sockets.push(udp_socket(bound)?);
+            }
+            for (i, sock) in sockets.into_iter().enumerate() {
+                let handler = Arc::clone(&handler);
+                let stop = Arc::clone(&server.stop);
+                let t = std::thread::Builder::new()
+                    .name(format!("dns-udp-{i}"))
+                    .spawn(move || udp_loop(sock, &handler, &stop))?;
+                server.udp_threads.push(t);
+            }
+            let listener = TcpListener::from_std(tcp)?;
+            server.tcp_tasks.push(tokio::spawn(tcp_accept(
+                listener,
+                Arc::clone(&handler),
+                Arc::clone(&conns),
+                stop_rx.clone(),
+            )));
+        }
+        Ok(server)
+    }
+
+    /// The bound addresses, in the order given (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, lets queries in hand finish, and waits for the
+    /// listeners to end.
+    pub async fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop_tcp.send(true);
+        for t in self.tcp_tasks {
+            let _ = t.await;
+        }
+        let threads = self.udp_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn udp_loop(sock: UdpSocket, handler: &Handler, stop: &AtomicBool) {
+    let mut inbuf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    let mut scratch = Scratch::default();
+    while !stop.load(Ordering::Relaxed) {
+        let (n, peer) = match sock.recv_from(&mut inbuf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::debug!("udp receive failed: {e}");
+                continue;
+            }
+        };
+        if handler.handle(&inbuf[..n], Transport::Udp, &mut out, &mut scratch) {
+            if let Err(e) = sock.send_to(&out, peer) {
+                tracing::debug!("udp send to {peer} failed: {e}");
+            }
+        }
+    }
+}
+
+async fn tcp_accept(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    conns: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn_tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
+                    // Over the limit: closing at once beats queueing.
+                    continue;
+                };
+                let handler = Arc::clone(&handler);
+                let stop = stop.clone();
+                conn_tasks.spawn(async move {
+                    tcp_conn(stream, &handler, stop).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = conn_tasks.join_next(), if !conn_tasks.is_empty() => {}
+        }
+    }
+    // In-flight queries finish (each connection stops after its current
+    // answer), bounded by the idle timeout.
+    while conn_tasks.join_next().await.is_some() {}
+}
+
+async fn tcp_conn(mut stream: TcpStream, handler: &Handler, mut stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut out = Vec::with_capacity(4096);
+    let mut scratch = Scratch::default();
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::select! {
+            r = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)) => r,
+            _ = stop.changed() => return,
+        };
+        if !matches!(read, Ok(Ok(_))) {
+            return;
+        }
+        buf.resize(u16::from_be_bytes(len) as usize, 0);
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        if !handler.handle(&buf, Transport::Tcp, &mut out, &mut scratch) {
+            continue;
+        }
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&out);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! signpost: a DNS server for service discovery.
+//!
+//! Data flows left to right:
+//!
+//! ```text
+//! zones/ (sync::files) ─► registry ─(change listener)─► dns::answers ─► dns::handler ─► dns::server
+//! ```
+//!
+//! * [`config`]   — flags and TOML, validated into a `Config`.
+//! * [`registry`] — nodes, instances, checks; one change index with a watch.
+//! * [`sync`]     — sources that feed the registry (service definition files).
+//! * [`dns`]      — query names, ready-made answer sets, the wire format,
+//!   the handler and the UDP/TCP listeners.
+//! * [`server`]   — starts and stops the whole thing.
+
+pub mod config;
+pub mod dns;
+pub mod registry;
+pub mod server;
+pub mod sync;
+
+pub use config::Config;
+pub use server::Signpost;

@@ -1,0 +1,540 @@
+//! The registry: nodes, service instances and checks, with one monotonic
+//! change index.
+//!
+//! Writes go through [`Registry::write`], a transaction that records which
+//! services and nodes it touched. On commit the index moves by one, the
+//! [`ChangeListener`] (the DNS answer sets) rebuilds just what changed, and
+//! watchers of the index wake. All of that happens before `write` returns,
+//! so a write is visible in DNS by the time its caller acknowledges it.
+
+pub mod definition;
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+pub use model::{
+    Check, CheckKind, Health, Instance, InstanceKey, Meta, Node, Source, TaggedAddress, Thresholds,
+    Weights,
+};
+
+/// Told of every committed change, synchronously, while the registry is
+/// locked: it sees the new state and the names that changed. It must be
+/// quick (it holds up writers) and must not call back into the registry.
+pub trait ChangeListener: Send + Sync {
+    fn changed(&self, state: &State, changes: &Changes);
+}
+
+/// Names touched by one transaction: services lower-cased as DNS looks
+/// them up, nodes as registered.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    pub services: BTreeSet<String>,
+    pub nodes: BTreeSet<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.nodes.is_empty()
+    }
+}
+
+/// Checks are grouped by what they belong to: a node (`service_id: None`)
+/// or one instance on it. An instance's health is the worst of its own
+/// group and its node's group, so a status flip costs a look at a handful of
+/// checks, never a scan of every check on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckOwner {
+    pub node: String,
+    pub service_id: Option<String>,
+}
+
+/// The registry's contents and their indexes. Every index is kept in step
+/// by [`Txn`]; nothing outside this module mutates it.
+#[derive(Debug, Default)]
+pub struct State {
+    nodes: BTreeMap<String, Node>,
+    instances: BTreeMap<InstanceKey, Instance>,
+    checks: HashMap<CheckOwner, BTreeMap<String, Check>>,
+    /// (node, check id) → owner, to find a check by the ID the API uses.
+    check_owner: HashMap<(String, String), CheckOwner>,
+    /// lower-cased service name → its instances.
+    by_service: BTreeMap<String, BTreeSet<InstanceKey>>,
+    /// node name → its instances.
+    by_node: HashMap<String, BTreeSet<InstanceKey>>,
+    index: u64,
+}
+
+/// An instance as DNS and the health endpoints see it.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceView<'a> {
+    pub instance: &'a Instance,
+    pub node: Option<&'a Node>,
+    pub health: Health,
+}
+
+impl State {
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// The node whose name matches case-insensitively, as DNS asks.
+    pub fn node_ci(&self, lower: &str) -> Option<&Node> {
+        self.nodes.get(lower).or_else(|| {
+            self.nodes
+                .values()
+                .find(|n| n.name.eq_ignore_ascii_case(lower))
+        })
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.instances.get(key)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values()
+    }
+
+    /// Lower-cased names of every service with at least one instance.
+    pub fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.by_service.keys().map(String::as_str)
+    }
+
+    /// Every instance of a service (by lower-cased name), with its node and
+    /// health.
+    pub fn service_instances<'a>(
+        &'a self,
+        lower_name: &str,
+    ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        self.by_service
+            .get(lower_name)
+            .into_iter()
+            .flatten()
+            .filter_map(move |k| self.view(k))
+    }
+
+    /// Every instance on a node.
+    pub fn node_instances<'a>(&'a self, node: &str) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(move |k| self.view(k))
+    }
+
+    pub fn view(&self, key: &InstanceKey) -> Option<InstanceView<'_>> {
+        let instance = self.instances.get(key)?;
+        Some(InstanceView {
+            instance,
+            node: self.nodes.get(&key.node),
+            health: self.health_of(key),
+        })
+    }
+
+    /// The worst status among an instance's checks and its node's checks;
+    /// passing when it has none.
+    pub fn health_of(&self, key: &InstanceKey) -> Health {
+        self.checks_of(key)
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Health::Passing)
+    }
+
+    /// An instance's own checks followed by its node's checks.
+    pub fn checks_of<'a>(&'a self, key: &InstanceKey) -> impl Iterator<Item = &'a Check> + 'a {
+        let own = CheckOwner {
+            node: key.node.clone(),
+            service_id: Some(key.id.clone()),
+        };
+        let node = CheckOwner {
+            node: key.node.clone(),
+            service_id: None,
+        };
+        let own = self.checks.get(&own).into_iter().flat_map(|m| m.values());
+        let node = self.checks.get(&node).into_iter().flat_map(|m| m.values());
+        own.chain(node)
+    }
+
+    pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
+        let owner = self.check_owner.get(&(node.to_string(), id.to_string()))?;
+        self.checks.get(owner)?.get(id)
+    }
+
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.values().flat_map(|m| m.values())
+    }
+}
+
+/// A write transaction: mutations plus the record of what they touched.
+pub struct Txn<'a> {
+    state: &'a mut State,
+    changes: Changes,
+    /// The index this transaction commits at, stamped on what it writes.
+    next_index: u64,
+}
+
+impl Txn<'_> {
+    pub fn state(&self) -> &State {
+        self.state
+    }
+
+    fn touch_service(&mut self, name: &str) {
+        self.changes.services.insert(name.to_ascii_lowercase());
+    }
+
+    fn touch_node(&mut self, name: &str) {
+        self.changes.nodes.insert(name.to_string());
+        // A node's address, meta and node-level checks shape the answers of
+        // every service with an instance on it.
+        let names: Vec<String> = self
+            .state
+            .by_node
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.state.instances.get(k))
+            .map(|i| i.name.to_ascii_lowercase())
+            .collect();
+        self.changes.services.extend(names);
+    }
+
+    /// Adds or replaces a node. Unchanged content is not a change.
+    pub fn upsert_node(&mut self, mut node: Node) {
+        if let Some(old) = self.state.nodes.get(&node.name) {
+            node.create_index = old.create_index;
+            node.modify_index = old.modify_index;
+            if *old == node {
+                return;
+            }
+        } else {
+            node.create_index = self.next_index;
+        }
+        node.modify_index = self.next_index;
+        let name = node.name.clone();
+        self.state.nodes.insert(name.clone(), node);
+        self.touch_node(&name);
+    }
+
+    /// Removes a node with its instances and checks.
+    pub fn remove_node(&mut self, name: &str) -> bool {
+        let keys: Vec<InstanceKey> = self
+            .state
+            .by_node
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for k in keys {
+            self.remove_instance(&k);
+        }
+        self.remove_checks_of(&CheckOwner {
+            node: name.to_string(),
+            service_id: None,
+        });
+        let existed = self.state.nodes.remove(name).is_some();
+        if existed {
+            self.touch_node(name);
+        }
+        existed
+    }
+
+    /// Adds or replaces an instance. Its node must exist. Unchanged content
+    /// is not a change.
+    pub fn upsert_instance(&mut self, mut inst: Instance) {
+        debug_assert!(self.state.nodes.contains_key(&inst.node));
+        let key = inst.key();
+        if let Some(old) = self.state.instances.get(&key) {
+            inst.create_index = old.create_index;
+            inst.modify_index = old.modify_index;
+            if *old == inst {
+                return;
+            }
+            if !old.name.eq_ignore_ascii_case(&inst.name) {
+                let old_name = old.name.to_ascii_lowercase();
+                self.unindex_service(&old_name, &key);
+                self.changes.services.insert(old_name);
+            }
+        } else {
+            inst.create_index = self.next_index;
+        }
+        inst.modify_index = self.next_index;
+        let lower = inst.name.to_ascii_lowercase();
+        self.state
+            .by_service
+            .entry(lower.clone())
+            .or_default()
+            .insert(key.clone());
+        self.state
+            .by_node
+            .entry(key.node.clone())
+            .or_default()
+            .insert(key.clone());
+        self.state.instances.insert(key.clone(), inst);
+        self.changes.services.insert(lower);
+        self.changes.nodes.insert(key.node.clone());
+    }
+
+    fn unindex_service(&mut self, lower: &str, key: &InstanceKey) {
+        if let Some(set) = self.state.by_service.get_mut(lower) {
+            set.remove(key);
+            if set.is_empty() {
+                self.state.by_service.remove(lower);
+            }
+        }
+    }
+
+    /// Removes an instance and its checks.
+    pub fn remove_instance(&mut self, key: &InstanceKey) -> Option<Instance> {
+        let inst = self.state.instances.remove(key)?;
+        let lower = inst.name.to_ascii_lowercase();
+        self.unindex_service(&lower, key);
+        if let Some(set) = self.state.by_node.get_mut(&key.node) {
+            set.remove(key);
+            if set.is_empty() {
+                self.state.by_node.remove(&key.node);
+            }
+        }
+        self.remove_checks_of(&CheckOwner {
+            node: key.node.clone(),
+            service_id: Some(key.id.clone()),
+        });
+        self.changes.services.insert(lower);
+        self.changes.nodes.insert(key.node.clone());
+        Some(inst)
+    }
+
+    fn remove_checks_of(&mut self, owner: &CheckOwner) {
+        if let Some(map) = self.state.checks.remove(owner) {
+            for id in map.keys() {
+                self.state
+                    .check_owner
+                    .remove(&(owner.node.clone(), id.clone()));
+            }
+        }
+    }
+
+    fn touch_owner(&mut self, owner: &CheckOwner) {
+        match &owner.service_id {
+            Some(id) => {
+                let key = InstanceKey {
+                    node: owner.node.clone(),
+                    id: id.clone(),
+                };
+                if let Some(name) = self.state.instances.get(&key).map(|i| i.name.clone()) {
+                    self.touch_service(&name);
+                }
+            }
+            None => {
+                let node = owner.node.clone();
+                self.touch_node(&node);
+            }
+        }
+    }
+
+    /// Adds or replaces a check (by node and ID). A check with the same ID
+    /// under another owner moves.
+    pub fn upsert_check(&mut self, mut check: Check) {
+        let owner = CheckOwner {
+            node: check.node.clone(),
+            service_id: check.service_id.clone(),
+        };
+        let id_key = (check.node.clone(), check.id.clone());
+        if let Some(old_owner) = self.state.check_owner.get(&id_key).cloned() {
+            if let Some(old) = self
+                .state
+                .checks
+                .get(&old_owner)
+                .and_then(|m| m.get(&check.id))
+            {
+                check.create_index = old.create_index;
+                check.modify_index = old.modify_index;
+                if *old == check {
+                    return;
+                }
+            }
+            if old_owner != owner {
+                self.remove_check(&check.node.clone(), &check.id.clone());
+                check.create_index = self.next_index;
+            }
+        } else {
+            check.create_index = self.next_index;
+        }
+        check.modify_index = self.next_index;
+        self.state.check_owner.insert(id_key, owner.clone());
+        self.state
+            .checks
+            .entry(owner.clone())
+            .or_default()
+            .insert(check.id.clone(), check);
+        self.touch_owner(&owner);
+    }
+
+    pub fn remove_check(&mut self, node: &str, id: &str) -> Option<Check> {
+        let owner = self
+            .state
+            .check_owner
+            .remove(&(node.to_string(), id.to_string()))?;
+        let map = self.state.checks.get_mut(&owner)?;
+        let check = map.remove(id);
+        if map.is_empty() {
+            self.state.checks.remove(&owner);
+        }
+        self.touch_owner(&owner);
+        check
+    }
+
+    /// Sets a check's status and output; false when there is no such check.
+    pub fn set_check_status(&mut self, node: &str, id: &str, status: Health, output: &str) -> bool {
+        let Some(owner) = self
+            .state
+            .check_owner
+            .get(&(node.to_string(), id.to_string()))
+            .cloned()
+        else {
+            return false;
+        };
+        let Some(check) = self
+            .state
+            .checks
+            .get_mut(&owner)
+            .and_then(|m| m.get_mut(id))
+        else {
+            return false;
+        };
+        if check.status == status && check.output == output {
+            return true;
+        }
+        let health_changed = check.status != status;
+        check.status = status;
+        check.output = output.to_string();
+        check.modify_index = self.next_index;
+        if health_changed {
+            self.touch_owner(&owner);
+        } else {
+            // Only the output moved: HTTP readers see a new index, DNS
+            // answers stay as they are.
+            self.changes.nodes.insert(owner.node.clone());
+        }
+        true
+    }
+
+    /// Removes every node, instance and check of `source` that `keep` does
+    /// not name. Used by a source's resync so that it never touches the
+    /// entries of another source.
+    pub fn retain_source(
+        &mut self,
+        source: Source,
+        keep_nodes: &BTreeSet<String>,
+        keep_instances: &BTreeSet<InstanceKey>,
+        keep_checks: &BTreeSet<(String, String)>,
+    ) {
+        let gone: Vec<InstanceKey> = self
+            .state
+            .instances
+            .values()
+            .filter(|i| i.source == source && !keep_instances.contains(&i.key()))
+            .map(Instance::key)
+            .collect();
+        for k in gone {
+            self.remove_instance(&k);
+        }
+        let gone: Vec<(String, String)> = self
+            .state
+            .checks()
+            .filter(|c| c.source == source)
+            .map(|c| (c.node.clone(), c.id.clone()))
+            .filter(|k| !keep_checks.contains(k))
+            .collect();
+        for (node, id) in gone {
+            self.remove_check(&node, &id);
+        }
+        let gone: Vec<String> = self
+            .state
+            .nodes
+            .values()
+            .filter(|n| n.source == source && !keep_nodes.contains(&n.name))
+            .filter(|n| !self.state.by_node.contains_key(&n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        for n in gone {
+            self.remove_node(&n);
+        }
+    }
+}
+
+/// The registry. Cheap to share: clone the `Arc` around it.
+pub struct Registry {
+    /// One lock for all indexes: a write updates several at once and must
+    /// never be seen half-done. Held only for in-memory work, never across
+    /// an `.await`; the DNS path never takes it (it reads the answer sets
+    /// the listener keeps).
+    state: Mutex<State>,
+    listener: Arc<dyn ChangeListener>,
+    /// The change index, for blocking queries and anything else that waits
+    /// for "something changed" without polling.
+    index_tx: watch::Sender<u64>,
+}
+
+impl Registry {
+    pub fn new(listener: Arc<dyn ChangeListener>) -> Registry {
+        let (index_tx, _) = watch::channel(0);
+        Registry {
+            state: Mutex::new(State::default()),
+            listener,
+            index_tx,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic inside a transaction cannot leave indexes half-updated in
+        // a way later reads trip over worse than refusing to serve, and a
+        // DNS server that stops answering is worse: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` as one transaction. When it changed anything, the index
+    /// moves by one, the listener rebuilds what changed and watchers wake,
+    /// all before this returns.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
+        let mut state = self.lock();
+        let next_index = state.index + 1;
+        let mut txn = Txn {
+            state: &mut state,
+            changes: Changes::default(),
+            next_index,
+        };
+        let out = f(&mut txn);
+        let changes = std::mem::take(&mut txn.changes);
+        if !changes.is_empty() {
+            state.index = next_index;
+            self.listener.changed(&state, &changes);
+            self.index_tx.send_replace(next_index);
+        }
+        out
+    }
+
+    /// Reads the state under the lock. Keep `f` short and synchronous.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock())
+    }
+
+    pub fn index(&self) -> u64 {
+        *self.index_tx.borrow()
+    }
+
+    /// A receiver that wakes whenever the index moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index_tx.subscribe()
+    }
+}

@@ -1,0 +1,203 @@
+//! The registry's entries: nodes, service instances and checks, each tagged
+//! with the source it came from. These are validated values: the shapes that
+//! arrive over the wire are in [`super::definition`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an entry came from. A resync of one source (re-reading zones/,
+/// a Consul sync) replaces that source's entries and never touches another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A service definition file in `--zones`.
+    File,
+    /// signpost's own HTTP API.
+    Api,
+    /// Mirrored from a Consul agent.
+    Consul,
+}
+
+/// Health of a check, and of an instance (the worst of its checks).
+/// Ordered from best to worst so that `max` is the worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        match s.to_ascii_lowercase().as_str() {
+            "passing" => Some(Health::Passing),
+            "warning" => Some(Health::Warning),
+            "critical" => Some(Health::Critical),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SRV weights by health state, as Consul's `Weights`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    pub passing: u16,
+    pub warning: u16,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+impl Weights {
+    pub fn for_health(self, h: Health) -> u16 {
+        match h {
+            Health::Passing => self.passing,
+            _ => self.warning,
+        }
+    }
+}
+
+pub type Meta = BTreeMap<String, String>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// An IP address or a host name.
+    pub address: String,
+    pub datacenter: String,
+    pub meta: Meta,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub source: Source,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Identifies an instance: its node and its ID, unique on that node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    pub node: String,
+    pub id: String,
+}
+
+/// One service instance (Consul: a "service node").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub node: String,
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Empty means "the node's address", as in Consul.
+    pub address: String,
+    pub port: u16,
+    pub meta: Meta,
+    pub weights: Weights,
+    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
+    pub enable_tag_override: bool,
+    pub source: Source,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaggedAddress {
+    #[serde(rename = "Address")]
+    pub address: String,
+    #[serde(rename = "Port")]
+    pub port: u16,
+}
+
+impl Instance {
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey {
+            node: self.node.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// What a check runs. Checks from Consul or with no runnable definition are
+/// `Static`: their status changes only when someone sets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    Static,
+    Ttl {
+        ttl: Duration,
+    },
+    Http {
+        url: String,
+        method: String,
+        headers: BTreeMap<String, Vec<String>>,
+        body: String,
+        tls_skip_verify: bool,
+        interval: Duration,
+        timeout: Duration,
+    },
+    Tcp {
+        address: String,
+        interval: Duration,
+        timeout: Duration,
+    },
+}
+
+impl CheckKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Static => "",
+            CheckKind::Ttl { .. } => "ttl",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+/// Thresholds of the check state machine (Consul's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Thresholds {
+    pub success_before_passing: u32,
+    pub failures_before_warning: u32,
+    pub failures_before_critical: u32,
+    pub deregister_critical_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub node: String,
+    pub id: String,
+    pub name: String,
+    pub status: Health,
+    pub output: String,
+    pub notes: String,
+    /// `None` for a node-level check, which applies to every instance on
+    /// the node.
+    pub service_id: Option<String>,
+    pub service_name: String,
+    pub kind: CheckKind,
+    pub thresholds: Thresholds,
+    pub source: Source,
+    pub create_index: u64,
+    pub modify_index: u64,
+}

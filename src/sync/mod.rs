@@ -1,0 +1,7 @@
+//! Sources that feed the registry. Each writes only entries tagged with its
+//! own [`Source`](crate::registry::Source), so a resync of one never
+//! deletes another's.
+//!
+//! `files` reads service definitions from the zones directory.
+
+pub mod files;
