@@ -1,1 +1,175 @@
-fn main() {}
+//! Query bytes in → response bytes out, in process: the cost of the DNS
+//! handler alone, against a registry of 1,000 services × 5 instances (the
+//! load benchmark's data), plus one service of 5,000 instances answered
+//! over TCP to show that answer cost does not grow with what is registered.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use signpost::config::Soa;
+use signpost::dns::answers::{AnswerConfig, Answers};
+use signpost::dns::handler::{Handler, Scratch, Transport};
+use signpost::dns::name::DomainName;
+use signpost::registry::{Instance, Node, Registry, Source, Weights};
+
+fn addr(n: usize) -> String {
+    format!(
+        "10.{}.{}.{}",
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        (n & 255).max(1)
+    )
+}
+
+fn node(name: String, address: String) -> Node {
+    Node {
+        name,
+        address,
+        datacenter: "dc1".into(),
+        meta: Default::default(),
+        tagged_addresses: Default::default(),
+        source: Source::File,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {
+    Instance {
+        node: node.into(),
+        id,
+        name: name.into(),
+        tags: vec!["v1".into()],
+        address: String::new(),
+        port,
+        meta: Default::default(),
+        weights: Weights::default(),
+        tagged_addresses: Default::default(),
+        enable_tag_override: false,
+        source: Source::File,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+fn handler() -> Handler {
+    let answers = Arc::new(Answers::new(AnswerConfig {
+        domain: DomainName::new("consul").unwrap(),
+        datacenter: "dc1".into(),
+        service_ttl: 0,
+        node_ttl: 0,
+        only_passing: false,
+        soa: Soa::default(),
+        node_name: "bench".into(),
+        node_address: IpAddr::from([127, 0, 0, 1]),
+    }));
+    let registry = Registry::new(answers.clone());
+    registry.write(|txn| {
+        for i in 0..1000 {
+            for k in 0..5 {
+                let n = format!("n{i}-{k}");
+                txn.upsert_node(node(n.clone(), addr(i * 5 + k + 1)));
+                txn.upsert_instance(instance(
+                    &n,
+                    format!("s{i}-{n}"),
+                    &format!("s{i}"),
+                    8080 + k as u16,
+                ));
+            }
+        }
+        for k in 0..5000 {
+            let n = format!("big-{k}");
+            txn.upsert_node(node(n.clone(), addr(100_000 + k)));
+            txn.upsert_instance(instance(&n, format!("big-{k}"), "big", 9000));
+        }
+    });
+    Handler::new(answers, 1232)
+}
+
+fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = 4242;
+    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let h = handler();
+    let mut out = Vec::with_capacity(65535);
+    let mut scratch = Scratch::default();
+    let mut group = c.benchmark_group("handle");
+    group.throughput(Throughput::Elements(1));
+    let cases = [
+        (
+            "A",
+            query("s500.service.consul.", RecordType::A, true),
+            Transport::Udp,
+        ),
+        (
+            "SRV",
+            query("s500.service.consul.", RecordType::SRV, true),
+            Transport::Udp,
+        ),
+        (
+            "rfc2782_SRV",
+            query("_s500._tcp.service.consul.", RecordType::SRV, true),
+            Transport::Udp,
+        ),
+        (
+            "tag_A",
+            query("v1.s500.service.consul.", RecordType::A, true),
+            Transport::Udp,
+        ),
+        (
+            "NXDOMAIN",
+            query("missing7.service.consul.", RecordType::A, true),
+            Transport::Udp,
+        ),
+        (
+            "A_no_edns",
+            query("s500.service.consul.", RecordType::A, false),
+            Transport::Udp,
+        ),
+        (
+            "5_instances_SRV_tcp",
+            query("s7.service.consul.", RecordType::SRV, false),
+            Transport::Tcp,
+        ),
+        (
+            "5000_instances_SRV_tcp",
+            query("big.service.consul.", RecordType::SRV, false),
+            Transport::Tcp,
+        ),
+        (
+            "5000_instances_A_udp",
+            query("big.service.consul.", RecordType::A, true),
+            Transport::Udp,
+        ),
+    ];
+    for (name, q, transport) in &cases {
+        assert!(
+            h.handle(q, *transport, &mut out, &mut scratch),
+            "{name} answered"
+        );
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                h.handle(black_box(q), *transport, &mut out, &mut scratch);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

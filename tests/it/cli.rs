@@ -1,0 +1,169 @@
+//! The real binary: `--help`, `check`, and serving the example zones to dig.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn signpost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_signpost"))
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = signpost().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--config",
+        "--dns",
+        "--http",
+        "--zones",
+        "--data-dir",
+        "--domain",
+        "--datacenter",
+        "--node",
+        "--log-level",
+        "check",
+    ] {
+        assert!(text.contains(opt), "--help mentions {opt}:\n{text}");
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_zones_and_config() {
+    let out = signpost()
+        .args(["check", "--config"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("signpost.example.toml"))
+        .arg("--zones")
+        .arg(shipped_zones())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("ok:"), "{text}");
+}
+
+#[test]
+fn check_reports_file_line_and_reason() {
+    let zones = ZoneDir::new(&[(
+        "bad.json",
+        "{\"service\": {\n  \"name\": \"web\",\n  \"port\": -1\n}}",
+    )]);
+    let out = signpost()
+        .arg("check")
+        .arg("--zones")
+        .arg(zones.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.json:4:") && err.contains("port -1 is out of range"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "domain = \"consul\"\n\nbogus_key = 1\n").unwrap();
+    let out = signpost()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:3:") && err.contains("unknown field `bogus_key`"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "datacenter = \"two words\"\n").unwrap();
+    let out = signpost()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("datacenter"));
+}
+
+/// Runs the binary on port 0 and reads the bound address from its log.
+struct Running(std::process::Child, std::net::SocketAddr);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_binary(args: &[&str]) -> Running {
+    let mut child = signpost()
+        .args(["--dns", "127.0.0.1:0", "--log-level", "info"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("serving DNS on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("signpost logs its DNS address");
+    Running(child, addr.parse().unwrap())
+}
+
+#[test]
+fn dig_resolves_the_example_services() {
+    if Command::new("dig").arg("-v").output().is_err() {
+        eprintln!("skipped: dig not installed (apt-get install dnsutils)");
+        return;
+    }
+    let zones = shipped_zones();
+    let srv = run_binary(&["--zones", zones.to_str().unwrap()]);
+    let port = srv.1.port().to_string();
+    let dig = |args: &[&str]| {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=1"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let start = Instant::now();
+    let out = dig(&["+short", "web.service.consul", "SRV"]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "1 1 8081 7f00000d.addr.dc1.consul.",
+            "1 10 8080 7f00000b.addr.dc1.consul.",
+            "1 10 8080 7f00000c.addr.dc1.consul.",
+        ],
+        "{out}"
+    );
+    let out = dig(&["+tcp", "+short", "primary.db.service.consul", "A"]);
+    assert_eq!(out.trim(), "127.0.1.1");
+    let out = dig(&["nope.service.consul"]);
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

@@ -1,0 +1,379 @@
+//! Every query form of the foundation, over UDP and TCP, against a server
+//! on loopback.
+
+use std::time::Duration;
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+
+use crate::support::*;
+
+const SERVICES: &str = r#"{"services": [
+  {"id": "web-1", "name": "web", "tags": ["v1"], "address": "10.0.0.1", "port": 80},
+  {"id": "web-2", "name": "web", "tags": ["v2"], "address": "10.0.0.2", "port": 80},
+  {"id": "web-3", "name": "web", "tags": ["v2"], "address": "10.0.0.3", "port": 81,
+   "check": {"id": "web-3-alive", "status": "critical"}},
+  {"id": "six", "name": "v6only", "address": "2001:db8::1", "port": 90},
+  {"id": "gone", "name": "down", "address": "10.0.0.9", "port": 1,
+   "checks": [{"id": "a", "status": "passing"}, {"id": "b", "status": "critical"}]}
+]}"#;
+
+const CATALOG: &str = r#"[
+  {"Node": "n1", "Address": "10.1.0.1",
+   "Service": {"ID": "api-1", "Service": "api", "Tags": ["primary"], "Port": 8080}},
+  {"Node": "n2", "Address": "10.1.0.2",
+   "Service": {"ID": "api-2", "Service": "api", "Tags": ["replica"], "Port": 8080},
+   "Checks": [{"CheckID": "n2-warn", "Name": "load", "Status": "warning"}]}
+]"#;
+
+async fn server() -> (TestServer, ZoneDir) {
+    let zones = ZoneDir::new(&[("services.json", SERVICES), ("catalog.json", CATALOG)]);
+    (TestServer::start(Some(zones.path())).await, zones)
+}
+
+#[track_caller]
+fn assert_soa_authority(m: &Message) {
+    assert_eq!(m.authorities.len(), 1, "one SOA in authority: {m:?}");
+    let soa = &m.authorities[0];
+    assert_eq!(soa.record_type(), RecordType::SOA);
+    assert_eq!(soa.name.to_string(), "consul.");
+    assert_eq!(soa.ttl, 0, "negative TTL is the SOA minimum");
+}
+
+struct Case {
+    name: &'static str,
+    rtype: RecordType,
+    rcode: ResponseCode,
+    answers: &'static str,
+    additionals: &'static str,
+}
+
+const fn ok(
+    name: &'static str,
+    rtype: RecordType,
+    answers: &'static str,
+    additionals: &'static str,
+) -> Case {
+    Case {
+        name,
+        rtype,
+        rcode: ResponseCode::NoError,
+        answers,
+        additionals,
+    }
+}
+
+const fn nodata(name: &'static str, rtype: RecordType) -> Case {
+    Case {
+        name,
+        rtype,
+        rcode: ResponseCode::NoError,
+        answers: "",
+        additionals: "",
+    }
+}
+
+const fn nx(name: &'static str, rtype: RecordType) -> Case {
+    Case {
+        name,
+        rtype,
+        rcode: ResponseCode::NXDomain,
+        answers: "",
+        additionals: "",
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use RecordType::*;
+    vec![
+        ok(
+            "web.service.consul.",
+            A,
+            "web.service.consul. 0 IN A 10.0.0.1\nweb.service.consul. 0 IN A 10.0.0.2",
+            "",
+        ),
+        ok(
+            "web.service.consul.",
+            SRV,
+            "web.service.consul. 0 IN SRV 1 1 80 0a000001.addr.dc1.consul.
+             web.service.consul. 0 IN SRV 1 1 80 0a000002.addr.dc1.consul.",
+            "0a000001.addr.dc1.consul. 0 IN A 10.0.0.1
+             0a000002.addr.dc1.consul. 0 IN A 10.0.0.2",
+        ),
+        ok(
+            "web.service.consul.",
+            ANY,
+            "web.service.consul. 0 IN A 10.0.0.1\nweb.service.consul. 0 IN A 10.0.0.2",
+            "",
+        ),
+        ok(
+            "v2.web.service.consul.",
+            A,
+            "v2.web.service.consul. 0 IN A 10.0.0.2",
+            "",
+        ),
+        ok(
+            "v1.web.service.consul.",
+            A,
+            "v1.web.service.consul. 0 IN A 10.0.0.1",
+            "",
+        ),
+        ok(
+            "web.service.dc1.consul.",
+            A,
+            "web.service.dc1.consul. 0 IN A 10.0.0.1\nweb.service.dc1.consul. 0 IN A 10.0.0.2",
+            "",
+        ),
+        ok(
+            "api.service.consul.",
+            SRV,
+            "api.service.consul. 0 IN SRV 1 1 8080 n1.node.dc1.consul.
+             api.service.consul. 0 IN SRV 1 1 8080 n2.node.dc1.consul.",
+            "n1.node.dc1.consul. 0 IN A 10.1.0.1\nn2.node.dc1.consul. 0 IN A 10.1.0.2",
+        ),
+        ok(
+            "primary.api.service.consul.",
+            SRV,
+            "primary.api.service.consul. 0 IN SRV 1 1 8080 n1.node.dc1.consul.",
+            "n1.node.dc1.consul. 0 IN A 10.1.0.1",
+        ),
+        ok(
+            "v6only.service.consul.",
+            AAAA,
+            "v6only.service.consul. 0 IN AAAA 2001:db8::1",
+            "",
+        ),
+        ok("n1.node.consul.", A, "n1.node.consul. 0 IN A 10.1.0.1", ""),
+        ok(
+            "n2.node.dc1.consul.",
+            A,
+            "n2.node.dc1.consul. 0 IN A 10.1.0.2",
+            "",
+        ),
+        ok(
+            "testnode.node.consul.",
+            A,
+            "testnode.node.consul. 0 IN A 127.0.0.1",
+            "",
+        ),
+        ok(
+            "consul.",
+            NS,
+            "consul. 0 IN NS testnode.node.dc1.consul.",
+            "testnode.node.dc1.consul. 0 IN A 127.0.0.1",
+        ),
+        // Names exist, type does not: NODATA.
+        nodata("web.service.consul.", AAAA),
+        nodata("web.service.consul.", TXT),
+        nodata("v6only.service.consul.", A),
+        nodata("n1.node.consul.", AAAA),
+        nodata("consul.", A),
+        // Names that do not exist: NXDOMAIN.
+        nx("nope.service.consul.", A),
+        nx("down.service.consul.", A),
+        nx("v3.web.service.consul.", A),
+        nx("web.service.dc2.consul.", A),
+        nx("nobody.node.consul.", A),
+        nx("what.consul.", A),
+        nx("a.b.web.service.consul.", A),
+    ]
+}
+
+#[tokio::test]
+async fn query_forms_over_udp_and_tcp() {
+    let (srv, _zones) = server().await;
+    for via in BOTH {
+        for c in cases() {
+            let m = query(srv.dns, via, c.name, c.rtype).await;
+            let what = format!("{} {} over {via:?}", c.name, c.rtype);
+            assert_eq!(m.metadata.response_code, c.rcode, "{what}");
+            assert!(m.metadata.authoritative, "{what}: AA");
+            assert!(!m.metadata.truncation, "{what}: TC");
+            assert!(m.edns.is_some(), "{what}: OPT echoed to an EDNS query");
+            assert_eq!(lines(&m.answers), zone(c.answers), "{what}: answers");
+            let additionals: Vec<_> = m.additionals.to_vec();
+            assert_eq!(
+                lines(&additionals),
+                zone(c.additionals),
+                "{what}: additionals"
+            );
+            if c.answers.is_empty() {
+                assert_soa_authority(&m);
+            } else {
+                assert!(m.authorities.is_empty(), "{what}: no authority on answers");
+            }
+        }
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn soa_at_the_apex() {
+    let (srv, _zones) = server().await;
+    for via in BOTH {
+        let m = query(srv.dns, via, "consul.", RecordType::SOA).await;
+        assert_eq!(m.answers.len(), 1);
+        let text = m.answers[0].to_string();
+        assert!(
+            text.starts_with("consul. 0 IN SOA testnode.node.dc1.consul. hostmaster.consul. "),
+            "{text}"
+        );
+        assert!(text.ends_with(" 3600 600 86400 0"), "{text}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn critical_instances_are_never_answered() {
+    let (srv, _zones) = server().await;
+    for _ in 0..30 {
+        let m = query(srv.dns, Via::Udp, "web.service.consul.", RecordType::SRV).await;
+        assert_eq!(m.answers.len(), 2);
+        for r in m.answers.iter().chain(&m.additionals) {
+            let t = r.to_string();
+            assert!(!t.contains("10.0.0.3") && !t.contains("0a000003"), "{t}");
+        }
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn warning_instances_are_answered_unless_only_passing() {
+    let zones = ZoneDir::new(&[("catalog.json", CATALOG)]);
+    let srv = TestServer::start(Some(zones.path())).await;
+    let m = query(srv.dns, Via::Udp, "api.service.consul.", RecordType::A).await;
+    assert_eq!(m.answers.len(), 2);
+    srv.stop().await;
+    let srv =
+        TestServer::start_with(Some(zones.path()), |c| c.dns_config.only_passing = true).await;
+    let m = query(srv.dns, Via::Udp, "api.service.consul.", RecordType::A).await;
+    assert_records(&m.answers, "api.service.consul. 0 IN A 10.1.0.1");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn record_order_rotates() {
+    let (srv, _zones) = server().await;
+    for via in BOTH {
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let m = query(srv.dns, via, "web.service.consul.", RecordType::A).await;
+            firsts.insert(m.answers[0].to_string());
+        }
+        assert_eq!(
+            firsts.len(),
+            2,
+            "each instance comes first sometimes over {via:?}"
+        );
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn question_case_is_echoed_and_matching_ignores_case() {
+    let (srv, _zones) = server().await;
+    // Raw bytes: hickory's client may change the case of what it sends.
+    let q = query_bytes("WeB.SeRvIcE.CoNsUl.", RecordType::A, None);
+    let replies = [
+        udp_raw(srv.dns, &q, Duration::from_secs(2)).expect("udp reply"),
+        tcp_raw(srv.dns, &q).await,
+    ];
+    for reply in replies {
+        assert_eq!(
+            &reply[12..12 + 20],
+            &q[12..12 + 20],
+            "question echoed as asked"
+        );
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.answers.len(), 2);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn names_outside_the_domain_are_refused() {
+    let (srv, _zones) = server().await;
+    for via in BOTH {
+        let m = query(srv.dns, via, "example.com.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        assert!(m.answers.is_empty());
+        assert!(!m.metadata.recursion_available);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn no_edns_means_no_opt() {
+    let (srv, _zones) = server().await;
+    let reply = udp_raw(
+        srv.dns,
+        &query_bytes("web.service.consul.", RecordType::A, None),
+        Duration::from_secs(2),
+    )
+    .expect("reply");
+    let m = Message::from_vec(&reply).unwrap();
+    assert!(m.edns.is_none());
+    assert_eq!(m.answers.len(), 2);
+    let reply = udp_raw(
+        srv.dns,
+        &query_bytes("web.service.consul.", RecordType::A, Some(4096)),
+        Duration::from_secs(2),
+    )
+    .expect("reply");
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.edns.expect("OPT").max_payload(), 1232);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_truncated_packets_leave_the_server_answering() {
+    let (srv, _zones) = server().await;
+    let good = query_bytes("web.service.consul.", RecordType::A, None);
+    let wait = Duration::from_millis(300);
+    // Too short for a header: dropped.
+    assert!(udp_raw(srv.dns, &[0x12, 0x34, 0x01], wait).is_none());
+    // A query cut inside its question: FORMERR with the same ID.
+    let cut = &good[..good.len() - 3];
+    let reply = udp_raw(srv.dns, cut, Duration::from_secs(2)).expect("FORMERR reply");
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(m.metadata.id, u16::from_be_bytes([good[0], good[1]]));
+    // A label length running past the end.
+    let mut bad = good[..12].to_vec();
+    bad.extend_from_slice(&[60, b'x', b'y']);
+    let m = Message::from_vec(&udp_raw(srv.dns, &bad, Duration::from_secs(2)).unwrap()).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // Random garbage, many times.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..200 {
+        let len = rng.usize(0..300);
+        let junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        let _ = udp_raw(srv.dns, &junk, Duration::from_millis(5));
+    }
+    // Over TCP as well.
+    let m = Message::from_vec(&tcp_raw(srv.dns, cut).await).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // Still serving both transports.
+    for via in BOTH {
+        let m = query(srv.dns, via, "web.service.consul.", RecordType::A).await;
+        assert_eq!(m.answers.len(), 2);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn no_question_and_two_questions_get_formerr() {
+    let (srv, _zones) = server().await;
+    let good = query_bytes("web.service.consul.", RecordType::A, None);
+    let mut none = good[..12].to_vec();
+    none[5] = 0;
+    let mut two = good.clone();
+    two[5] = 2;
+    two.extend_from_slice(&good[12..]);
+    for q in [none, two] {
+        let reply = udp_raw(srv.dns, &q, Duration::from_secs(2)).expect("reply");
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
+    srv.stop().await;
+}

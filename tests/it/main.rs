@@ -1,0 +1,7 @@
+//! signpost's integration tests: one binary, real sockets, servers on port 0.
+
+mod support;
+
+mod cli;
+mod dns_queries;
+mod zones;

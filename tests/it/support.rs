@@ -1,0 +1,197 @@
+//! Test harness: starts signpost on port 0 and talks to it over real
+//! sockets with hickory's DNS client; expected answers are written as
+//! zone-file text.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hickory_net::client::{Client, ClientHandle};
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::serialize::txt::Parser;
+use signpost::{Config, Signpost};
+
+pub use hickory_proto::op::ResponseCode;
+
+/// The repository's own zones/ directory.
+pub fn shipped_zones() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("zones")
+}
+
+/// A directory of definition files written for one test.
+pub struct ZoneDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ZoneDir {
+    pub fn new(files: &[(&str, &str)]) -> ZoneDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write zone file");
+        }
+        ZoneDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A signpost running in this process on loopback port 0.
+pub struct TestServer {
+    pub signpost: Option<Signpost>,
+    pub dns: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start(zones: Option<&Path>) -> TestServer {
+        Self::start_with(zones, |_| {}).await
+    }
+
+    pub async fn start_with(zones: Option<&Path>, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::ephemeral();
+        config.zones = zones.map(Path::to_path_buf);
+        config.node = "testnode".into();
+        tweak(&mut config);
+        let signpost = Signpost::start(config).await.expect("signpost starts");
+        let dns = signpost.dns_addrs()[0];
+        TestServer {
+            signpost: Some(signpost),
+            dns,
+        }
+    }
+
+    pub fn signpost(&self) -> &Signpost {
+        self.signpost.as_ref().expect("running")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.signpost.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Udp,
+    Tcp,
+}
+
+pub const BOTH: [Via; 2] = [Via::Udp, Via::Tcp];
+
+/// A hickory DNS client connected to `server` over `via`.
+pub async fn client(server: SocketAddr, via: Via) -> Client<TokioRuntimeProvider> {
+    let provider = TokioRuntimeProvider::default();
+    match via {
+        Via::Udp => {
+            let conn = UdpClientStream::builder(server, provider)
+                .with_timeout(Some(Duration::from_secs(2)))
+                .build();
+            let (client, bg) = Client::<TokioRuntimeProvider>::from_sender(conn);
+            tokio::spawn(bg);
+            client
+        }
+        Via::Tcp => {
+            let (stream, sender) = TcpClientStream::new(server, None, None, provider);
+            let stream = stream.await.expect("tcp connect");
+            let (client, bg) = Client::<TokioRuntimeProvider>::new(stream, sender);
+            tokio::spawn(bg);
+            client
+        }
+    }
+}
+
+/// One query, answered as a parsed message.
+pub async fn query(server: SocketAddr, via: Via, name: &str, rtype: RecordType) -> Message {
+    let mut c = client(server, via).await;
+    let resp = c
+        .query(Name::from_str(name).expect("name"), DNSClass::IN, rtype)
+        .await
+        .unwrap_or_else(|e| panic!("query {name} {rtype} over {via:?}: {e}"));
+    resp.into_message()
+}
+
+/// Sends raw bytes over UDP and returns the raw reply, if any arrives
+/// within `wait`.
+pub fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(wait)).expect("timeout");
+    sock.send_to(bytes, server).expect("send");
+    let mut buf = vec![0u8; 65535];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// Sends one framed query over a fresh TCP connection and reads one reply.
+pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(server)
+            .await
+            .expect("connect");
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(bytes);
+        s.write_all(&framed).await.expect("write");
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.expect("read length");
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).await.expect("read body");
+        buf
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("tcp reply within 5 s")
+}
+
+/// A query message, with EDNS at `edns` bytes when given.
+pub fn query_bytes(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = fastrand::u16(..);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+/// Records as sorted zone-file lines, for comparing without order.
+pub fn lines(records: &[Record]) -> Vec<String> {
+    let mut v: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Parses zone-file text (absolute names, explicit TTL and class) into
+/// sorted lines in the same form as [`lines`].
+pub fn zone(text: &str) -> Vec<String> {
+    // Leading blanks mean "same owner" in zone files; the expected texts
+    // are indented for reading, so every line is taken as it stands.
+    let text: String = text.lines().map(|l| format!("{}\n", l.trim())).collect();
+    let (_, sets) = Parser::new(text.as_str(), None, Some(Name::root()))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad expected zone text: {e}\n{text}"));
+    let records: Vec<Record> = sets
+        .values()
+        .flat_map(|s| s.records_without_rrsigs().cloned())
+        .collect();
+    lines(&records)
+}
+
+/// Asserts that a section holds exactly the records of `expected`.
+#[track_caller]
+pub fn assert_records(section: &[Record], expected: &str) {
+    assert_eq!(lines(section), zone(expected), "records differ");
+}
