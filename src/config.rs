@@ -86,6 +86,21 @@ pub struct Flags {
     #[arg(long, value_name = "NAME", global = true)]
     pub node: Option<String>,
 
+    /// Token that HTTP writes must carry (`X-Consul-Token`, `?token=` or
+    /// `Authorization: Bearer`); reads stay open. Prefer --http-token-file:
+    /// a flag is visible in the process list.
+    #[arg(long = "http-token", value_name = "TOKEN", global = true)]
+    pub http_token: Option<String>,
+
+    /// File holding the HTTP write token (surrounding whitespace ignored).
+    #[arg(long = "http-token-file", value_name = "FILE", global = true)]
+    pub http_token_file: Option<PathBuf>,
+
+    /// Allow the HTTP listener on a non-loopback address without a token,
+    /// letting anyone who reaches it register and deregister services.
+    #[arg(long = "http-allow-unauthenticated", global = true)]
+    pub http_allow_unauthenticated: bool,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive
     /// such as `signpost=debug`. RUST_LOG wins when set. [default: info]
     #[arg(long = "log-level", value_name = "LEVEL", global = true)]
@@ -105,6 +120,9 @@ pub struct FileConfig {
     datacenter: Option<String>,
     node: Option<String>,
     log_level: Option<String>,
+    http_token: Option<String>,
+    http_token_file: Option<PathBuf>,
+    http_allow_unauthenticated: Option<bool>,
     #[serde(default)]
     dns_config: DnsFileConfig,
 }
@@ -167,6 +185,8 @@ pub struct Config {
     pub datacenter: String,
     pub node: String,
     pub log_level: String,
+    /// Required on HTTP writes when set.
+    pub http_token: Option<String>,
     pub dns_config: DnsConfig,
 }
 
@@ -226,6 +246,7 @@ impl Config {
             datacenter: DEFAULT_DATACENTER.to_string(),
             node: "signpost".to_string(),
             log_level: "info".to_string(),
+            http_token: None,
             dns_config: DnsConfig::default(),
         }
     }
@@ -286,14 +307,40 @@ impl Config {
                 "dns_config.udp_payload_max: {udp_payload_max} is below the 512 bytes every DNS client accepts"
             )));
         }
+        let http = flags
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("default http address"));
+        let token_file = flags.http_token_file.clone().or(file.http_token_file);
+        let http_token = match (flags.http_token.clone().or(file.http_token), token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::Read {
+                        path: path.clone(),
+                        reason: format!("cannot read http token file: {e}"),
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if http_token.as_deref() == Some("") {
+            return Err(invalid("http_token: the token is empty".into()));
+        }
+        let allow_open =
+            flags.http_allow_unauthenticated || file.http_allow_unauthenticated.unwrap_or(false);
+        if !http.ip().is_loopback() && http_token.is_none() && !allow_open {
+            return Err(invalid(format!(
+                "http: {http} is reachable from other hosts and no http_token is set; \
+                 set one, or pass --http-allow-unauthenticated if anyone who reaches it may register services"
+            )));
+        }
         let soa_file = d.soa.unwrap_or_default();
         let soa_default = Soa::default();
         Ok(Config {
             dns,
-            http: flags
-                .http
-                .or(file.http)
-                .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("default http address")),
+            http,
             zones: flags.zones.clone().or(file.zones),
             data_dir: flags.data_dir.clone().or(file.data_dir),
             domain,
@@ -304,6 +351,7 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            http_token,
             dns_config: DnsConfig {
                 service_ttl: d.service_ttl.unwrap_or(0),
                 node_ttl: d.node_ttl.unwrap_or(0),
@@ -417,6 +465,21 @@ mod tests {
         assert!(err.to_string().starts_with("t.toml: datacenter"), "{err}");
         let file = parse("[dns_config]\nudp_payload_max = 100").unwrap();
         assert!(Config::merge(&Flags::default(), file, "t.toml").is_err());
+    }
+
+    #[test]
+    fn open_http_needs_a_token_or_consent() {
+        let file = parse("http = \"0.0.0.0:8500\"").unwrap();
+        let err = Config::merge(&Flags::default(), file, "t.toml").unwrap_err();
+        assert!(err.to_string().contains("no http_token"), "{err}");
+        let file = parse("http = \"0.0.0.0:8500\"\nhttp_token = \"s3cret\"").unwrap();
+        assert!(Config::merge(&Flags::default(), file, "t.toml").is_ok());
+        let file = parse("http = \"0.0.0.0:8500\"").unwrap();
+        let flags = Flags {
+            http_allow_unauthenticated: true,
+            ..Flags::default()
+        };
+        assert!(Config::merge(&flags, file, "t.toml").is_ok());
     }
 
     #[test]

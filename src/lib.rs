@@ -6,6 +6,7 @@
 //! zones/ (sync::files) ─► registry ─(change listener)─► dns::answers ─► dns::handler ─► dns::server
 //! ```
 //!
+//! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
 //! * [`sync`]     — sources that feed the registry (service definition files).
@@ -13,6 +14,7 @@
 //!   the handler and the UDP/TCP listeners.
 //! * [`server`]   — starts and stops the whole thing.
 
+pub mod api;
 pub mod config;
 pub mod dns;
 pub mod registry;

@@ -3,12 +3,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::oneshot;
+
+use crate::api::{self, Api};
 use crate::config::Config;
 use crate::dns::answers::{AnswerConfig, Answers};
 use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
-use crate::registry::Registry;
+use crate::registry::{Registry, Store, StoreError};
 use crate::sync::files::{self, Definitions, FileError, OwnNode};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +20,14 @@ pub enum StartError {
     #[error("{0}")]
     Zones(#[from] FileError),
     #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
     Listen(#[from] std::io::Error),
 }
+
+/// How long in-flight HTTP requests get to finish at shutdown; blocking
+/// queries are cut off then.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 /// A running signpost.
 pub struct Signpost {
@@ -25,6 +35,9 @@ pub struct Signpost {
     pub registry: Arc<Registry>,
     pub answers: Arc<Answers>,
     dns: DnsServer,
+    http_addr: SocketAddr,
+    http_stop: oneshot::Sender<()>,
+    http_task: tokio::task::JoinHandle<()>,
 }
 
 /// Loads and validates the zones directory of `config`, if any.
@@ -49,7 +62,23 @@ impl Signpost {
             node_name: config.node.clone(),
             node_address: config.node_address(),
         }));
-        let registry = Arc::new(Registry::new(answers.clone()));
+        let store = match &config.data_dir {
+            Some(dir) => Some(Store::open(dir)?),
+            None => {
+                tracing::warn!(
+                    "no --data-dir: services registered through the HTTP API are kept in memory only and lost at restart"
+                );
+                None
+            }
+        };
+        let registry = Arc::new(Registry::with_store(answers.clone(), store));
+        let restored = registry.restore()?;
+        if restored > 0 {
+            tracing::info!(
+                entries = restored,
+                "restored API registrations from the data dir"
+            );
+        }
         let own = OwnNode {
             name: config.node.clone(),
             address: config.node_address().to_string(),
@@ -66,12 +95,46 @@ impl Signpost {
         for addr in dns.local_addrs() {
             tracing::info!("serving DNS on {addr} (udp, tcp) for {}.", config.domain);
         }
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen for HTTP on {}: {e}", config.http),
+                )
+            })?;
+        let http_addr = listener.local_addr()?;
+        let app = api::router(Arc::new(Api {
+            registry: registry.clone(),
+            node: config.node.clone(),
+            node_address: config.node_address(),
+            datacenter: config.datacenter.clone(),
+            token: config.http_token.clone(),
+        }));
+        let (http_stop, stopped) = oneshot::channel::<()>();
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("http server failed: {e}");
+            }
+        });
+        tracing::info!("serving HTTP on {http_addr}");
         Ok(Signpost {
             config,
             registry,
             answers,
             dns,
+            http_addr,
+            http_stop,
+            http_task,
         })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The DNS addresses actually bound (port 0 resolved), UDP and TCP alike.
@@ -79,8 +142,17 @@ impl Signpost {
         self.dns.local_addrs()
     }
 
-    /// Stops the listeners, letting in-flight queries finish.
+    /// Stops the listeners, letting in-flight queries and requests finish
+    /// (blocking HTTP queries get a few seconds, then are cut off).
     pub async fn shutdown(self) {
+        let _ = self.http_stop.send(());
+        let mut http_task = self.http_task;
+        if tokio::time::timeout(HTTP_DRAIN, &mut http_task)
+            .await
+            .is_err()
+        {
+            http_task.abort();
+        }
         self.dns.shutdown().await;
     }
 }

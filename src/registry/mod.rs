@@ -9,6 +9,7 @@
 
 pub mod definition;
 pub mod model;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,9 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 pub use model::{
-    Check, CheckKind, Health, Instance, InstanceKey, Meta, Node, Source, TaggedAddress, Thresholds,
-    Weights,
+    Check, CheckKind, Health, Instance, InstanceKey, KvEntry, Meta, Node, Source, TaggedAddress,
+    Thresholds, Weights,
 };
+pub use store::{Store, StoreError};
 
 /// Told of every committed change, synchronously, while the registry is
 /// locked: it sees the new state and the names that changed. It must be
@@ -33,12 +35,51 @@ pub trait ChangeListener: Send + Sync {
 pub struct Changes {
     pub services: BTreeSet<String>,
     pub nodes: BTreeSet<String>,
+    /// Any check added, removed or updated.
+    pub checks: bool,
+    /// Any KV key written or deleted.
+    pub kv: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.nodes.is_empty()
+        self.services.is_empty() && self.nodes.is_empty() && !self.checks && !self.kv
     }
+}
+
+/// Keys a transaction wrote or removed, whatever their source: the store
+/// keeps the API's entries among them and forgets the others.
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    pub nodes: BTreeSet<String>,
+    pub instances: BTreeSet<InstanceKey>,
+    pub checks: BTreeSet<(String, String)>,
+    pub kv: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.instances.is_empty()
+            && self.checks.is_empty()
+            && self.kv.is_empty()
+    }
+}
+
+/// The index at which each part of the registry last changed, for the
+/// `X-Consul-Index` of HTTP reads: a blocking query on one service wakes
+/// when that service changes, not on every write anywhere.
+#[derive(Debug, Default, Clone)]
+pub struct TableIndexes {
+    pub services: u64,
+    pub nodes: u64,
+    pub checks: u64,
+    pub kv: u64,
+    /// Lower-cased service name → last change; kept after the service is
+    /// gone so that its deregistration has an index too.
+    pub service: HashMap<String, u64>,
+    /// Node name → last change (its entry, instances or checks).
+    pub node: HashMap<String, u64>,
 }
 
 /// Checks are grouped by what they belong to: a node (`service_id: None`)
@@ -64,7 +105,9 @@ pub struct State {
     by_service: BTreeMap<String, BTreeSet<InstanceKey>>,
     /// node name → its instances.
     by_node: HashMap<String, BTreeSet<InstanceKey>>,
+    kv: BTreeMap<String, KvEntry>,
     index: u64,
+    tables: TableIndexes,
 }
 
 /// An instance as DNS and the health endpoints see it.
@@ -78,6 +121,40 @@ pub struct InstanceView<'a> {
 impl State {
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    pub fn tables(&self) -> &TableIndexes {
+        &self.tables
+    }
+
+    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key)
+    }
+
+    /// KV entries whose key starts with `prefix`, in key order.
+    pub fn kv_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KvEntry> + 'a {
+        self.kv
+            .range(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+    }
+
+    fn stamp(&mut self, changes: &Changes, index: u64) {
+        let t = &mut self.tables;
+        for s in &changes.services {
+            t.service.insert(s.clone(), index);
+            t.services = index;
+        }
+        for n in &changes.nodes {
+            t.node.insert(n.clone(), index);
+            t.nodes = index;
+        }
+        if changes.checks {
+            t.checks = index;
+        }
+        if changes.kv {
+            t.kv = index;
+        }
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -179,6 +256,7 @@ impl State {
 pub struct Txn<'a> {
     state: &'a mut State,
     changes: Changes,
+    touched: Touched,
     /// The index this transaction commits at, stamped on what it writes.
     next_index: u64,
 }
@@ -222,6 +300,7 @@ impl Txn<'_> {
         node.modify_index = self.next_index;
         let name = node.name.clone();
         self.state.nodes.insert(name.clone(), node);
+        self.touched.nodes.insert(name.clone());
         self.touch_node(&name);
     }
 
@@ -244,6 +323,7 @@ impl Txn<'_> {
         });
         let existed = self.state.nodes.remove(name).is_some();
         if existed {
+            self.touched.nodes.insert(name.to_string());
             self.touch_node(name);
         }
         existed
@@ -281,6 +361,7 @@ impl Txn<'_> {
             .or_default()
             .insert(key.clone());
         self.state.instances.insert(key.clone(), inst);
+        self.touched.instances.insert(key.clone());
         self.changes.services.insert(lower);
         self.changes.nodes.insert(key.node.clone());
     }
@@ -297,6 +378,7 @@ impl Txn<'_> {
     /// Removes an instance and its checks.
     pub fn remove_instance(&mut self, key: &InstanceKey) -> Option<Instance> {
         let inst = self.state.instances.remove(key)?;
+        self.touched.instances.insert(key.clone());
         let lower = inst.name.to_ascii_lowercase();
         self.unindex_service(&lower, key);
         if let Some(set) = self.state.by_node.get_mut(&key.node) {
@@ -317,14 +399,17 @@ impl Txn<'_> {
     fn remove_checks_of(&mut self, owner: &CheckOwner) {
         if let Some(map) = self.state.checks.remove(owner) {
             for id in map.keys() {
-                self.state
-                    .check_owner
-                    .remove(&(owner.node.clone(), id.clone()));
+                let key = (owner.node.clone(), id.clone());
+                self.state.check_owner.remove(&key);
+                self.touched.checks.insert(key);
             }
+            self.changes.checks = true;
         }
     }
 
     fn touch_owner(&mut self, owner: &CheckOwner) {
+        self.changes.checks = true;
+        self.changes.nodes.insert(owner.node.clone());
         match &owner.service_id {
             Some(id) => {
                 let key = InstanceKey {
@@ -371,6 +456,7 @@ impl Txn<'_> {
             check.create_index = self.next_index;
         }
         check.modify_index = self.next_index;
+        self.touched.checks.insert(id_key.clone());
         self.state.check_owner.insert(id_key, owner.clone());
         self.state
             .checks
@@ -381,10 +467,9 @@ impl Txn<'_> {
     }
 
     pub fn remove_check(&mut self, node: &str, id: &str) -> Option<Check> {
-        let owner = self
-            .state
-            .check_owner
-            .remove(&(node.to_string(), id.to_string()))?;
+        let key = (node.to_string(), id.to_string());
+        let owner = self.state.check_owner.remove(&key)?;
+        self.touched.checks.insert(key);
         let map = self.state.checks.get_mut(&owner)?;
         let check = map.remove(id);
         if map.is_empty() {
@@ -415,18 +500,113 @@ impl Txn<'_> {
         if check.status == status && check.output == output {
             return true;
         }
-        let health_changed = check.status != status;
         check.status = status;
         check.output = output.to_string();
         check.modify_index = self.next_index;
-        if health_changed {
-            self.touch_owner(&owner);
-        } else {
-            // Only the output moved: HTTP readers see a new index, DNS
-            // answers stay as they are.
-            self.changes.nodes.insert(owner.node.clone());
+        self.touched
+            .checks
+            .insert((node.to_string(), id.to_string()));
+        self.touch_owner(&owner);
+        true
+    }
+
+    /// Writes a KV key. With `cas`, only when the key's ModifyIndex equals
+    /// it (0: only when the key does not exist). False when the CAS failed.
+    pub fn kv_put(&mut self, key: &str, value: Vec<u8>, flags: u64, cas: Option<u64>) -> bool {
+        let old = self.state.kv.get(key);
+        if let Some(cas) = cas {
+            let current = old.map(|e| e.modify_index).unwrap_or(0);
+            if current != cas {
+                return false;
+            }
+        }
+        let create_index = old.map(|e| e.create_index).unwrap_or(self.next_index);
+        self.state.kv.insert(
+            key.to_string(),
+            KvEntry {
+                key: key.to_string(),
+                value,
+                flags,
+                create_index,
+                modify_index: self.next_index,
+            },
+        );
+        self.touched.kv.insert(key.to_string());
+        self.changes.kv = true;
+        true
+    }
+
+    /// Deletes a key; with `cas`, only when its ModifyIndex equals it.
+    /// True when the key is gone afterwards as asked.
+    pub fn kv_delete(&mut self, key: &str, cas: Option<u64>) -> bool {
+        if let Some(cas) = cas {
+            match self.state.kv.get(key) {
+                Some(e) if e.modify_index == cas => {}
+                _ => return false,
+            }
+        }
+        if self.state.kv.remove(key).is_some() {
+            self.touched.kv.insert(key.to_string());
+            self.changes.kv = true;
         }
         true
+    }
+
+    /// Deletes every key under `prefix`.
+    pub fn kv_delete_tree(&mut self, prefix: &str) {
+        let keys: Vec<String> = self
+            .state
+            .kv_prefix(prefix)
+            .map(|e| e.key.clone())
+            .collect();
+        for k in keys {
+            self.kv_delete(&k, None);
+        }
+    }
+
+    /// Puts back entries read from the store as they were, indexes and all.
+    pub fn restore(&mut self, saved: store::Saved) {
+        for n in saved.nodes {
+            let name = n.name.clone();
+            self.state.nodes.insert(name.clone(), n);
+            self.touch_node(&name);
+        }
+        for i in saved.instances {
+            let key = i.key();
+            let lower = i.name.to_ascii_lowercase();
+            self.state
+                .by_service
+                .entry(lower.clone())
+                .or_default()
+                .insert(key.clone());
+            self.state
+                .by_node
+                .entry(key.node.clone())
+                .or_default()
+                .insert(key.clone());
+            self.state.instances.insert(key.clone(), i);
+            self.changes.services.insert(lower);
+            self.changes.nodes.insert(key.node);
+        }
+        for c in saved.checks {
+            let owner = CheckOwner {
+                node: c.node.clone(),
+                service_id: c.service_id.clone(),
+            };
+            self.state
+                .check_owner
+                .insert((c.node.clone(), c.id.clone()), owner.clone());
+            self.state
+                .checks
+                .entry(owner.clone())
+                .or_default()
+                .insert(c.id.clone(), c);
+            self.touch_owner(&owner);
+        }
+        for e in saved.kv {
+            self.state.kv.insert(e.key.clone(), e);
+            self.changes.kv = true;
+        }
     }
 
     /// Removes every node, instance and check of `source` that `keep` does
@@ -476,11 +656,13 @@ impl Txn<'_> {
 /// The registry. Cheap to share: clone the `Arc` around it.
 pub struct Registry {
     /// One lock for all indexes: a write updates several at once and must
-    /// never be seen half-done. Held only for in-memory work, never across
-    /// an `.await`; the DNS path never takes it (it reads the answer sets
-    /// the listener keeps).
+    /// never be seen half-done. Held only for in-memory work and the store's
+    /// commit, never across an `.await`; the DNS path never takes it (it
+    /// reads the answer sets the listener keeps).
     state: Mutex<State>,
     listener: Arc<dyn ChangeListener>,
+    /// Where API writes are made durable; `None` keeps them in memory only.
+    store: Option<Store>,
     /// The change index, for blocking queries and anything else that waits
     /// for "something changed" without polling.
     index_tx: watch::Sender<u64>,
@@ -488,10 +670,16 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(listener: Arc<dyn ChangeListener>) -> Registry {
+        Self::with_store(listener, None)
+    }
+
+    /// A registry whose API writes are kept in `store`.
+    pub fn with_store(listener: Arc<dyn ChangeListener>, store: Option<Store>) -> Registry {
         let (index_tx, _) = watch::channel(0);
         Registry {
             state: Mutex::new(State::default()),
             listener,
+            store,
             index_tx,
         }
     }
@@ -503,25 +691,71 @@ impl Registry {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` as one transaction. When it changed anything, the index
-    /// moves by one, the listener rebuilds what changed and watchers wake,
-    /// all before this returns.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
+    /// Reads what the store holds back into the registry, at the index it
+    /// had reached. Call once, before anything else writes.
+    pub fn restore(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let saved = store.load()?;
+        let count = saved.nodes.len() + saved.instances.len() + saved.checks.len() + saved.kv.len();
+        let index = saved.index;
+        self.commit(false, |txn| txn.restore(saved), Some(index))?;
+        Ok(count)
+    }
+
+    fn commit<R>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut Txn<'_>) -> R,
+        at_least: Option<u64>,
+    ) -> Result<R, StoreError> {
         let mut state = self.lock();
-        let next_index = state.index + 1;
+        let next_index = state.index.max(at_least.unwrap_or(0)) + 1;
         let mut txn = Txn {
             state: &mut state,
             changes: Changes::default(),
+            touched: Touched::default(),
             next_index,
         };
         let out = f(&mut txn);
         let changes = std::mem::take(&mut txn.changes);
-        if !changes.is_empty() {
-            state.index = next_index;
-            self.listener.changed(&state, &changes);
-            self.index_tx.send_replace(next_index);
+        let touched = std::mem::take(&mut txn.touched);
+        if changes.is_empty() {
+            return Ok(out);
         }
-        out
+        state.index = next_index;
+        state.stamp(&changes, next_index);
+        if durable && !touched.is_empty() {
+            if let Some(store) = &self.store {
+                // Made durable before anyone can see it: a reader never acts
+                // on a write that a crash could take back.
+                store.commit(&state, &touched)?;
+            }
+        }
+        self.listener.changed(&state, &changes);
+        self.index_tx.send_replace(next_index);
+        Ok(out)
+    }
+
+    /// Runs `f` as one transaction. When it changed anything, the index
+    /// moves by one, the listener rebuilds what changed and watchers wake,
+    /// all before this returns. Not written to the store: for sources whose
+    /// truth lives elsewhere (files, Consul) and for health updates.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
+        self.commit(false, f, None)
+            .expect("a write that is not stored cannot fail")
+    }
+
+    /// As [`write`](Self::write), and the API entries it touched are in the
+    /// store before it returns.
+    pub fn write_api<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> Result<R, StoreError> {
+        self.commit(true, f, None)
+    }
+
+    /// Whether API writes outlive the process.
+    pub fn is_durable(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Reads the state under the lock. Keep `f` short and synchronous.

@@ -83,7 +83,7 @@ impl Weights {
 
 pub type Meta = BTreeMap<String, String>;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
     /// An IP address or a host name.
@@ -97,14 +97,14 @@ pub struct Node {
 }
 
 /// Identifies an instance: its node and its ID, unique on that node.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceKey {
     pub node: String,
     pub id: String,
 }
 
 /// One service instance (Consul: a "service node").
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub node: String,
     pub id: String,
@@ -130,6 +130,15 @@ pub struct TaggedAddress {
     pub port: u16,
 }
 
+impl InstanceKey {
+    pub fn new(node: &str, id: &str) -> InstanceKey {
+        InstanceKey {
+            node: node.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
 impl Instance {
     pub fn key(&self) -> InstanceKey {
         InstanceKey {
@@ -141,7 +150,7 @@ impl Instance {
 
 /// What a check runs. Checks from Consul or with no runnable definition are
 /// `Static`: their status changes only when someone sets it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CheckKind {
     Static,
     Ttl {
@@ -175,7 +184,7 @@ impl CheckKind {
 }
 
 /// Thresholds of the check state machine (Consul's names).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thresholds {
     pub success_before_passing: u32,
     pub failures_before_warning: u32,
@@ -183,7 +192,7 @@ pub struct Thresholds {
     pub deregister_critical_after: Option<Duration>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub node: String,
     pub id: String,
@@ -198,6 +207,16 @@ pub struct Check {
     pub kind: CheckKind,
     pub thresholds: Thresholds,
     pub source: Source,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// One key of the KV store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub flags: u64,
     pub create_index: u64,
     pub modify_index: u64,
 }

@@ -1,0 +1,369 @@
+//! `/v1/agent/*`: services and checks on signpost's own node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::shapes::{node_id, CheckOut, ServiceOut};
+use super::{encoded, index_headers, json_body, reply, Api, ApiError, ApiResult, Params};
+use crate::registry::definition::{CheckDef, ServiceDef};
+use crate::registry::{Check, CheckKind, Health, InstanceKey, Source, Txn};
+
+type Shared = State<Arc<Api>>;
+
+/// The check Consul (and signpost) adds to put a service in maintenance.
+pub fn maintenance_check_id(service_id: &str) -> String {
+    format!("_service_maintenance:{service_id}")
+}
+
+/// Consul answers agent writes with 200 and an empty body.
+fn ok(api: &Api) -> Response {
+    let mut r = Response::new(axum::body::Body::empty());
+    index_headers(r.headers_mut(), api.registry.index());
+    r
+}
+
+fn read_only(what: &str, source: Source) -> ApiError {
+    let from = match source {
+        Source::File => "a zones/ definition file",
+        Source::Consul => "the Consul agent",
+        Source::Api => "the API",
+    };
+    ApiError::forbidden(format!(
+        "{what} comes from {from} and is read-only through the API"
+    ))
+}
+
+/// Keeps the live status of a check that is registered again without an
+/// explicit Status, as a running agent does.
+pub fn keep_status_of(txn: &Txn<'_>, check: &mut Check, explicit: bool) {
+    if explicit {
+        return;
+    }
+    if let Some(old) = txn.state().check(&check.node, &check.id) {
+        check.status = old.status;
+        check.output = old.output.clone();
+    }
+}
+
+pub async fn register_service(
+    State(api): Shared,
+    RawQuery(q): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let def: ServiceDef = json_body(body)?;
+    let replace = params.flag("replace-existing-checks");
+    let explicit: Vec<bool> = def.checks.iter().map(|c| c.status.is_some()).collect();
+    let node = api.node.clone();
+    api.registry.write_api(|txn| {
+        let key = InstanceKey::new(&node, &def.id);
+        if let Some(old) = txn.state().instance(&key) {
+            if old.source != Source::Api {
+                return Err(read_only(&format!("service {:?}", def.id), old.source));
+            }
+        }
+        let (inst, checks) = def.into_parts(&node, Source::Api);
+        for c in &checks {
+            if let Some(old) = txn.state().check(&node, &c.id) {
+                if old.source != Source::Api {
+                    return Err(read_only(&format!("check {:?}", c.id), old.source));
+                }
+            }
+        }
+        if replace {
+            let keep: BTreeSet<&str> = checks.iter().map(|c| c.id.as_str()).collect();
+            let stale: Vec<String> = txn
+                .state()
+                .checks_of(&key)
+                .filter(|c| c.service_id.as_deref() == Some(key.id.as_str()))
+                .filter(|c| {
+                    !keep.contains(c.id.as_str()) && !c.id.starts_with("_service_maintenance:")
+                })
+                .map(|c| c.id.clone())
+                .collect();
+            for id in stale {
+                txn.remove_check(&node, &id);
+            }
+        }
+        txn.upsert_instance(inst);
+        for (mut c, explicit) in checks.into_iter().zip(explicit) {
+            keep_status_of(txn, &mut c, explicit);
+            txn.upsert_check(c);
+        }
+        Ok(())
+    })??;
+    Ok(ok(&api))
+}
+
+fn own_instance(api: &Api, id: &str) -> Result<(InstanceKey, Source, String), ApiError> {
+    let key = InstanceKey::new(&api.node, id);
+    api.registry
+        .read(|s| s.instance(&key).map(|i| (i.source, i.name.clone())))
+        .map(|(source, name)| (key, source, name))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+            ))
+        })
+}
+
+pub async fn deregister_service(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+    let (key, source, _) = own_instance(&api, &id)?;
+    if source != Source::Api {
+        return Err(read_only(&format!("service {id:?}"), source));
+    }
+    api.registry.write_api(|txn| txn.remove_instance(&key))?;
+    Ok(ok(&api))
+}
+
+pub async fn maintenance(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let enable = match params.get("enable") {
+        None | Some("") => return Err(ApiError::bad_request("Missing value for enable")),
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| ApiError::bad_request(format!("Invalid value for enable: {v:?}")))?,
+    };
+    let (_, _, name) = own_instance(&api, &id)?;
+    let check_id = maintenance_check_id(&id);
+    let node = api.node.clone();
+    let reason = params.get("reason").unwrap_or("").to_string();
+    api.registry.write_api(|txn| {
+        if enable {
+            txn.upsert_check(Check {
+                node: node.clone(),
+                id: check_id.clone(),
+                name: "Service Maintenance Mode".into(),
+                status: Health::Critical,
+                output: String::new(),
+                notes: if reason.is_empty() {
+                    "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".into()
+                } else {
+                    reason
+                },
+                service_id: Some(id.clone()),
+                service_name: name,
+                kind: CheckKind::Static,
+                thresholds: Default::default(),
+                source: Source::Api,
+                create_index: 0,
+                modify_index: 0,
+            });
+        } else {
+            txn.remove_check(&node, &check_id);
+        }
+    })?;
+    Ok(ok(&api))
+}
+
+pub async fn register_check(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let def: CheckDef = json_body(body)?;
+    if def.name.is_empty() {
+        return Err(ApiError::bad_request("Missing check name"));
+    }
+    let explicit = def.status.is_some();
+    let id = if def.id.is_empty() {
+        def.name.clone()
+    } else {
+        def.id.clone()
+    };
+    let node = api.node.clone();
+    let service = match def.service_id.clone() {
+        Some(sid) => {
+            let key = InstanceKey::new(&node, &sid);
+            let name = api
+                .registry
+                .read(|s| s.instance(&key).map(|i| i.name.clone()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("ServiceID {sid:?} does not exist"))
+                })?;
+            Some((sid, name))
+        }
+        None => None,
+    };
+    api.registry.write_api(|txn| {
+        if let Some(old) = txn.state().check(&node, &id) {
+            if old.source != Source::Api {
+                return Err(read_only(&format!("check {id:?}"), old.source));
+            }
+        }
+        let mut check = def.into_check(
+            &node,
+            service.as_ref().map(|(i, n)| (i.as_str(), n.as_str())),
+            id.clone(),
+            Source::Api,
+        );
+        keep_status_of(txn, &mut check, explicit);
+        txn.upsert_check(check);
+        Ok(())
+    })??;
+    Ok(ok(&api))
+}
+
+fn own_check(api: &Api, id: &str) -> Result<Check, ApiError> {
+    api.registry
+        .read(|s| s.check(&api.node, id).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("Unknown check ID {id:?}")))
+}
+
+pub async fn deregister_check(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+    let check = own_check(&api, &id)?;
+    if check.source != Source::Api {
+        return Err(read_only(&format!("check {id:?}"), check.source));
+    }
+    api.registry
+        .write_api(|txn| txn.remove_check(&check.node, &id))?;
+    Ok(ok(&api))
+}
+
+/// Sets a TTL check's status, as `/v1/agent/check/{pass,warn,fail,update}`.
+pub fn set_ttl_status(api: &Api, id: &str, status: Health, output: &str) -> Result<(), ApiError> {
+    let check = own_check(api, id)?;
+    if !matches!(check.kind, CheckKind::Ttl { .. }) {
+        return Err(ApiError::bad_request(format!(
+            "CheckID {id:?} does not have associated TTL"
+        )));
+    }
+    api.registry
+        .write_api(|txn| txn.set_check_status(&check.node, id, status, output))?;
+    Ok(())
+}
+
+async fn ttl(api: Arc<Api>, id: String, q: Option<String>, status: Health) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    set_ttl_status(&api, &id, status, params.get("note").unwrap_or(""))?;
+    Ok(ok(&api))
+}
+
+pub async fn pass(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+    ttl(api, id, q, Health::Passing).await
+}
+
+pub async fn warn(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+    ttl(api, id, q, Health::Warning).await
+}
+
+pub async fn fail(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+    ttl(api, id, q, Health::Critical).await
+}
+
+#[derive(Deserialize)]
+struct Update {
+    #[serde(rename = "Status", alias = "status")]
+    status: Option<String>,
+    #[serde(rename = "Output", alias = "output", default)]
+    output: String,
+}
+
+pub async fn update_check(
+    State(api): Shared,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let u: Update = json_body(body)?;
+    let status = match u.status.as_deref() {
+        None | Some("") => return Err(ApiError::bad_request("Missing Status")),
+        Some(s) => Health::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid Status {s:?}: must be passing, warning or critical"
+            ))
+        })?,
+    };
+    set_ttl_status(&api, &id, status, &u.output)?;
+    Ok(ok(&api))
+}
+
+pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: BTreeMap<&str, ServiceOut<'_>> = s
+            .node_instances(&api.node)
+            .map(|v| {
+                (
+                    v.instance.id.as_str(),
+                    ServiceOut::new(v.instance, &api.datacenter),
+                )
+            })
+            .collect();
+        encoded(s.index(), &out)
+    })
+    .await
+}
+
+pub async fn service(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let key = InstanceKey::new(&api.node, &id);
+    api.blocking(&params, |s| {
+        let i = s
+            .instance(&key)
+            .ok_or_else(|| ApiError::not_found(format!("unknown service ID: {id}")))?;
+        encoded(i.modify_index, &ServiceOut::new(i, &api.datacenter))
+    })
+    .await
+}
+
+pub async fn checks(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: BTreeMap<&str, CheckOut<'_>> = s
+            .checks()
+            .filter(|c| c.node == api.node)
+            .map(|c| {
+                let inst = c
+                    .service_id
+                    .as_ref()
+                    .and_then(|sid| s.instance(&InstanceKey::new(&c.node, sid)));
+                (c.id.as_str(), CheckOut::new(c, inst))
+            })
+            .collect();
+        encoded(s.index(), &out)
+    })
+    .await
+}
+
+fn member(api: &Api) -> serde_json::Value {
+    json!({
+        "Name": api.node,
+        "Addr": api.node_address.to_string(),
+        "Port": 8301,
+        "Tags": {"dc": api.datacenter, "role": "node", "build": env!("CARGO_PKG_VERSION")},
+        "Status": 1,
+        "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+        "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    })
+}
+
+pub async fn this_agent(State(api): Shared) -> ApiResult {
+    let body = json!({
+        "Config": {
+            "Datacenter": api.datacenter,
+            "NodeName": api.node,
+            "NodeID": node_id(&api.node),
+            "Server": false,
+            "Revision": "signpost",
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": member(&api),
+        "Meta": {},
+    });
+    Ok(reply(api.registry.index(), &body))
+}
+
+pub async fn members(State(api): Shared) -> ApiResult {
+    Ok(reply(api.registry.index(), &[member(&api)]))
+}

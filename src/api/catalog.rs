@@ -1,0 +1,253 @@
+//! `/v1/catalog/*` and `/v1/status/*`: nodes and service instances of the
+//! whole catalog, as external-service tools register them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::agent::keep_status_of;
+use super::shapes::{NodeOut, ServiceNodeOut, ServiceOut};
+use super::{encoded, json_body, reply, Api, ApiError, ApiResult, Params};
+use crate::registry::definition::{CatalogParts, CatalogRegistration};
+use crate::registry::{InstanceKey, Source, State as Registry};
+
+type Shared = State<Arc<Api>>;
+
+fn read_only(what: String) -> ApiError {
+    ApiError::forbidden(format!(
+        "{what} does not come from the API and is read-only through it"
+    ))
+}
+
+pub async fn register(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let reg: CatalogRegistration = json_body(body)?;
+    if let Some(dc) = &reg.datacenter {
+        if !dc.eq_ignore_ascii_case(&api.datacenter) {
+            return Err(ApiError::bad_request(format!(
+                "datacenter {dc:?} is not this one ({:?})",
+                api.datacenter
+            )));
+        }
+    }
+    let skip_node_update = reg.skip_node_update;
+    let explicit: Vec<bool> = reg.checks.iter().map(|c| c.status.is_some()).collect();
+    let service_explicit: Vec<bool> = reg
+        .service
+        .iter()
+        .flat_map(|s| s.checks.iter().map(|c| c.status.is_some()))
+        .collect();
+    let CatalogParts {
+        node,
+        service,
+        checks,
+    } = reg.into_parts(&api.datacenter, Source::Api);
+    api.registry.write_api(|txn| {
+        let state = txn.state();
+        let existing = state.node(&node.name);
+        if existing.is_some_and(|n| n.source != Source::Api) {
+            return Err(read_only(format!("node {:?}", node.name)));
+        }
+        if let Some((inst, _)) = &service {
+            if state
+                .instance(&inst.key())
+                .is_some_and(|i| i.source != Source::Api)
+            {
+                return Err(read_only(format!("service {:?}", inst.id)));
+            }
+        }
+        let service_checks = service.iter().flat_map(|(_, c)| c);
+        if let Some(c) = checks.iter().chain(service_checks).find(|c| {
+            state
+                .check(&c.node, &c.id)
+                .is_some_and(|o| o.source != Source::Api)
+        }) {
+            return Err(read_only(format!("check {:?}", c.id)));
+        }
+        if existing.is_none() || !skip_node_update {
+            txn.upsert_node(node);
+        }
+        if let Some((inst, inst_checks)) = service {
+            txn.upsert_instance(inst);
+            for (mut c, explicit) in inst_checks.into_iter().zip(service_explicit) {
+                keep_status_of(txn, &mut c, explicit);
+                txn.upsert_check(c);
+            }
+        }
+        for (mut c, explicit) in checks.into_iter().zip(explicit) {
+            keep_status_of(txn, &mut c, explicit);
+            txn.upsert_check(c);
+        }
+        Ok(())
+    })??;
+    Ok(reply(api.registry.index(), &true))
+}
+
+#[derive(Deserialize)]
+struct Deregistration {
+    #[serde(rename = "Node", alias = "node", default)]
+    node: String,
+    #[serde(rename = "ServiceID", alias = "service_id")]
+    service_id: Option<String>,
+    #[serde(rename = "CheckID", alias = "check_id")]
+    check_id: Option<String>,
+}
+
+pub async fn deregister(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let d: Deregistration = json_body(body)?;
+    if d.node.is_empty() {
+        return Err(ApiError::bad_request("Missing node name"));
+    }
+    api.registry.write_api(|txn| {
+        let state = txn.state();
+        if let Some(id) = d.service_id.as_deref().filter(|s| !s.is_empty()) {
+            let key = InstanceKey::new(&d.node, id);
+            if state
+                .instance(&key)
+                .is_some_and(|i| i.source != Source::Api)
+            {
+                return Err(read_only(format!("service {id:?}")));
+            }
+            txn.remove_instance(&key);
+        } else if let Some(id) = d.check_id.as_deref().filter(|s| !s.is_empty()) {
+            if state
+                .check(&d.node, id)
+                .is_some_and(|c| c.source != Source::Api)
+            {
+                return Err(read_only(format!("check {id:?}")));
+            }
+            txn.remove_check(&d.node, id);
+        } else {
+            if state.node(&d.node).is_some_and(|n| n.source != Source::Api) {
+                return Err(read_only(format!("node {:?}", d.node)));
+            }
+            txn.remove_node(&d.node);
+        }
+        Ok(())
+    })??;
+    Ok(reply(api.registry.index(), &true))
+}
+
+fn local<'a>(api: &'a Api) -> impl Fn(&crate::registry::InstanceView<'_>) -> bool + 'a {
+    move |v| v.node.is_some_and(|n| n.datacenter == api.datacenter)
+}
+
+pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for lower in s.service_names() {
+            for v in s.service_instances(lower).filter(local(&api)) {
+                out.entry(v.instance.name.clone())
+                    .or_default()
+                    .extend(v.instance.tags.iter().cloned());
+            }
+        }
+        encoded(s.tables().services, &out)
+    })
+    .await
+}
+
+/// The index of one service's entries (or of all services when it never
+/// existed).
+pub fn service_index(s: &Registry, name: &str) -> u64 {
+    let t = s.tables();
+    t.service
+        .get(&name.to_ascii_lowercase())
+        .copied()
+        .unwrap_or(t.services)
+}
+
+/// Whether an instance carries every tag asked for (case-insensitively).
+pub fn has_tags(tags: &[String], wanted: &[&str]) -> bool {
+    wanted
+        .iter()
+        .all(|w| tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
+}
+
+pub async fn service(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let tags: Vec<&str> = params.all("tag").collect();
+    let lower = name.to_ascii_lowercase();
+    api.blocking(&params, |s| {
+        let mut out: Vec<ServiceNodeOut<'_>> = s
+            .service_instances(&lower)
+            .filter(local(&api))
+            .filter(|v| has_tags(&v.instance.tags, &tags))
+            .filter_map(|v| Some(ServiceNodeOut::new(v.node?, v.instance)))
+            .collect();
+        out.sort_by(|a, b| (a.node, a.service_id).cmp(&(b.node, b.service_id)));
+        encoded(service_index(s, &name), &out)
+    })
+    .await
+}
+
+pub async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: Vec<NodeOut<'_>> = s
+            .nodes()
+            .filter(|n| n.datacenter == api.datacenter)
+            .map(NodeOut::new)
+            .collect();
+        encoded(s.tables().nodes, &out)
+    })
+    .await
+}
+
+pub fn node_index(s: &Registry, node: &str) -> u64 {
+    let t = s.tables();
+    t.node.get(node).copied().unwrap_or(t.nodes)
+}
+
+pub async fn node(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let body = s.node(&name).map(|n| {
+            let services: BTreeMap<&str, ServiceOut<'_>> = s
+                .node_instances(&name)
+                .map(|v| {
+                    (
+                        v.instance.id.as_str(),
+                        ServiceOut::new(v.instance, &n.datacenter),
+                    )
+                })
+                .collect();
+            json!({"Node": NodeOut::new(n), "Services": services})
+        });
+        encoded(node_index(s, &name), &body)
+    })
+    .await
+}
+
+pub async fn datacenters(State(api): Shared) -> ApiResult {
+    let mut dcs: BTreeSet<String> = api
+        .registry
+        .read(|s| s.nodes().map(|n| n.datacenter.clone()).collect());
+    dcs.insert(api.datacenter.clone());
+    Ok(reply(api.registry.index(), &dcs))
+}
+
+fn server_address(api: &Api) -> String {
+    std::net::SocketAddr::new(api.node_address, 8300).to_string()
+}
+
+pub async fn leader(State(api): Shared) -> ApiResult {
+    Ok(reply(api.registry.index(), &server_address(&api)))
+}
+
+pub async fn peers(State(api): Shared) -> ApiResult {
+    Ok(reply(api.registry.index(), &[server_address(&api)]))
+}

@@ -1,0 +1,125 @@
+//! `/v1/health/*`: instances with their checks, and checks by state.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+
+use super::catalog::{has_tags, node_index, service_index};
+use super::shapes::{CheckOut, HealthEntry, NodeOut, ServiceOut};
+use super::{encoded, Api, ApiError, ApiResult, Params};
+use crate::registry::{Check, Health, InstanceKey, State as Registry};
+
+type Shared = State<Arc<Api>>;
+
+fn check_out<'a>(s: &'a Registry, c: &'a Check) -> CheckOut<'a> {
+    let inst = c
+        .service_id
+        .as_ref()
+        .and_then(|sid| s.instance(&InstanceKey::new(&c.node, sid)));
+    CheckOut::new(c, inst)
+}
+
+pub async fn service(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let passing = params.flag("passing");
+    let tags: Vec<&str> = params.all("tag").collect();
+    let lower = name.to_ascii_lowercase();
+    api.blocking(&params, |s| {
+        let mut out: Vec<HealthEntry<'_>> = Vec::new();
+        for v in s.service_instances(&lower) {
+            let Some(node) = v.node.filter(|n| n.datacenter == api.datacenter) else {
+                continue;
+            };
+            if !has_tags(&v.instance.tags, &tags) || (passing && v.health != Health::Passing) {
+                continue;
+            }
+            let key = v.instance.key();
+            out.push(HealthEntry {
+                node: NodeOut::new(node),
+                service: ServiceOut::new(v.instance, &node.datacenter),
+                checks: s
+                    .checks_of(&key)
+                    .map(|c| CheckOut::new(c, Some(v.instance)))
+                    .collect(),
+            });
+        }
+        out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
+        encoded(service_index(s, &name), &out)
+    })
+    .await
+}
+
+pub async fn checks(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let lower = name.to_ascii_lowercase();
+    api.blocking(&params, |s| {
+        let out: Vec<CheckOut<'_>> = s
+            .service_instances(&lower)
+            .flat_map(|v| {
+                let key = v.instance.key();
+                s.checks_of(&key)
+                    .filter(|c| c.service_id.is_some())
+                    .map(|c| CheckOut::new(c, Some(v.instance)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        encoded(service_index(s, &name), &out)
+    })
+    .await
+}
+
+pub async fn node(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let mut out: Vec<CheckOut<'_>> = s
+            .checks()
+            .filter(|c| c.node == name)
+            .map(|c| check_out(s, c))
+            .collect();
+        out.sort_by(|a, b| a.check_id.cmp(b.check_id));
+        encoded(node_index(s, &name), &out)
+    })
+    .await
+}
+
+pub async fn state(
+    State(api): Shared,
+    Path(state): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let wanted = match state.as_str() {
+        "any" => None,
+        other => Some(
+            Health::parse(other)
+                .filter(|_| other == other.to_ascii_lowercase())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Invalid state {state:?}: use any, passing, warning or critical"
+                    ))
+                })?,
+        ),
+    };
+    api.blocking(&params, |s| {
+        let mut out: Vec<CheckOut<'_>> = s
+            .checks()
+            .filter(|c| wanted.is_none_or(|w| c.status == w))
+            .map(|c| check_out(s, c))
+            .collect();
+        out.sort_by(|a, b| (a.node, a.check_id).cmp(&(b.node, b.check_id)));
+        encoded(s.tables().checks, &out)
+    })
+    .await
+}

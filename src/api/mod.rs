@@ -1,0 +1,333 @@
+//! The HTTP API: Consul's agent, catalog, health, KV and status endpoints,
+//! with Consul's shapes, status codes and blocking queries, so Consul's
+//! clients (curl recipes, python-consul, Registrator) work unchanged.
+//!
+//! `agent`, `catalog`, `health` and `kv` hold the handlers, `shapes` the
+//! JSON they return. Writes go through [`Registry::write_api`]: stored and
+//! visible in DNS before the response is sent.
+
+mod agent;
+mod catalog;
+mod health;
+mod kv;
+mod shapes;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::registry::{Registry, State, StoreError};
+
+/// Bodies above this are refused with 413 (the KV value cap is lower).
+pub const MAX_BODY: usize = 1 << 20;
+/// Consul's default and largest blocking wait.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// What every handler can reach.
+pub struct Api {
+    pub registry: Arc<Registry>,
+    /// signpost's own node: the agent's node.
+    pub node: String,
+    pub node_address: IpAddr,
+    pub datacenter: String,
+    pub token: Option<String>,
+}
+
+type Shared = AxState<Arc<Api>>;
+
+/// An error answer: a status and a one-line reason, as Consul sends them.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!("store write failed: {e}");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot store the change: {e}"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let line = self.message.replace('\n', " ");
+        (self.status, format!("{line}\n")).into_response()
+    }
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// The query string, with Consul's conventions: repeatable keys (`tag`),
+/// and flags that count when present without a value (`?passing`).
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn parse(query: Option<&str>) -> Params {
+        Params(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `?flag`, `?flag=true`, `?flag=1`.
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key)
+            .is_some_and(|v| v.is_empty() || v.eq_ignore_ascii_case("true") || v == "1")
+    }
+
+    pub fn u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid {key} {v:?}: not a whole number"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A JSON response with Consul's headers.
+pub fn reply<T: Serialize>(index: u64, body: &T) -> Response {
+    let mut r = axum::Json(body).into_response();
+    index_headers(r.headers_mut(), index);
+    r
+}
+
+pub fn index_headers(h: &mut HeaderMap, index: u64) {
+    h.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+    h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+    h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+}
+
+/// A read's index and JSON, encoded while the view still borrows the
+/// registry.
+pub fn encoded<T: Serialize>(index: u64, body: &T) -> Result<(u64, Vec<u8>), ApiError> {
+    Ok((
+        index,
+        serde_json::to_vec(body).expect("response shapes serialize"),
+    ))
+}
+
+/// Parses a JSON request body; a bad one is a 400 with serde's reason.
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body_bytes(body)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("request decode failed: empty body"));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))
+}
+
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError {
+        status: e.status(),
+        message: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body too large: the limit is {MAX_BODY} bytes")
+        } else {
+            format!("cannot read request body: {e}")
+        },
+    })
+}
+
+impl Api {
+    /// Refuses a read for another datacenter, as Consul does when it has no
+    /// path there.
+    pub fn check_dc(&self, params: &Params) -> Result<(), ApiError> {
+        match params.get("dc") {
+            Some(dc) if !dc.is_empty() && !dc.eq_ignore_ascii_case(&self.datacenter) => {
+                Err(ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("No path to datacenter {dc:?}"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers a read, as a blocking query when `?index=` asks for one.
+    /// `view` encodes its JSON while it holds the registry (see [`encoded`]).
+    pub async fn blocking(
+        &self,
+        params: &Params,
+        view: impl Fn(&State) -> Result<(u64, Vec<u8>), ApiError>,
+    ) -> ApiResult {
+        let (index, body) = self.wait_for(params, view).await?;
+        let mut r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        index_headers(r.headers_mut(), index);
+        Ok(r)
+    }
+
+    /// The blocking-query loop: `view` computes a result and its index from
+    /// the registry; while that index is not above the client's `?index=`,
+    /// wait for the registry's change index to move (no polling), up to
+    /// `?wait` plus jitter, then answer with what there is.
+    pub async fn wait_for<T>(
+        &self,
+        params: &Params,
+        view: impl Fn(&State) -> Result<(u64, T), ApiError>,
+    ) -> Result<(u64, T), ApiError> {
+        self.check_dc(params)?;
+        let min_index = params.u64("index")?.unwrap_or(0);
+        let wait = match params.get("wait") {
+            None | Some("") => DEFAULT_WAIT,
+            Some(w) => crate::registry::definition::parse_duration(w)
+                .map_err(|e| ApiError::bad_request(format!("invalid wait: {e}")))?
+                .min(MAX_WAIT),
+        };
+        // Jitter spreads the wake-ups of many watchers started together.
+        let jitter = wait.mul_f64(fastrand::f64() / 16.0);
+        let deadline = tokio::time::Instant::now() + wait + jitter;
+        let mut changes = self.registry.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let (index, body) = self.registry.read(&view)?;
+            let index = index.max(1);
+            let expired = tokio::time::Instant::now() >= deadline;
+            if min_index == 0 || index > min_index || expired {
+                return Ok((index, body));
+            }
+            // Woken by the next change anywhere; the view decides whether
+            // it is one this query waits for.
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
+    }
+}
+
+fn token_ok(api: &Api, headers: &HeaderMap, params: &Params) -> bool {
+    let Some(want) = &api.token else {
+        return true;
+    };
+    let given = headers
+        .get("X-Consul-Token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("Authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .or_else(|| params.get("token"));
+    // Compare without an early exit, so timing says nothing of the token.
+    given.is_some_and(|g| {
+        g.len() == want.len()
+            && g.bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+/// Writes (anything but GET and HEAD) need the token when one is set.
+async fn require_token(AxState(api): Shared, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let params = Params::parse(req.uri().query());
+    if token_ok(&api, req.headers(), &params) {
+        next.run(req).await
+    } else {
+        ApiError::forbidden("Permission denied: a valid token is required for writes")
+            .into_response()
+    }
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    let v1 = Router::new()
+        .route("/agent/service/register", put(agent::register_service))
+        .route(
+            "/agent/service/deregister/{id}",
+            put(agent::deregister_service),
+        )
+        .route("/agent/service/maintenance/{id}", put(agent::maintenance))
+        .route("/agent/check/register", put(agent::register_check))
+        .route("/agent/check/deregister/{id}", put(agent::deregister_check))
+        .route("/agent/check/pass/{id}", put(agent::pass))
+        .route("/agent/check/warn/{id}", put(agent::warn))
+        .route("/agent/check/fail/{id}", put(agent::fail))
+        .route("/agent/check/update/{id}", put(agent::update_check))
+        .route("/agent/services", get(agent::services))
+        .route("/agent/service/{id}", get(agent::service))
+        .route("/agent/checks", get(agent::checks))
+        .route("/agent/self", get(agent::this_agent))
+        .route("/agent/members", get(agent::members))
+        .route("/catalog/register", put(catalog::register))
+        .route("/catalog/deregister", put(catalog::deregister))
+        .route("/catalog/services", get(catalog::services))
+        .route("/catalog/service/{name}", get(catalog::service))
+        .route("/catalog/nodes", get(catalog::nodes))
+        .route("/catalog/node/{node}", get(catalog::node))
+        .route("/catalog/datacenters", get(catalog::datacenters))
+        .route("/health/service/{name}", get(health::service))
+        .route("/health/checks/{service}", get(health::checks))
+        .route("/health/node/{node}", get(health::node))
+        .route("/health/state/{state}", get(health::state))
+        .route("/status/leader", get(catalog::leader))
+        .route("/status/peers", get(catalog::peers))
+        .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/kv/", put(kv::put).get(kv::get).delete(kv::delete));
+    Router::new()
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
