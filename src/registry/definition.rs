@@ -714,13 +714,20 @@ pub struct CatalogRegistration {
     pub skip_node_update: bool,
 }
 
+/// Consul accepts almost any node name (`t2.320` in its own docs); one with
+/// a dot or other characters outside a DNS label cannot be looked up as
+/// `<node>.node.consul`, but its instances still answer.
 pub fn check_node_name(node: &str) -> Result<(), String> {
     if node.is_empty() {
         return Err("missing Node".into());
     }
-    if node.len() > MAX_LABEL || node.contains('.') {
+    if node.len() > 253
+        || node
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+    {
         return Err(format!(
-            "node {node:?} must be one DNS label (at most 63 characters, no dots)"
+            "node {node:?} must be at most 253 characters without spaces, control characters or '/'"
         ));
     }
     Ok(())

@@ -95,19 +95,30 @@ fn check_reports_file_line_and_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("datacenter"));
 }
 
-/// Runs the binary on port 0 and reads the bound address from its log.
-struct Running(std::process::Child, std::net::SocketAddr);
+/// The binary running on port 0, with the addresses read from its log.
+struct Running {
+    child: std::process::Child,
+    dns: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn run_binary(args: &[&str]) -> Running {
     let mut child = signpost()
-        .args(["--dns", "127.0.0.1:0", "--log-level", "info"])
+        .args([
+            "--dns",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--log-level",
+            "info",
+        ])
         .args(args)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
@@ -119,16 +130,65 @@ fn run_binary(args: &[&str]) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("serving DNS on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap().to_string();
-                let _ = tx.send(addr);
+            for what in ["serving DNS on ", "serving HTTP on "] {
+                if let Some(rest) = line.split(what).nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send((what, addr));
+                }
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("signpost logs its DNS address");
-    Running(child, addr.parse().unwrap())
+    let (mut dns, mut http) = (None, None);
+    while dns.is_none() || http.is_none() {
+        let (what, addr) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("signpost logs its addresses");
+        let addr = addr.parse().unwrap();
+        if what.contains("DNS") {
+            dns = Some(addr);
+        } else {
+            http = Some(addr);
+        }
+    }
+    Running {
+        child,
+        dns: dns.unwrap(),
+        http: http.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_registrations_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_string();
+    let mut srv = run_binary(&["--data-dir", &dir]);
+    let url = format!("http://{}/v1/agent/service/register", srv.http);
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"ID": "w{i}", "Name": "web", "Address": "10.0.0.{}", "Port": 80}}"#,
+            i + 1
+        );
+        assert_eq!(http("PUT", &url, Some(&body)).await.status, 200);
+    }
+    // SIGKILL right after the last acknowledgement: no shutdown code runs.
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    let srv = run_binary(&["--data-dir", &dir]);
+    let mut clients = client(srv.dns, Via::Tcp).await;
+    use hickory_net::client::ClientHandle;
+    let m = clients
+        .query(
+            "web.service.consul.".parse().unwrap(),
+            hickory_proto::rr::DNSClass::IN,
+            hickory_proto::rr::RecordType::A,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        m.answers.len(),
+        20,
+        "every acknowledged registration is back"
+    );
 }
 
 #[test]
@@ -139,7 +199,7 @@ fn dig_resolves_the_example_services() {
     }
     let zones = shipped_zones();
     let srv = run_binary(&["--zones", zones.to_str().unwrap()]);
-    let port = srv.1.port().to_string();
+    let port = srv.dns.port().to_string();
     let dig = |args: &[&str]| {
         let out = Command::new("dig")
             .args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=1"])

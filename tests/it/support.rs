@@ -48,6 +48,7 @@ impl ZoneDir {
 pub struct TestServer {
     pub signpost: Option<Signpost>,
     pub dns: SocketAddr,
+    pub http: SocketAddr,
 }
 
 impl TestServer {
@@ -62,10 +63,17 @@ impl TestServer {
         tweak(&mut config);
         let signpost = Signpost::start(config).await.expect("signpost starts");
         let dns = signpost.dns_addrs()[0];
+        let http = signpost.http_addr();
         TestServer {
             signpost: Some(signpost),
             dns,
+            http,
         }
+    }
+
+    /// `http://<addr><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
     }
 
     pub fn signpost(&self) -> &Signpost {
@@ -194,4 +202,70 @@ pub fn zone(text: &str) -> Vec<String> {
 #[track_caller]
 pub fn assert_records(section: &[Record], expected: &str) {
     assert_eq!(lines(section), zone(expected), "records differ");
+}
+
+/// An HTTP exchange's outcome: status, `X-Consul-Index`, body text.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub index: Option<u64>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends `method url` with an optional body and returns what came back.
+pub async fn http(method: &str, url: &str, body: Option<&str>) -> Reply {
+    http_with(method, url, body, &[]).await
+}
+
+pub async fn http_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let index = resp
+        .headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = resp.text().await.unwrap();
+    Reply {
+        status,
+        index,
+        body,
+    }
+}
+
+/// The A records (as text) that `name` resolves to over UDP.
+pub async fn a_records(server: SocketAddr, name: &str) -> Vec<String> {
+    let m = query(server, Via::Udp, name, RecordType::A).await;
+    let mut v: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.to_string()),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
 }
