@@ -3,11 +3,14 @@
 //! Data flows left to right:
 //!
 //! ```text
-//! zones/ (sync::files) ─► registry ─(change listener)─► dns::answers ─► dns::handler ─► dns::server
+//! zones/ (sync::files), api ─► registry ─(change listener)─► dns::answers ─► dns::handler ─► dns::server
+//!                               ▲  │
+//!                          health (checks)
 //! ```
 //!
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
+//! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
 //! * [`sync`]     — sources that feed the registry (service definition files).
 //! * [`dns`]      — query names, ready-made answer sets, the wire format,
@@ -17,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod dns;
+pub mod health;
 pub mod registry;
 pub mod server;
 pub mod sync;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::dns::answers::{AnswerConfig, Answers};
 use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
+use crate::health::HealthChecks;
 use crate::registry::{Registry, Store, StoreError};
 use crate::sync::files::{self, Definitions, FileError, OwnNode};
 
@@ -34,6 +35,7 @@ pub struct Signpost {
     pub config: Config,
     pub registry: Arc<Registry>,
     pub answers: Arc<Answers>,
+    pub health: Arc<HealthChecks>,
     dns: DnsServer,
     http_addr: SocketAddr,
     http_stop: oneshot::Sender<()>,
@@ -87,6 +89,7 @@ impl Signpost {
         let (files, instances) = (defs.files, defs.instance_count());
         defs.apply(&registry, &own);
         tracing::info!(files, instances, "loaded service definitions");
+        let health = HealthChecks::start(registry.clone());
         let handler = Arc::new(Handler::new(
             answers.clone(),
             config.dns_config.udp_payload_max,
@@ -110,6 +113,7 @@ impl Signpost {
             node_address: config.node_address(),
             datacenter: config.datacenter.clone(),
             token: config.http_token.clone(),
+            health: health.clone(),
         }));
         let (http_stop, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
@@ -125,6 +129,7 @@ impl Signpost {
             config,
             registry,
             answers,
+            health,
             dns,
             http_addr,
             http_stop,
@@ -153,6 +158,7 @@ impl Signpost {
         {
             http_task.abort();
         }
+        self.health.shutdown().await;
         self.dns.shutdown().await;
     }
 }

@@ -235,6 +235,7 @@ pub fn set_ttl_status(api: &Api, id: &str, status: Health, output: &str) -> Resu
             "CheckID {id:?} does not have associated TTL"
         )));
     }
+    api.health.touch_ttl(&check.node, id);
     api.registry
         .write_api(|txn| txn.set_check_status(&check.node, id, status, output))?;
     Ok(())

@@ -43,6 +43,8 @@ pub struct Api {
     pub node_address: IpAddr,
     pub datacenter: String,
     pub token: Option<String>,
+    /// For TTL refreshes.
+    pub health: Arc<crate::health::HealthChecks>,
 }
 
 type Shared = AxState<Arc<Api>>;

@@ -108,6 +108,9 @@ pub struct State {
     kv: BTreeMap<String, KvEntry>,
     index: u64,
     tables: TableIndexes,
+    /// Moves when a check is added, removed or redefined, never on a status
+    /// update: the health runner rescans its checks only when this moves.
+    check_defs: u64,
 }
 
 /// An instance as DNS and the health endpoints see it.
@@ -125,6 +128,10 @@ impl State {
 
     pub fn tables(&self) -> &TableIndexes {
         &self.tables
+    }
+
+    pub fn check_defs(&self) -> u64 {
+        self.check_defs
     }
 
     pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
@@ -404,6 +411,7 @@ impl Txn<'_> {
                 self.touched.checks.insert(key);
             }
             self.changes.checks = true;
+            self.state.check_defs += 1;
         }
     }
 
@@ -456,6 +464,15 @@ impl Txn<'_> {
             check.create_index = self.next_index;
         }
         check.modify_index = self.next_index;
+        let redefined = self.state.check(&check.node, &check.id).is_none_or(|old| {
+            old.kind != check.kind
+                || old.thresholds != check.thresholds
+                || old.service_id != check.service_id
+                || old.source != check.source
+        });
+        if redefined {
+            self.state.check_defs += 1;
+        }
         self.touched.checks.insert(id_key.clone());
         self.state.check_owner.insert(id_key, owner.clone());
         self.state
@@ -470,6 +487,7 @@ impl Txn<'_> {
         let key = (node.to_string(), id.to_string());
         let owner = self.state.check_owner.remove(&key)?;
         self.touched.checks.insert(key);
+        self.state.check_defs += 1;
         let map = self.state.checks.get_mut(&owner)?;
         let check = map.remove(id);
         if map.is_empty() {
@@ -601,6 +619,7 @@ impl Txn<'_> {
                 .entry(owner.clone())
                 .or_default()
                 .insert(c.id.clone(), c);
+            self.state.check_defs += 1;
             self.touch_owner(&owner);
         }
         for e in saved.kv {

@@ -1,0 +1,478 @@
+//! Health checks: runs the HTTP, TCP and TTL checks that standalone
+//! registrations carry and writes their status into the registry, which
+//! takes failing instances out of DNS at once.
+//!
+//! A supervisor task keeps one task per runnable check, started and stopped
+//! as the registry's check definitions change (it rescans only when they
+//! do, never on a status update). `status` holds Consul's threshold state
+//! machine, `probe` the HTTP and TCP probes. Checks mirrored from Consul are
+//! not run here: Consul's own status is used as synced.
+
+pub mod probe;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::registry::definition::format_duration;
+use crate::registry::{CheckKind, Health, InstanceKey, Registry, Source, Thresholds};
+use probe::{HttpCheck, HttpClients};
+use status::StatusMachine;
+
+/// How many probes may run at once. A hanging target holds one slot for
+/// at most its timeout, so it cannot hold up the others.
+pub const MAX_CONCURRENT_PROBES: usize = 512;
+
+/// (node, check id)
+pub type CheckKey = (String, String);
+
+/// What a check task runs; a change of any of it restarts the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    kind: CheckKind,
+    thresholds: Thresholds,
+    service_id: Option<String>,
+}
+
+/// A TTL check's refresh: when it was last refreshed, and a wake-up for its
+/// task.
+struct Ttl {
+    /// std Mutex: held only to read or set the instant, never across .await.
+    refreshed: Mutex<Instant>,
+    wake: Notify,
+}
+
+struct Shared {
+    clients: HttpClients,
+    permits: Semaphore,
+    /// Check tasks alive right now, counted by the tasks themselves, so a
+    /// leak shows.
+    running: AtomicUsize,
+    /// TTL checks by key. std Mutex: held only to insert, remove or clone
+    /// an `Arc`, never across .await.
+    ttl: Mutex<HashMap<CheckKey, Arc<Ttl>>>,
+    /// Probe results: passing, warning, critical.
+    runs: [AtomicU64; 3],
+}
+
+/// Counts a live check task; drops with the task, however it ends.
+struct Live<'a>(&'a AtomicUsize);
+
+impl<'a> Live<'a> {
+    fn new(n: &'a AtomicUsize) -> Live<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Live(n)
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct HealthChecks {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    /// The supervisor; taken by `shutdown`. std Mutex: never held across
+    /// .await (the handle is moved out first).
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl HealthChecks {
+    /// Starts the supervisor. Must run inside a tokio runtime.
+    pub fn start(registry: Arc<Registry>) -> Arc<HealthChecks> {
+        let shared = Arc::new(Shared {
+            clients: HttpClients::new(),
+            permits: Semaphore::new(MAX_CONCURRENT_PROBES),
+            running: AtomicUsize::new(0),
+            ttl: Mutex::new(HashMap::new()),
+            runs: Default::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(supervise(registry, Arc::clone(&shared), stopped));
+        Arc::new(HealthChecks {
+            shared,
+            stop,
+            supervisor: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Check tasks alive right now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Probe runs so far by result: passing, warning, critical.
+    pub fn runs(&self) -> [u64; 3] {
+        self.shared
+            .runs
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Restarts a TTL check's clock. Call before writing the new status, so
+    /// an expiry racing with the refresh never lands after it.
+    pub fn touch_ttl(&self, node: &str, id: &str) {
+        let ttl = self
+            .shared
+            .ttl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(node.to_string(), id.to_string()))
+            .cloned();
+        if let Some(t) = ttl {
+            *t.refreshed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            t.wake.notify_one();
+        }
+    }
+
+    /// Stops every check and waits until none is left running.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+fn specs(registry: &Registry) -> HashMap<CheckKey, Spec> {
+    registry.read(|s| {
+        s.checks()
+            .filter(|c| c.source != Source::Consul && c.kind != CheckKind::Static)
+            .map(|c| {
+                (
+                    (c.node.clone(), c.id.clone()),
+                    Spec {
+                        kind: c.kind.clone(),
+                        thresholds: c.thresholds,
+                        service_id: c.service_id.clone(),
+                    },
+                )
+            })
+            .collect()
+    })
+}
+
+async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut changes = registry.subscribe();
+    let mut tasks: HashMap<CheckKey, (Spec, AbortHandle)> = HashMap::new();
+    let mut set = JoinSet::new();
+    let mut seen = None;
+    loop {
+        changes.borrow_and_update();
+        let defs = registry.read(|s| s.check_defs());
+        if seen != Some(defs) {
+            seen = Some(defs);
+            let mut wanted = specs(&registry);
+            tasks.retain(|key, (spec, handle)| {
+                let keep = wanted.get(key) == Some(spec) && !handle.is_finished();
+                if keep {
+                    wanted.remove(key);
+                } else {
+                    handle.abort();
+                }
+                keep
+            });
+            for (key, spec) in wanted {
+                let handle = set.spawn(run_check(
+                    Arc::clone(&registry),
+                    Arc::clone(&shared),
+                    key.clone(),
+                    spec.clone(),
+                ));
+                tasks.insert(key, (spec, handle));
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            _ = stop.changed() => break,
+            Some(_) = set.join_next(), if !set.is_empty() => {}
+        }
+    }
+    set.shutdown().await;
+}
+
+async fn run_check(registry: Arc<Registry>, shared: Arc<Shared>, key: CheckKey, spec: Spec) {
+    let _live = Live::new(&shared.running);
+    let reaper = Reaper::new(&spec);
+    match &spec.kind {
+        CheckKind::Ttl { ttl } => run_ttl(&registry, &shared, &key, *ttl, reaper).await,
+        CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => {
+            run_periodic(&registry, &shared, &key, &spec, *interval, reaper).await
+        }
+        CheckKind::Static => {}
+    }
+}
+
+/// Deregisters a service once its check has been critical for
+/// `DeregisterCriticalServiceAfter`.
+struct Reaper {
+    after: Option<Duration>,
+    service_id: Option<String>,
+    critical_since: Option<Instant>,
+}
+
+impl Reaper {
+    fn new(spec: &Spec) -> Reaper {
+        Reaper {
+            after: spec
+                .thresholds
+                .deregister_critical_after
+                .filter(|_| spec.service_id.is_some()),
+            service_id: spec.service_id.clone(),
+            critical_since: None,
+        }
+    }
+
+    /// Notes the check's current status; true once it is due.
+    fn due(&mut self, registry: &Registry, key: &CheckKey) -> bool {
+        let Some(after) = self.after else {
+            return false;
+        };
+        let critical = registry.read(|s| {
+            s.check(&key.0, &key.1)
+                .is_some_and(|c| c.status == Health::Critical)
+        });
+        if !critical {
+            self.critical_since = None;
+            return false;
+        }
+        let since = *self.critical_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= after
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.critical_since? + self.after?)
+    }
+
+    fn reap(&self, registry: &Registry, key: &CheckKey) {
+        let Some(sid) = &self.service_id else { return };
+        let instance = InstanceKey::new(&key.0, sid);
+        tracing::info!(
+            node = %key.0, service = %sid, check = %key.1,
+            "deregistering a service critical for longer than {}",
+            format_duration(self.after.unwrap_or_default())
+        );
+        if let Err(e) = registry.write_api(|t| t.remove_instance(&instance)) {
+            tracing::error!("cannot deregister {sid}: {e}");
+        }
+    }
+}
+
+async fn run_periodic(
+    registry: &Registry,
+    shared: &Shared,
+    key: &CheckKey,
+    spec: &Spec,
+    interval: Duration,
+    mut reaper: Reaper,
+) {
+    let mut machine = StatusMachine::new(spec.thresholds);
+    reaper.due(registry, key);
+    // Spread the first runs of checks registered together over an interval.
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (result, output) = {
+            let _slot = shared.permits.acquire().await.expect("never closed");
+            match &spec.kind {
+                CheckKind::Http {
+                    url,
+                    method,
+                    headers,
+                    body,
+                    tls_skip_verify,
+                    timeout,
+                    ..
+                } => {
+                    let check = HttpCheck {
+                        url,
+                        method,
+                        headers,
+                        body,
+                        tls_skip_verify: *tls_skip_verify,
+                        timeout: *timeout,
+                    };
+                    probe::http(&shared.clients, &check).await
+                }
+                CheckKind::Tcp {
+                    address, timeout, ..
+                } => probe::tcp(address, *timeout).await,
+                _ => return,
+            }
+        };
+        let slot = match result {
+            Health::Passing => 0,
+            Health::Warning => 1,
+            Health::Critical => 2,
+        };
+        shared.runs[slot].fetch_add(1, Ordering::Relaxed);
+        if let Some(status) = machine.observe(result) {
+            registry.write(|t| t.set_check_status(&key.0, &key.1, status, &output));
+        }
+        if reaper.due(registry, key) {
+            reaper.reap(registry, key);
+            return;
+        }
+    }
+}
+
+/// Removes a TTL check's entry when its task ends.
+struct TtlEntry<'a> {
+    shared: &'a Shared,
+    key: &'a CheckKey,
+}
+
+impl Drop for TtlEntry<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .ttl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.key);
+    }
+}
+
+async fn run_ttl(
+    registry: &Registry,
+    shared: &Shared,
+    key: &CheckKey,
+    ttl: Duration,
+    mut reaper: Reaper,
+) {
+    let state = Arc::new(Ttl {
+        refreshed: Mutex::new(Instant::now()),
+        wake: Notify::new(),
+    });
+    shared
+        .ttl
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone(), Arc::clone(&state));
+    let _entry = TtlEntry { shared, key };
+    let refreshed = || *state.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+    let mut expired = false;
+    reaper.due(registry, key);
+    loop {
+        let expires = refreshed() + ttl;
+        let wake = match (expired, reaper.deadline()) {
+            (false, Some(d)) => Some(expires.min(d)),
+            (false, None) => Some(expires),
+            (true, d) => d,
+        };
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = state.wake.notified() => expired = false,
+            _ = sleep => {
+                if !expired && Instant::now() >= refreshed() + ttl {
+                    expired = true;
+                    let output = format!("TTL expired: no update for {}", format_duration(ttl));
+                    registry.write(|t| {
+                        // A refresh that got in first wins.
+                        if refreshed().elapsed() >= ttl {
+                            t.set_check_status(&key.0, &key.1, Health::Critical, &output);
+                        }
+                    });
+                }
+            }
+        }
+        if reaper.due(registry, key) {
+            reaper.reap(registry, key);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::definition::ServiceDef;
+    use crate::registry::{ChangeListener, Changes, Node, State};
+
+    struct Quiet;
+    impl ChangeListener for Quiet {
+        fn changed(&self, _: &State, _: &Changes) {}
+    }
+
+    fn registry_with(service: &str) -> Arc<Registry> {
+        let registry = Arc::new(Registry::new(Arc::new(Quiet)));
+        let def: ServiceDef = serde_json::from_str(service).unwrap();
+        registry.write(|t| {
+            t.upsert_node(Node {
+                name: "n".into(),
+                address: "127.0.0.1".into(),
+                datacenter: "dc1".into(),
+                meta: Default::default(),
+                tagged_addresses: Default::default(),
+                source: Source::Api,
+                create_index: 0,
+                modify_index: 0,
+            });
+            let (inst, checks) = def.into_parts("n", Source::Api);
+            t.upsert_instance(inst);
+            for c in checks {
+                t.upsert_check(c);
+            }
+        });
+        registry
+    }
+
+    fn status(r: &Registry, id: &str) -> Option<Health> {
+        r.read(|s| s.check("n", id).map(|c| c.status))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_on_time_and_refresh_restarts_the_clock() {
+        let r = registry_with(
+            r#"{"Name": "s", "Check": {"CheckID": "t", "TTL": "10s", "Status": "passing"}}"#,
+        );
+        let health = HealthChecks::start(Arc::clone(&r));
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(status(&r, "t"), Some(Health::Passing));
+        health.touch_ttl("n", "t");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(
+            status(&r, "t"),
+            Some(Health::Passing),
+            "refresh restarted the clock"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(status(&r, "t"), Some(Health::Critical));
+        health.shutdown().await;
+        assert_eq!(health.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn critical_for_long_enough_deregisters() {
+        let r = registry_with(
+            r#"{"Name": "s", "ID": "s1", "Check": {"CheckID": "t", "TTL": "10s",
+                "DeregisterCriticalServiceAfter": "1m"}}"#,
+        );
+        let health = HealthChecks::start(Arc::clone(&r));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_some()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_none()));
+        assert_eq!(status(&r, "t"), None, "its checks went with it");
+        health.shutdown().await;
+    }
+}
