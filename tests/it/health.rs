@@ -36,7 +36,7 @@ impl Target {
                     }
                 }),
             )
-            .route("/hang", get(|| std::future::pending::<&'static str>()));
+            .route("/hang", get(std::future::pending::<&'static str>));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
