@@ -4,18 +4,16 @@
 //! over TCP to show that answer cost does not grow with what is registered.
 
 use std::hint::black_box;
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use signpost::config::Soa;
 use signpost::dns::answers::{AnswerConfig, Answers};
 use signpost::dns::handler::{Handler, Scratch, Transport};
-use signpost::dns::name::DomainName;
 use signpost::registry::{Instance, Node, Registry, Source, Weights};
+use signpost::Config;
 
 fn addr(n: usize) -> String {
     format!(
@@ -58,16 +56,9 @@ fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {
 }
 
 fn handler() -> Handler {
-    let answers = Arc::new(Answers::new(AnswerConfig {
-        domain: DomainName::new("consul").unwrap(),
-        datacenter: "dc1".into(),
-        service_ttl: 0,
-        node_ttl: 0,
-        only_passing: false,
-        soa: Soa::default(),
-        node_name: "bench".into(),
-        node_address: IpAddr::from([127, 0, 0, 1]),
-    }));
+    let mut config = Config::ephemeral();
+    config.node = "bench".into();
+    let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
     let registry = Registry::new(answers.clone());
     registry.write(|txn| {
         for i in 0..1000 {
@@ -88,7 +79,7 @@ fn handler() -> Handler {
             txn.upsert_instance(instance(&n, format!("big-{k}"), "big", 9000));
         }
     });
-    Handler::new(answers, 1232)
+    Handler::new(answers)
 }
 
 fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {

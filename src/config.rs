@@ -76,6 +76,11 @@ pub struct Flags {
     #[arg(long, value_name = "DOMAIN", global = true)]
     pub domain: Option<String>,
 
+    /// A second domain answered like --domain, each answer in the domain
+    /// the question used (for a migration from one domain to another).
+    #[arg(long = "alt-domain", value_name = "DOMAIN", global = true)]
+    pub alt_domain: Option<String>,
+
     /// The datacenter this signpost serves; `name.service.<dc>.<domain>`
     /// names it explicitly. [default: dc1]
     #[arg(long, value_name = "DC", global = true)]
@@ -117,6 +122,7 @@ pub struct FileConfig {
     zones: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     domain: Option<String>,
+    alt_domain: Option<String>,
     datacenter: Option<String>,
     node: Option<String>,
     log_level: Option<String>,
@@ -138,15 +144,52 @@ enum OneOrMany<T> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DnsFileConfig {
-    /// TTL of service records, in seconds. [default: 0, as Consul]
-    service_ttl: Option<u32>,
-    /// TTL of node records, in seconds. [default: 0, as Consul]
-    node_ttl: Option<u32>,
+    /// TTL of service records: seconds or a duration for every service, or
+    /// a map of name, `prefix*` or `*` to one. [default: 0, as Consul]
+    service_ttl: Option<TtlSpec>,
+    /// TTL of node records. [default: 0, as Consul]
+    node_ttl: Option<Seconds>,
     /// Largest UDP reply to an EDNS client. [default: 1232]
     udp_payload_max: Option<u16>,
     /// Drop instances in warning state too, not only critical ones.
     only_passing: Option<bool>,
+    /// Most A/AAAA records in one answer; 0 for no limit. [default: 0]
+    a_record_limit: Option<u32>,
+    /// Most answer records in a UDP reply to a client without EDNS; 0 for
+    /// no limit. [default: 3, as Consul]
+    udp_answer_limit: Option<u32>,
+    /// random, round-robin or weighted. [default: random]
+    load_balancing: Option<String>,
+    /// Node meta as TXT records in the additional section of node and SRV
+    /// answers. [default: true, as Consul]
+    enable_additional_node_meta_txt: Option<bool>,
     soa: Option<SoaFileConfig>,
+}
+
+/// A TTL given as whole seconds or as a duration string (`"30s"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Number(u32),
+    Text(String),
+}
+
+impl Seconds {
+    fn get(&self, what: &str) -> Result<u32, String> {
+        match self {
+            Seconds::Number(n) => Ok(*n),
+            Seconds::Text(t) => crate::registry::definition::parse_duration(t)
+                .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
+                .map_err(|e| format!("{what}: {e}")),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TtlSpec {
+    All(Seconds),
+    Map(std::collections::BTreeMap<String, Seconds>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +225,7 @@ pub struct Config {
     pub zones: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub domain: DomainName,
+    pub alt_domain: Option<DomainName>,
     pub datacenter: String,
     pub node: String,
     pub log_level: String,
@@ -193,11 +237,102 @@ pub struct Config {
 /// DNS answer policy, validated.
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
-    pub service_ttl: u32,
+    pub service_ttl: TtlMap,
     pub node_ttl: u32,
     pub udp_payload_max: u16,
     pub only_passing: bool,
+    /// 0: no limit.
+    pub a_record_limit: u32,
+    /// 0: no limit.
+    pub udp_answer_limit: u32,
+    pub load_balancing: Balance,
+    pub node_meta_txt: bool,
     pub soa: Soa,
+}
+
+/// How the records of one answer are ordered, query by query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// A fresh random order every time.
+    Random,
+    /// Each query starts one record further along.
+    RoundRobin,
+    /// A random order drawn by weight: an instance comes first as often as
+    /// its share of the weights.
+    Weighted,
+}
+
+impl Balance {
+    fn parse(s: &str) -> Result<Balance, String> {
+        match s {
+            "random" => Ok(Balance::Random),
+            "round-robin" | "round_robin" => Ok(Balance::RoundRobin),
+            "weighted" => Ok(Balance::Weighted),
+            other => Err(format!(
+                "dns_config.load_balancing: {other:?} is not one of random, round-robin, weighted"
+            )),
+        }
+    }
+}
+
+/// Service TTLs: an exact name first, then the longest `prefix*`, then `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TtlMap {
+    exact: std::collections::HashMap<String, u32>,
+    /// Longest prefix first.
+    prefixes: Vec<(String, u32)>,
+    wildcard: u32,
+}
+
+impl TtlMap {
+    pub fn all(ttl: u32) -> TtlMap {
+        TtlMap {
+            wildcard: ttl,
+            ..TtlMap::default()
+        }
+    }
+
+    /// The TTL for a lower-cased service name.
+    pub fn get(&self, service: &str) -> u32 {
+        if let Some(t) = self.exact.get(service) {
+            return *t;
+        }
+        self.prefixes
+            .iter()
+            .find(|(p, _)| service.starts_with(p.as_str()))
+            .map(|(_, t)| *t)
+            .unwrap_or(self.wildcard)
+    }
+
+    fn from_spec(spec: TtlSpec) -> Result<TtlMap, String> {
+        let map = match spec {
+            TtlSpec::All(s) => return Ok(TtlMap::all(s.get("dns_config.service_ttl")?)),
+            TtlSpec::Map(m) => m,
+        };
+        let mut out = TtlMap::default();
+        for (key, value) in map {
+            let ttl = value.get(&format!("dns_config.service_ttl.{key}"))?;
+            let key = key.to_ascii_lowercase();
+            if key == "*" {
+                out.wildcard = ttl;
+            } else if let Some(prefix) = key.strip_suffix('*') {
+                if prefix.contains('*') {
+                    return Err(format!(
+                        "dns_config.service_ttl: {key:?} may hold '*' only at its end"
+                    ));
+                }
+                out.prefixes.push((prefix.to_string(), ttl));
+            } else if key.contains('*') {
+                return Err(format!(
+                    "dns_config.service_ttl: {key:?} may hold '*' only at its end"
+                ));
+            } else {
+                out.exact.insert(key, ttl);
+            }
+        }
+        out.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,10 +359,14 @@ impl Default for Soa {
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
-            service_ttl: 0,
+            service_ttl: TtlMap::all(0),
             node_ttl: 0,
             udp_payload_max: DEFAULT_UDP_PAYLOAD,
             only_passing: false,
+            a_record_limit: 0,
+            udp_answer_limit: 3,
+            load_balancing: Balance::Random,
+            node_meta_txt: true,
             soa: Soa::default(),
         }
     }
@@ -243,6 +382,7 @@ impl Config {
             zones: None,
             data_dir: None,
             domain: DomainName::new(DEFAULT_DOMAIN).expect("default domain is valid"),
+            alt_domain: None,
             datacenter: DEFAULT_DATACENTER.to_string(),
             node: "signpost".to_string(),
             log_level: "info".to_string(),
@@ -289,6 +429,17 @@ impl Config {
             .or(file.domain)
             .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
         let domain = DomainName::new(&domain_text).map_err(|e| invalid(format!("domain: {e}")))?;
+        let alt_domain = match flags.alt_domain.clone().or(file.alt_domain) {
+            Some(text) => {
+                let alt =
+                    DomainName::new(&text).map_err(|e| invalid(format!("alt_domain: {e}")))?;
+                if alt == domain {
+                    return Err(invalid(format!("alt_domain: {alt} is the domain itself")));
+                }
+                Some(alt)
+            }
+            None => None,
+        };
         let datacenter = flags
             .datacenter
             .clone()
@@ -344,6 +495,7 @@ impl Config {
             zones: flags.zones.clone().or(file.zones),
             data_dir: flags.data_dir.clone().or(file.data_dir),
             domain,
+            alt_domain,
             datacenter: datacenter.to_ascii_lowercase(),
             node,
             log_level: flags
@@ -353,10 +505,23 @@ impl Config {
                 .unwrap_or_else(|| "info".to_string()),
             http_token,
             dns_config: DnsConfig {
-                service_ttl: d.service_ttl.unwrap_or(0),
-                node_ttl: d.node_ttl.unwrap_or(0),
+                service_ttl: match d.service_ttl {
+                    Some(spec) => TtlMap::from_spec(spec).map_err(invalid)?,
+                    None => TtlMap::all(0),
+                },
+                node_ttl: match &d.node_ttl {
+                    Some(t) => t.get("dns_config.node_ttl").map_err(invalid)?,
+                    None => 0,
+                },
                 udp_payload_max,
                 only_passing: d.only_passing.unwrap_or(false),
+                a_record_limit: d.a_record_limit.unwrap_or(0),
+                udp_answer_limit: d.udp_answer_limit.unwrap_or(3),
+                load_balancing: match &d.load_balancing {
+                    Some(b) => Balance::parse(b).map_err(invalid)?,
+                    None => Balance::Random,
+                },
+                node_meta_txt: d.enable_additional_node_meta_txt.unwrap_or(true),
                 soa: Soa {
                     refresh: soa_file.refresh.unwrap_or(soa_default.refresh),
                     retry: soa_file.retry.unwrap_or(soa_default.retry),
@@ -480,6 +645,28 @@ mod tests {
             ..Flags::default()
         };
         assert!(Config::merge(&flags, file, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn service_ttl_map_picks_exact_then_longest_prefix_then_star() {
+        let file = parse(
+            "[dns_config]\nservice_ttl = { \"*\" = 5, \"web\" = \"30s\", \"we*\" = 7, \"w*\" = 9 }\nnode_ttl = \"1m\"",
+        )
+        .unwrap();
+        let c = Config::merge(&Flags::default(), file, "t.toml").unwrap();
+        let t = &c.dns_config.service_ttl;
+        assert_eq!(
+            (t.get("web"), t.get("webby"), t.get("wax"), t.get("db")),
+            (30, 7, 9, 5)
+        );
+        assert_eq!(c.dns_config.node_ttl, 60);
+        let file = parse("[dns_config]\nservice_ttl = 12").unwrap();
+        let c = Config::merge(&Flags::default(), file, "t.toml").unwrap();
+        assert_eq!(c.dns_config.service_ttl.get("anything"), 12);
+        let file = parse("[dns_config]\nservice_ttl = { \"a*b\" = 1 }").unwrap();
+        assert!(Config::merge(&Flags::default(), file, "t.toml").is_err());
+        let file = parse("[dns_config]\nload_balancing = \"fastest\"").unwrap();
+        assert!(Config::merge(&Flags::default(), file, "t.toml").is_err());
     }
 
     #[test]

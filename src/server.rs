@@ -54,16 +54,7 @@ impl Signpost {
     /// Loads the zones and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Signpost, StartError> {
         let defs = load_zones(&config)?;
-        let answers = Arc::new(Answers::new(AnswerConfig {
-            domain: config.domain.clone(),
-            datacenter: config.datacenter.clone(),
-            service_ttl: config.dns_config.service_ttl,
-            node_ttl: config.dns_config.node_ttl,
-            only_passing: config.dns_config.only_passing,
-            soa: config.dns_config.soa,
-            node_name: config.node.clone(),
-            node_address: config.node_address(),
-        }));
+        let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
         let store = match &config.data_dir {
             Some(dir) => Some(Store::open(dir)?),
             None => {
@@ -90,10 +81,7 @@ impl Signpost {
         defs.apply(&registry, &own);
         tracing::info!(files, instances, "loaded service definitions");
         let health = HealthChecks::start(registry.clone());
-        let handler = Arc::new(Handler::new(
-            answers.clone(),
-            config.dns_config.udp_payload_max,
-        ));
+        let handler = Arc::new(Handler::new(answers.clone()));
         let dns = DnsServer::start(&config.dns, handler)?;
         for addr in dns.local_addrs() {
             tracing::info!("serving DNS on {addr} (udp, tcp) for {}.", config.domain);

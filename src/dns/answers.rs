@@ -2,57 +2,78 @@
 //! from.
 //!
 //! For every service (and every tag of it) with at least one instance fit to
-//! answer, and for every node, the resource records are encoded once, when
-//! the registry changes, and kept as wire bytes owned by the question name
-//! (a compression pointer to offset 12). A query only picks records, in a
-//! rotated order, and copies them: its cost does not depend on how the
-//! records were made, and the registry lock is never on the query path.
+//! answer, for every node, and for every registered address (PTR), the
+//! resource records are encoded once, when the registry changes, as wire
+//! bytes owned by the question name (a compression pointer to offset 12).
+//! A query only picks records, in a rotated order, and copies them: its cost
+//! does not depend on how the records were made, and the registry lock is
+//! never on the query path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
+use hickory_proto::rr::rdata::{CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
 use super::name::DomainName;
 use super::wire::{CLASS_IN, QNAME_OFFSET};
-use crate::config::Soa;
-use crate::registry::{ChangeListener, Changes, Health, InstanceView, State};
+use crate::config::{Config, DnsConfig};
+use crate::registry::{ChangeListener, Changes, Health, InstanceView, Meta, State};
 
 /// What shapes answers, fixed for the life of an [`Answers`].
 #[derive(Debug, Clone)]
 pub struct AnswerConfig {
-    pub domain: DomainName,
+    /// The domain, then the alternative domain if any. Records naming a
+    /// target in the domain are made once per domain, so an answer stays in
+    /// the domain the question used.
+    pub domains: Vec<DomainName>,
     pub datacenter: String,
-    pub service_ttl: u32,
-    pub node_ttl: u32,
-    pub only_passing: bool,
-    pub soa: Soa,
+    pub dns: DnsConfig,
     /// signpost's own node: the NS target of the domain.
     pub node_name: String,
     pub node_address: IpAddr,
+}
+
+impl AnswerConfig {
+    pub fn from_config(c: &Config) -> AnswerConfig {
+        AnswerConfig {
+            domains: std::iter::once(c.domain.clone())
+                .chain(c.alt_domain.clone())
+                .collect(),
+            datacenter: c.datacenter.clone(),
+            dns: c.dns_config.clone(),
+            node_name: c.node.clone(),
+            node_address: c.node_address(),
+        }
+    }
 }
 
 /// Where the SRV target name starts inside a ready-made SRV record:
 /// owner pointer (2), type, class, TTL, RDLENGTH (10), priority, weight,
 /// port (6).
 pub const SRV_TARGET_AT: usize = 18;
+/// Where the RDATA starts in a record with a 2-byte owner pointer.
+pub const RDATA_AT: usize = 12;
 
 /// One instance's ready-made records.
 #[derive(Debug)]
 pub struct Entry {
-    /// Its A or AAAA record, owned by the question name; `None` when the
-    /// address is a host name.
+    /// Its A or AAAA record; `None` when the address is a host name.
     pub addr_rr: Option<Box<[u8]>>,
     pub is_v6: bool,
-    /// Its SRV record, owned by the question name.
-    pub srv_rr: Box<[u8]>,
-    /// Whether `addr_rr` is also the glue of the SRV target (the target is
-    /// a name in signpost's domain that resolves to that address).
+    /// For a host-name address: a CNAME to it.
+    pub cname_rr: Option<Box<[u8]>>,
+    /// Its SRV record, one per domain (same order as `AnswerConfig::domains`).
+    pub srv_rr: Vec<Box<[u8]>>,
+    /// Whether `addr_rr` is also the glue of the SRV target.
     pub glue: bool,
+    /// The node's meta as TXT records (type..RDATA), for the additional
+    /// section of SRV answers whose target is the node.
+    pub node_txt: Arc<[Box<[u8]>]>,
     /// Instances on the same target share one id, so glue is sent once.
     pub target_id: u32,
     /// SRV weight for its health state; also the weight of weighted order.
@@ -73,6 +94,10 @@ pub struct RecordSet {
     /// Distinct SRV targets among the service's instances (the bound of
     /// `Entry::target_id`).
     pub targets: u32,
+    /// Every entry has the same weight: a weighted order is a uniform one.
+    pub uniform: bool,
+    /// Where the next round-robin answer starts.
+    pub next: AtomicU32,
 }
 
 #[derive(Debug, Default)]
@@ -86,9 +111,11 @@ pub struct ServiceSet {
 pub struct NodeSet {
     pub addr_rr: Option<Box<[u8]>>,
     pub is_v6: bool,
+    /// Node meta as TXT records owned by the question name.
+    pub txt_rr: Vec<Box<[u8]>>,
 }
 
-/// Records of the domain apex, minus their owner (written as a pointer to
+/// Records of a domain apex, minus their owner (written as a pointer to
 /// the domain part of the question name).
 #[derive(Debug)]
 pub struct Apex {
@@ -99,9 +126,14 @@ pub struct Apex {
     pub ns_glue_tail: Box<[u8]>,
 }
 
-/// Offset of the NS target inside an NS record written after a 2-byte
-/// owner pointer: pointer (2) + type, class, TTL, RDLENGTH (10).
-pub const NS_TARGET_AT: usize = 12;
+/// Which names point back at each registered address. Touched only by the
+/// registry listener, which runs one change at a time.
+#[derive(Debug, Default)]
+struct PtrIndex {
+    names: HashMap<IpAddr, BTreeSet<String>>,
+    node_ip: HashMap<String, (IpAddr, String)>,
+    service_ips: HashMap<String, (BTreeSet<IpAddr>, String)>,
+}
 
 pub struct Answers {
     cfg: AnswerConfig,
@@ -111,14 +143,19 @@ pub struct Answers {
     /// single entries: a reader holds a shard lock only long enough to
     /// clone the `Arc`, never across `.await` or while writing a reply.
     services: DashMap<Box<str>, Arc<ServiceSet>>,
-    /// Lower-cased node name → its address record (same locking rule).
+    /// Lower-cased node name → its records (same locking rule).
     nodes: DashMap<Box<str>, Arc<NodeSet>>,
-    apex: Apex,
+    /// Registered address → PTR records owned by the question (same rule).
+    ptr: DashMap<IpAddr, Arc<[Box<[u8]>]>>,
+    /// Bookkeeping behind `ptr`; only the listener locks it.
+    ptr_index: Mutex<PtrIndex>,
+    /// One per domain.
+    apex: Vec<Apex>,
 }
 
 /// type, class, TTL, RDLENGTH and RDATA of a record, encoded by hickory
 /// with no name compression, so it can be copied into any message.
-fn rr_tail(rtype: RecordType, ttl: u32, rdata: &RData) -> Vec<u8> {
+pub fn rr_tail(rtype: RecordType, ttl: u32, rdata: &RData) -> Vec<u8> {
     let mut rd = Vec::with_capacity(64);
     {
         let mut enc = BinEncoder::new(&mut rd);
@@ -135,7 +172,7 @@ fn rr_tail(rtype: RecordType, ttl: u32, rdata: &RData) -> Vec<u8> {
 }
 
 /// A record owned by the question name.
-fn owned_by_question(tail: &[u8]) -> Box<[u8]> {
+pub fn owned_by_question(tail: &[u8]) -> Box<[u8]> {
     let mut out = Vec::with_capacity(2 + tail.len());
     out.extend_from_slice(&(0xC000 | QNAME_OFFSET).to_be_bytes());
     out.extend_from_slice(tail);
@@ -143,6 +180,7 @@ fn owned_by_question(tail: &[u8]) -> Box<[u8]> {
 }
 
 fn addr_tail(ip: IpAddr, ttl: u32) -> (Vec<u8>, bool) {
+    use hickory_proto::rr::rdata::{A, AAAA};
     match ip {
         IpAddr::V4(v4) => (rr_tail(RecordType::A, ttl, &RData::A(A(v4))), false),
         IpAddr::V6(v6) => (rr_tail(RecordType::AAAA, ttl, &RData::AAAA(AAAA(v6))), true),
@@ -163,13 +201,55 @@ fn name_of(labels: &[&str]) -> Option<Name> {
     Some(n)
 }
 
+/// RFC 1464: `key=value`, with `` ` ``, `=` and leading/trailing blanks of
+/// the key escaped by a backquote; cut to one 255-byte string.
+pub fn meta_txt(key: &str, value: &str) -> String {
+    let mut k = String::with_capacity(key.len());
+    let last = key.chars().count().saturating_sub(1);
+    for (i, c) in key.chars().enumerate() {
+        let edge_blank = c == ' ' && (i == 0 || i == last);
+        if c == '`' || c == '=' || edge_blank {
+            k.push('`');
+        }
+        k.push(c);
+    }
+    let mut s = format!("{k}={value}");
+    if s.len() > 255 {
+        let mut end = 255;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn txt_tails(meta: &Meta, ttl: u32) -> Vec<Box<[u8]>> {
+    meta.iter()
+        .map(|(k, v)| {
+            rr_tail(
+                RecordType::TXT,
+                ttl,
+                &RData::TXT(TXT::new(vec![meta_txt(k, v)])),
+            )
+            .into_boxed_slice()
+        })
+        .collect()
+}
+
 impl Answers {
     pub fn new(cfg: AnswerConfig) -> Answers {
-        let apex = Self::build_apex(&cfg);
+        let apex = cfg
+            .domains
+            .iter()
+            .map(|d| Self::build_apex(&cfg, d))
+            .collect();
         Answers {
             cfg,
             services: DashMap::new(),
             nodes: DashMap::new(),
+            ptr: DashMap::new(),
+            ptr_index: Mutex::new(PtrIndex::default()),
             apex,
         }
     }
@@ -178,21 +258,22 @@ impl Answers {
         &self.cfg
     }
 
-    pub fn apex(&self) -> &Apex {
-        &self.apex
+    /// The apex records of domain `d` (an index into `config().domains`).
+    pub fn apex(&self, d: usize) -> &Apex {
+        &self.apex[d]
     }
 
-    fn domain_name(&self, prefix: &[&str]) -> Option<Name> {
+    fn in_domain(&self, d: usize, prefix: &[&str]) -> Option<Name> {
         let mut labels: Vec<&str> = prefix.to_vec();
-        labels.extend(self.cfg.domain.labels().iter().map(String::as_str));
+        labels.extend(self.cfg.domains[d].labels().iter().map(String::as_str));
         name_of(&labels)
     }
 
-    fn build_apex(cfg: &AnswerConfig) -> Apex {
-        let domain: Vec<&str> = cfg.domain.labels().iter().map(String::as_str).collect();
+    fn build_apex(cfg: &AnswerConfig, domain: &DomainName) -> Apex {
+        let labels: Vec<&str> = domain.labels().iter().map(String::as_str).collect();
         let with = |prefix: &[&str]| {
             let mut l = prefix.to_vec();
-            l.extend(&domain);
+            l.extend(&labels);
             name_of(&l).expect("configured names are valid")
         };
         let ns_name = with(&[&cfg.node_name, "node", &cfg.datacenter]);
@@ -200,21 +281,21 @@ impl Answers {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(1);
-        let soa = SOA::new(
+        let soa = &cfg.dns.soa;
+        let rdata = SOA::new(
             ns_name.clone(),
             with(&["hostmaster"]),
             serial,
-            cfg.soa.refresh as i32,
-            cfg.soa.retry as i32,
-            cfg.soa.expire as i32,
-            cfg.soa.min_ttl,
+            soa.refresh as i32,
+            soa.retry as i32,
+            soa.expire as i32,
+            soa.min_ttl,
         );
-        let ttl = cfg.soa.min_ttl;
         Apex {
-            soa_tail: rr_tail(RecordType::SOA, ttl, &RData::SOA(soa)).into_boxed_slice(),
-            ns_tail: rr_tail(RecordType::NS, cfg.node_ttl, &RData::NS(NS(ns_name)))
+            soa_tail: rr_tail(RecordType::SOA, soa.min_ttl, &RData::SOA(rdata)).into_boxed_slice(),
+            ns_tail: rr_tail(RecordType::NS, cfg.dns.node_ttl, &RData::NS(NS(ns_name)))
                 .into_boxed_slice(),
-            ns_glue_tail: addr_tail(cfg.node_address, cfg.node_ttl)
+            ns_glue_tail: addr_tail(cfg.node_address, cfg.dns.node_ttl)
                 .0
                 .into_boxed_slice(),
         }
@@ -230,6 +311,11 @@ impl Answers {
         self.nodes.get(lower).map(|e| Arc::clone(e.value()))
     }
 
+    /// PTR records for a registered address.
+    pub fn ptr(&self, ip: &IpAddr) -> Option<Arc<[Box<[u8]>]>> {
+        self.ptr.get(ip).map(|e| Arc::clone(e.value()))
+    }
+
     pub fn service_count(&self) -> usize {
         self.services.len()
     }
@@ -237,15 +323,20 @@ impl Answers {
     fn fit(&self, v: &InstanceView<'_>) -> bool {
         match v.health {
             Health::Passing => true,
-            Health::Warning => !self.cfg.only_passing,
+            Health::Warning => !self.cfg.dns.only_passing,
             Health::Critical => false,
         }
     }
 
-    fn entry(&self, v: &InstanceView<'_>, target_ids: &mut HashMap<Vec<u8>, u32>) -> Option<Entry> {
+    fn entry(
+        &self,
+        v: &InstanceView<'_>,
+        ttl: u32,
+        target_ids: &mut HashMap<Vec<u8>, u32>,
+        node_txt: &mut HashMap<String, Arc<[Box<[u8]>]>>,
+    ) -> Option<Entry> {
         let node = v.node?;
         let inst = v.instance;
-        let ttl = self.cfg.service_ttl;
         let address = if inst.address.is_empty() {
             &node.address
         } else {
@@ -253,43 +344,71 @@ impl Answers {
         };
         let ip: Option<IpAddr> = address.parse().ok();
         let dc = node.datacenter.as_str();
-        let (target, glue) = match ip {
-            Some(_) if inst.address.is_empty() || inst.address == node.address => {
-                (self.domain_name(&[&node.name, "node", dc])?, true)
-            }
-            Some(ip) => (self.domain_name(&[&addr_hex(ip), "addr", dc])?, true),
+        let on_node = inst.address.is_empty() || inst.address == node.address;
+        let targets: Vec<Name> = match ip {
+            Some(_) if on_node => (0..self.cfg.domains.len())
+                .map(|d| self.in_domain(d, &[&node.name, "node", dc]))
+                .collect::<Option<_>>()?,
+            Some(ip) => (0..self.cfg.domains.len())
+                .map(|d| self.in_domain(d, &[&addr_hex(ip), "addr", dc]))
+                .collect::<Option<_>>()?,
             None => {
                 let mut n = Name::from_ascii(address).ok()?;
                 n.set_fqdn(true);
-                (n, false)
+                vec![n; self.cfg.domains.len()]
             }
         };
         let weight = inst.weights.for_health(v.health);
-        let srv = SRV::new(1, weight, inst.port, target);
-        let srv_tail = rr_tail(RecordType::SRV, ttl, &RData::SRV(srv));
+        let srv_rr: Vec<Box<[u8]>> = targets
+            .iter()
+            .map(|t| {
+                let srv = SRV::new(1, weight, inst.port, t.clone());
+                owned_by_question(&rr_tail(RecordType::SRV, ttl, &RData::SRV(srv)))
+            })
+            .collect();
         let next = target_ids.len() as u32;
         let target_id = *target_ids
-            .entry(srv_tail[SRV_TARGET_AT - 2..].to_ascii_lowercase())
+            .entry(srv_rr[0][SRV_TARGET_AT..].to_ascii_lowercase())
             .or_insert(next);
-        let (addr_rr, is_v6) = match ip {
+        let (addr_rr, is_v6, cname_rr) = match ip {
             Some(ip) => {
                 let (tail, v6) = addr_tail(ip, ttl);
-                (Some(owned_by_question(&tail)), v6)
+                (Some(owned_by_question(&tail)), v6, None)
             }
-            None => (None, false),
+            None => {
+                let tail = rr_tail(
+                    RecordType::CNAME,
+                    ttl,
+                    &RData::CNAME(CNAME(targets[0].clone())),
+                );
+                (None, false, Some(owned_by_question(&tail)))
+            }
+        };
+        let node_txt = if ip.is_some() && on_node && self.cfg.dns.node_meta_txt {
+            let node_ttl = self.cfg.dns.node_ttl;
+            node_txt
+                .entry(node.name.clone())
+                .or_insert_with(|| txt_tails(&node.meta, node_ttl).into())
+                .clone()
+        } else {
+            Arc::from(Vec::new())
         };
         Some(Entry {
             addr_rr,
             is_v6,
-            srv_rr: owned_by_question(&srv_tail),
-            glue: glue && ip.is_some(),
+            cname_rr,
+            srv_rr,
+            glue: ip.is_some(),
+            node_txt,
             target_id,
             weight,
         })
     }
 
     fn build_service(&self, state: &State, lower: &str) -> Option<ServiceSet> {
+        let ttl = self.cfg.dns.service_ttl.get(lower);
         let mut target_ids = HashMap::new();
+        let mut node_txt = HashMap::new();
         let mut set = ServiceSet::default();
         for v in state.service_instances(lower) {
             if !self.fit(&v) {
@@ -302,14 +421,13 @@ impl Answers {
             {
                 continue;
             }
-            let Some(entry) = self.entry(&v, &mut target_ids) else {
+            let Some(entry) = self.entry(&v, ttl, &mut target_ids, &mut node_txt) else {
                 continue;
             };
             let entry = Arc::new(entry);
             for tag in &v.instance.tags {
-                let tags = &mut set.tags;
                 let key = tag.to_ascii_lowercase().into_boxed_str();
-                let tagged = tags.entry(key).or_default();
+                let tagged = set.tags.entry(key).or_default();
                 // A tag listed twice on one instance counts once.
                 if !tagged
                     .entries
@@ -325,9 +443,10 @@ impl Answers {
             return None;
         }
         let targets = target_ids.len() as u32;
-        set.all.targets = targets;
-        for t in set.tags.values_mut() {
-            t.targets = targets;
+        for r in std::iter::once(&mut set.all).chain(set.tags.values_mut()) {
+            r.targets = targets;
+            let w = r.entries[0].weight;
+            r.uniform = r.entries.iter().all(|e| e.weight == w);
         }
         Some(set)
     }
@@ -337,14 +456,109 @@ impl Answers {
         if node.datacenter != self.cfg.datacenter {
             return None;
         }
+        let ttl = self.cfg.dns.node_ttl;
         let (addr_rr, is_v6) = match node.address.parse::<IpAddr>() {
             Ok(ip) => {
-                let (tail, v6) = addr_tail(ip, self.cfg.node_ttl);
+                let (tail, v6) = addr_tail(ip, ttl);
                 (Some(owned_by_question(&tail)), v6)
             }
             Err(_) => (None, false),
         };
-        Some(NodeSet { addr_rr, is_v6 })
+        let txt_rr = txt_tails(&node.meta, ttl)
+            .iter()
+            .map(|t| owned_by_question(t))
+            .collect();
+        Some(NodeSet {
+            addr_rr,
+            is_v6,
+            txt_rr,
+        })
+    }
+
+    /// Updates the PTR index for the services and nodes of one change, and
+    /// re-encodes the addresses whose names changed.
+    fn update_ptr(&self, state: &State, changes: &Changes) {
+        let mut index = self.ptr_index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+        for lower in &changes.services {
+            let mut ips = BTreeSet::new();
+            let mut name = lower.clone();
+            for v in state.service_instances(lower) {
+                let Some(node) = v.node.filter(|n| n.datacenter == self.cfg.datacenter) else {
+                    continue;
+                };
+                name = v.instance.name.clone();
+                let a = &v.instance.address;
+                if !a.is_empty() && *a != node.address {
+                    if let Ok(ip) = a.parse() {
+                        ips.insert(ip);
+                    }
+                }
+            }
+            let target = format!(
+                "{name}.service.{}.{}.",
+                self.cfg.datacenter, self.cfg.domains[0]
+            );
+            let old = index.service_ips.remove(lower);
+            if let Some((old_ips, old_target)) = &old {
+                for ip in old_ips {
+                    if let Some(set) = index.names.get_mut(ip) {
+                        set.remove(old_target);
+                    }
+                    touched.insert(*ip);
+                }
+            }
+            for ip in &ips {
+                index.names.entry(*ip).or_default().insert(target.clone());
+                touched.insert(*ip);
+            }
+            if !ips.is_empty() {
+                index.service_ips.insert(lower.clone(), (ips, target));
+            }
+        }
+        for name in &changes.nodes {
+            if let Some((ip, target)) = index.node_ip.remove(name) {
+                if let Some(set) = index.names.get_mut(&ip) {
+                    set.remove(&target);
+                }
+                touched.insert(ip);
+            }
+            let node = state
+                .node(name)
+                .filter(|n| n.datacenter == self.cfg.datacenter);
+            if let Some(ip) = node.and_then(|n| n.address.parse::<IpAddr>().ok()) {
+                let target = format!(
+                    "{name}.node.{}.{}.",
+                    self.cfg.datacenter, self.cfg.domains[0]
+                );
+                index.names.entry(ip).or_default().insert(target.clone());
+                index.node_ip.insert(name.clone(), (ip, target));
+                touched.insert(ip);
+            }
+        }
+        for ip in touched {
+            let names = index.names.get(&ip).filter(|s| !s.is_empty());
+            match names {
+                None => {
+                    index.names.remove(&ip);
+                    self.ptr.remove(&ip);
+                }
+                Some(names) => {
+                    let rrs: Vec<Box<[u8]>> = names
+                        .iter()
+                        .filter_map(|n| Name::from_ascii(n).ok())
+                        .map(|n| {
+                            owned_by_question(&rr_tail(
+                                RecordType::PTR,
+                                self.cfg.dns.node_ttl,
+                                &RData::PTR(PTR(n)),
+                            ))
+                        })
+                        .collect();
+                    self.ptr.insert(ip, rrs.into());
+                }
+            }
+        }
     }
 }
 
@@ -372,5 +586,20 @@ impl ChangeListener for Answers {
                 }
             }
         }
+        self.update_ptr(state, changes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::meta_txt;
+
+    #[test]
+    fn rfc_1464_escaping() {
+        assert_eq!(meta_txt("rack", "r1"), "rack=r1");
+        assert_eq!(meta_txt("a=b", "c=d"), "a`=b=c=d");
+        assert_eq!(meta_txt(" k ", "v"), "` k` =v");
+        assert_eq!(meta_txt("q`", "v"), "q``=v");
+        assert_eq!(meta_txt("k", &"x".repeat(300)).len(), 255);
     }
 }

@@ -3,14 +3,17 @@
 //! Pure and synchronous: it reads the answer sets and nothing else, so the
 //! same function serves UDP, TCP, tests and benchmarks.
 
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::answers::{Answers, RecordSet, NS_TARGET_AT, SRV_TARGET_AT};
+use super::answers::{Answers, Entry, RecordSet, RDATA_AT, SRV_TARGET_AT};
 use super::name::{classify, Labels, Lookup};
 use super::wire::{
     parse_query, pointer, rtype, Flags, Parsed, Query, Rcode, ResponseWriter, CLASS_ANY, CLASS_IN,
     HEADER_LEN, PLAIN_UDP_MAX,
 };
+use crate::config::Balance;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -20,12 +23,15 @@ pub enum Transport {
 
 /// The largest DNS message, and so the budget of a TCP reply.
 pub const TCP_MAX: usize = 65535;
+/// Where the NS target starts in an NS record written after a 2-byte owner.
+const NS_TARGET_AT: usize = RDATA_AT;
 
 /// Per-loop working memory, reused across queries so that answering
 /// allocates nothing once warmed up.
 pub struct Scratch {
     rng: fastrand::Rng,
     order: Vec<u32>,
+    keys: Vec<(bool, f64, u32)>,
     /// (entry index, offset of its SRV target in the message)
     written: Vec<(u32, usize)>,
     seen_target: Vec<bool>,
@@ -36,6 +42,7 @@ impl Default for Scratch {
         Scratch {
             rng: fastrand::Rng::new(),
             order: Vec::new(),
+            keys: Vec::new(),
             written: Vec::new(),
             seen_target: Vec::new(),
         }
@@ -44,7 +51,6 @@ impl Default for Scratch {
 
 pub struct Handler {
     answers: Arc<Answers>,
-    udp_payload_max: u16,
 }
 
 /// Outcome of a lookup inside the domain.
@@ -52,6 +58,16 @@ enum Found {
     Answered,
     NoData,
     NxDomain,
+}
+
+/// What one query may put in its answer section.
+#[derive(Clone, Copy)]
+struct Ask {
+    qtype: u16,
+    /// Most answer records (a_record_limit, udp_answer_limit).
+    max: usize,
+    /// Index of the domain the question used.
+    domain: usize,
 }
 
 /// Lower-cases one label into `buf`; `None` if it is not UTF-8 (then no
@@ -75,12 +91,49 @@ fn parse_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-impl Handler {
-    pub fn new(answers: Arc<Answers>, udp_payload_max: u16) -> Handler {
-        Handler {
-            answers,
-            udp_payload_max,
+/// The address of a full reverse name (`4.3.2.1.in-addr.arpa`, 32 nibbles
+/// `.ip6.arpa`); `None` for anything else.
+fn reverse_address(labels: &Labels<'_>) -> Option<IpAddr> {
+    let n = labels.len();
+    let is = |i: usize, w: &str| labels.get(i).eq_ignore_ascii_case(w.as_bytes());
+    if n == 6 && is(4, "in-addr") && is(5, "arpa") {
+        let mut octets = [0u8; 4];
+        for (i, o) in octets.iter_mut().enumerate() {
+            let l = labels.get(3 - i);
+            if l.is_empty() || l.len() > 3 || !l.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            *o = std::str::from_utf8(l).ok()?.parse().ok()?;
         }
+        return Some(IpAddr::from(octets));
+    }
+    if n == 34 && is(32, "ip6") && is(33, "arpa") {
+        let mut octets = [0u8; 16];
+        for i in 0..32 {
+            let l = labels.get(31 - i);
+            if l.len() != 1 {
+                return None;
+            }
+            let nibble = (l[0] as char).to_digit(16)? as u8;
+            octets[i / 2] |= if i % 2 == 0 { nibble << 4 } else { nibble };
+        }
+        return Some(IpAddr::from(octets));
+    }
+    None
+}
+
+fn is_reverse(labels: &Labels<'_>) -> bool {
+    labels.len() >= 2
+        && labels.get(labels.len() - 1).eq_ignore_ascii_case(b"arpa")
+        && (labels
+            .get(labels.len() - 2)
+            .eq_ignore_ascii_case(b"in-addr")
+            || labels.get(labels.len() - 2).eq_ignore_ascii_case(b"ip6"))
+}
+
+impl Handler {
+    pub fn new(answers: Arc<Answers>) -> Handler {
+        Handler { answers }
     }
 
     /// Answers one query. Returns `false` when nothing should be sent.
@@ -105,7 +158,8 @@ impl Handler {
             }
             Parsed::Query(q) => q,
         };
-        let flags = Flags {
+        let dns = &self.answers.config().dns;
+        let mut flags = Flags {
             authoritative: false,
             recursion_available: false,
         };
@@ -113,10 +167,10 @@ impl Handler {
             (Transport::Tcp, _) => TCP_MAX,
             (Transport::Udp, None) => PLAIN_UDP_MAX,
             (Transport::Udp, Some(e)) => {
-                (e.payload as usize).clamp(PLAIN_UDP_MAX, self.udp_payload_max as usize)
+                (e.payload as usize).clamp(PLAIN_UDP_MAX, dns.udp_payload_max as usize)
             }
         };
-        let payload = self.udp_payload_max;
+        let payload = dns.udp_payload_max;
         let mut w = ResponseWriter::new(out, &q, budget);
         if q.edns.is_some_and(|e| e.version > 0) {
             w.finish(Rcode::BadVers, flags, payload);
@@ -130,28 +184,69 @@ impl Handler {
             w.finish(Rcode::FormErr, flags, payload);
             return true;
         };
-        let Some(head) = labels.strip_domain(&self.answers.config().domain) else {
-            // Not ours, and no forwarder yet.
-            w.finish(Rcode::Refused, flags, payload);
+        let mut max = usize::MAX;
+        if matches!(q.qtype, rtype::A | rtype::AAAA | rtype::ANY) && dns.a_record_limit > 0 {
+            max = dns.a_record_limit as usize;
+        }
+        if transport == Transport::Udp && q.edns.is_none() && dns.udp_answer_limit > 0 {
+            max = max.min(dns.udp_answer_limit as usize);
+        }
+        let domains = &self.answers.config().domains;
+        let Some((domain, head)) = domains
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| labels.strip_domain(d).map(|h| (i, h)))
+        else {
+            let rcode = if is_reverse(&labels) {
+                self.reverse(&mut w, &q, &labels, &mut flags)
+            } else {
+                // Not ours, and no forwarder yet.
+                Rcode::Refused
+            };
+            w.finish(rcode, flags, payload);
             return true;
         };
+        let ask = Ask {
+            qtype: q.qtype,
+            max,
+            domain,
+        };
         let domain_at = HEADER_LEN + labels.offset(head);
-        let found = self.lookup(&mut w, &q, classify(&labels, head), domain_at, scratch);
+        let found = self.lookup(&mut w, ask, classify(&labels, head), domain_at, scratch);
         let rcode = match found {
-            Found::Answered => Rcode::NoError,
-            Found::NoData => Rcode::NoError,
+            Found::Answered | Found::NoData => Rcode::NoError,
             Found::NxDomain => Rcode::NxDomain,
         };
         if !matches!(found, Found::Answered) {
             let owner = pointer(domain_at).expect("question name is near the start");
-            w.authority(&[&owner, &self.answers.apex().soa_tail]);
+            w.authority(&[&owner, &self.answers.apex(domain).soa_tail]);
         }
-        let flags = Flags {
-            authoritative: true,
-            ..flags
-        };
+        flags.authoritative = true;
         w.finish(rcode, flags, payload);
         true
+    }
+
+    /// PTR for a registered address; anything else under the reverse trees
+    /// is not signpost's to answer.
+    fn reverse(
+        &self,
+        w: &mut ResponseWriter<'_>,
+        q: &Query<'_>,
+        labels: &Labels<'_>,
+        flags: &mut Flags,
+    ) -> Rcode {
+        let Some(ptrs) = reverse_address(labels).and_then(|ip| self.answers.ptr(&ip)) else {
+            return Rcode::Refused;
+        };
+        flags.authoritative = true;
+        if matches!(q.qtype, rtype::PTR | rtype::ANY) {
+            for rr in ptrs.iter() {
+                if !w.answer(&[rr]) {
+                    break;
+                }
+            }
+        }
+        Rcode::NoError
     }
 
     fn is_local_dc(&self, dc: Option<&[u8]>) -> bool {
@@ -161,14 +256,14 @@ impl Handler {
     fn lookup(
         &self,
         w: &mut ResponseWriter<'_>,
-        q: &Query<'_>,
+        ask: Ask,
         lookup: Lookup<'_>,
         domain_at: usize,
         scratch: &mut Scratch,
     ) -> Found {
         let mut buf = [0u8; 63];
         match lookup {
-            Lookup::Apex => self.apex(w, q.qtype, domain_at),
+            Lookup::Apex => self.apex(w, ask, domain_at),
             Lookup::Service { name, tag, dc } => {
                 if !self.is_local_dc(dc) {
                     return Found::NxDomain;
@@ -183,7 +278,7 @@ impl Handler {
                         None => return Found::NxDomain,
                     },
                 };
-                write_set(w, records, q.qtype, scratch)
+                self.write_set(w, records, ask, scratch)
             }
             Lookup::Node { name, dc } => {
                 if !self.is_local_dc(dc) {
@@ -192,18 +287,38 @@ impl Handler {
                 let Some(node) = lower(name, &mut buf).and_then(|n| self.answers.node(n)) else {
                     return Found::NxDomain;
                 };
-                match (&node.addr_rr, q.qtype) {
-                    (Some(rr), rtype::A) if !node.is_v6 => answer_one(w, rr),
-                    (Some(rr), rtype::AAAA) if node.is_v6 => answer_one(w, rr),
-                    (Some(rr), rtype::ANY) => answer_one(w, rr),
-                    _ => Found::NoData,
+                let addr = node.addr_rr.as_ref().filter(|_| match ask.qtype {
+                    rtype::A => !node.is_v6,
+                    rtype::AAAA => node.is_v6,
+                    rtype::ANY => true,
+                    _ => false,
+                });
+                let txt_answers = matches!(ask.qtype, rtype::TXT | rtype::ANY);
+                if addr.is_none() && !(txt_answers && !node.txt_rr.is_empty()) {
+                    return Found::NoData;
                 }
+                if let Some(rr) = addr {
+                    w.answer(&[rr]);
+                }
+                for rr in &node.txt_rr {
+                    let fits = if txt_answers {
+                        w.answer(&[rr])
+                    } else if self.answers.config().dns.node_meta_txt {
+                        w.additional(&[rr])
+                    } else {
+                        true
+                    };
+                    if !fits {
+                        break;
+                    }
+                }
+                Found::Answered
             }
             Lookup::Addr { hex, dc } => {
                 if !self.is_local_dc(dc) {
                     return Found::NxDomain;
                 }
-                let ttl = self.answers.config().service_ttl.to_be_bytes();
+                let ttl = self.answers.config().dns.service_ttl.get("").to_be_bytes();
                 let write = |w: &mut ResponseWriter<'_>, t: u16, ip: &[u8]| {
                     let head = [0xC0, HEADER_LEN as u8];
                     let len = (ip.len() as u16).to_be_bytes();
@@ -218,12 +333,12 @@ impl Handler {
                     Found::Answered
                 };
                 if let Some(v4) = parse_hex::<4>(hex) {
-                    match q.qtype {
+                    match ask.qtype {
                         rtype::A | rtype::ANY => write(w, rtype::A, &v4),
                         _ => Found::NoData,
                     }
                 } else if let Some(v6) = parse_hex::<16>(hex) {
-                    match q.qtype {
+                    match ask.qtype {
                         rtype::AAAA | rtype::ANY => write(w, rtype::AAAA, &v6),
                         _ => Found::NoData,
                     }
@@ -235,11 +350,11 @@ impl Handler {
         }
     }
 
-    fn apex(&self, w: &mut ResponseWriter<'_>, qtype: u16, domain_at: usize) -> Found {
-        let apex = self.answers.apex();
+    fn apex(&self, w: &mut ResponseWriter<'_>, ask: Ask, domain_at: usize) -> Found {
+        let apex = self.answers.apex(ask.domain);
         let owner = pointer(domain_at).expect("question name is near the start");
-        let soa = matches!(qtype, rtype::SOA | rtype::ANY);
-        let ns = matches!(qtype, rtype::NS | rtype::ANY);
+        let soa = matches!(ask.qtype, rtype::SOA | rtype::ANY);
+        let ns = matches!(ask.qtype, rtype::NS | rtype::ANY);
         if !soa && !ns {
             return Found::NoData;
         }
@@ -256,80 +371,226 @@ impl Handler {
         }
         Found::Answered
     }
-}
 
-fn answer_one(w: &mut ResponseWriter<'_>, rr: &[u8]) -> Found {
-    w.answer(&[rr]);
-    Found::Answered
-}
-
-/// Writes a service's records of the asked type in a fresh random order,
-/// as many as fit, then the glue of the SRV targets that made it in.
-fn write_set(w: &mut ResponseWriter<'_>, set: &RecordSet, qtype: u16, s: &mut Scratch) -> Found {
-    let n = set.entries.len();
-    let wants = |e: &super::answers::Entry| -> bool {
-        match qtype {
-            rtype::A => e.addr_rr.is_some() && !e.is_v6,
-            rtype::AAAA => e.addr_rr.is_some() && e.is_v6,
-            rtype::ANY => e.addr_rr.is_some(),
-            rtype::SRV => true,
-            _ => false,
+    /// Puts the entries of `set` into `s.order` in this query's order, or
+    /// prepares a lazy shuffle (returns true) that `next` draws from.
+    fn order(&self, set: &RecordSet, mode: Balance, s: &mut Scratch) -> bool {
+        let n = set.entries.len();
+        s.order.clear();
+        s.order.extend(0..n as u32);
+        match mode {
+            Balance::Random => true,
+            Balance::Weighted if set.uniform => true,
+            Balance::RoundRobin => {
+                let start = set.next.fetch_add(1, Ordering::Relaxed) as usize % n;
+                s.order.rotate_left(start);
+                false
+            }
+            Balance::Weighted => {
+                // Efraimidis–Spirakis: sorting by -ln(u)/w draws a random
+                // order in which each entry comes first with probability
+                // w / Σw. Weight 0 goes last, in random order.
+                s.keys.clear();
+                for (i, e) in set.entries.iter().enumerate() {
+                    let u = s.rng.f64();
+                    let key = if e.weight == 0 {
+                        (true, u)
+                    } else {
+                        (false, -(1.0 - u).ln() / e.weight as f64)
+                    };
+                    s.keys.push((key.0, key.1, i as u32));
+                }
+                s.keys
+                    .sort_unstable_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).expect("no NaN"));
+                s.order.clear();
+                s.order.extend(s.keys.iter().map(|k| k.2));
+                false
+            }
         }
-    };
-    if !matches!(qtype, rtype::A | rtype::AAAA | rtype::ANY | rtype::SRV) {
-        return Found::NoData;
     }
-    s.order.clear();
-    s.order.extend(0..n as u32);
-    s.written.clear();
-    let mut matched = false;
-    // Lazy Fisher-Yates: only as many draws as records written.
-    for i in 0..n {
-        let j = s.rng.usize(i..n);
-        s.order.swap(i, j);
-        let idx = s.order[i];
-        let e = &set.entries[idx as usize];
-        if !wants(e) {
-            continue;
-        }
-        matched = true;
-        let at = w.len();
-        let rr = if qtype == rtype::SRV {
-            &e.srv_rr
-        } else {
-            e.addr_rr.as_ref().expect("filtered above")
+
+    /// Writes a service's records of the asked type in this query's order,
+    /// as many as fit and as the limits allow; then, for SRV, the glue and
+    /// node TXT of the targets that made it in. A/AAAA questions about a
+    /// service whose instances have host names get one CNAME.
+    fn write_set(
+        &self,
+        w: &mut ResponseWriter<'_>,
+        set: &RecordSet,
+        ask: Ask,
+        s: &mut Scratch,
+    ) -> Found {
+        let qtype = ask.qtype;
+        let wants = |e: &Entry| -> bool {
+            match qtype {
+                rtype::A => e.addr_rr.is_some() && !e.is_v6,
+                rtype::AAAA => e.addr_rr.is_some() && e.is_v6,
+                rtype::ANY => e.addr_rr.is_some(),
+                rtype::SRV => true,
+                _ => false,
+            }
         };
-        if !w.answer(&[rr]) {
-            break;
+        if !matches!(qtype, rtype::A | rtype::AAAA | rtype::ANY | rtype::SRV) {
+            return Found::NoData;
         }
-        if qtype == rtype::SRV {
+        // SRV is always a weighted draw (RFC 2782); A/AAAA follow the setting.
+        let mode = if qtype == rtype::SRV {
+            Balance::Weighted
+        } else {
+            self.answers.config().dns.load_balancing
+        };
+        let lazy = self.order(set, mode, s);
+        let n = set.entries.len();
+        s.written.clear();
+        let mut matched = false;
+        let mut cname: Option<u32> = None;
+        for i in 0..n {
+            if lazy {
+                let j = s.rng.usize(i..n);
+                s.order.swap(i, j);
+            }
+            let idx = s.order[i];
+            let e = &set.entries[idx as usize];
+            if !wants(e) {
+                if e.cname_rr.is_some() && cname.is_none() {
+                    cname = Some(idx);
+                }
+                continue;
+            }
+            matched = true;
+            if s.written.len() >= ask.max {
+                break;
+            }
+            let at = w.len();
+            let rr = if qtype == rtype::SRV {
+                &e.srv_rr[ask.domain]
+            } else {
+                e.addr_rr.as_ref().expect("filtered above")
+            };
+            if !w.answer(&[rr]) {
+                break;
+            }
             s.written.push((idx, at + SRV_TARGET_AT));
         }
+        if !matched {
+            return match cname {
+                Some(idx) => self.write_cname(w, &set.entries[idx as usize], ask, s),
+                None => Found::NoData,
+            };
+        }
+        if qtype == rtype::SRV {
+            self.srv_additionals(w, set, s);
+        }
+        Found::Answered
     }
-    if !matched {
-        return Found::NoData;
-    }
-    if qtype == rtype::SRV {
+
+    fn srv_additionals(&self, w: &mut ResponseWriter<'_>, set: &RecordSet, s: &mut Scratch) {
         s.seen_target.clear();
         s.seen_target.resize(set.targets as usize, false);
         for &(idx, target_at) in &s.written {
             let e = &set.entries[idx as usize];
-            let Some(tail) = e.addr_tail().filter(|_| e.glue) else {
-                continue;
-            };
             let seen = &mut s.seen_target[e.target_id as usize];
             if *seen {
                 continue;
             }
             *seen = true;
-            let fits = match pointer(target_at) {
-                Some(p) => w.additional(&[&p, tail]),
-                None => w.additional(&[&e.srv_rr[SRV_TARGET_AT..], tail]),
+            // The target, as a pointer into the SRV record when in reach.
+            let p = pointer(target_at);
+            let owner: &[u8] = match &p {
+                Some(p) => p,
+                None => &e.srv_rr[0][SRV_TARGET_AT..],
             };
-            if !fits {
-                break;
+            if e.glue {
+                if let Some(tail) = e.addr_tail() {
+                    if !w.additional(&[owner, tail]) {
+                        return;
+                    }
+                }
+            }
+            for txt in e.node_txt.iter() {
+                if !w.additional(&[owner, txt]) {
+                    return;
+                }
             }
         }
     }
-    Found::Answered
+
+    /// One CNAME to an instance's host name, then, when the host name is in
+    /// signpost's own domain, its addresses.
+    fn write_cname(
+        &self,
+        w: &mut ResponseWriter<'_>,
+        e: &Entry,
+        ask: Ask,
+        s: &mut Scratch,
+    ) -> Found {
+        let rr = e.cname_rr.as_ref().expect("chosen for its CNAME");
+        let at = w.len();
+        if !w.answer(&[rr]) {
+            return Found::Answered;
+        }
+        let target = &rr[RDATA_AT..];
+        let Some(labels) = Labels::split(target) else {
+            return Found::Answered;
+        };
+        let domains = &self.answers.config().domains;
+        let Some(head) = domains.iter().find_map(|d| labels.strip_domain(d)) else {
+            return Found::Answered;
+        };
+        let Some(owner) = pointer(at + RDATA_AT) else {
+            return Found::Answered;
+        };
+        let mut buf = [0u8; 63];
+        let addr_ok = |e: &Entry| match ask.qtype {
+            rtype::A => e.addr_rr.is_some() && !e.is_v6,
+            rtype::AAAA => e.addr_rr.is_some() && e.is_v6,
+            _ => e.addr_rr.is_some(),
+        };
+        match classify(&labels, head) {
+            Lookup::Service { name, tag, dc } if self.is_local_dc(dc) => {
+                let Some(set) = lower(name, &mut buf).and_then(|n| self.answers.service(n)) else {
+                    return Found::Answered;
+                };
+                let records = match tag {
+                    None => &set.all,
+                    Some(t) => match lower(t, &mut buf).and_then(|t| set.tags.get(t)) {
+                        Some(r) => r,
+                        None => return Found::Answered,
+                    },
+                };
+                let n = records.entries.len();
+                s.order.clear();
+                s.order.extend(0..n as u32);
+                let mut written = 1;
+                for i in 0..n {
+                    let j = s.rng.usize(i..n);
+                    s.order.swap(i, j);
+                    let e = &records.entries[s.order[i] as usize];
+                    if !addr_ok(e) {
+                        continue;
+                    }
+                    if written >= ask.max
+                        || !w.answer(&[&owner, e.addr_tail().expect("has an address")])
+                    {
+                        break;
+                    }
+                    written += 1;
+                }
+            }
+            Lookup::Node { name, dc } if self.is_local_dc(dc) => {
+                if let Some(node) = lower(name, &mut buf).and_then(|n| self.answers.node(n)) {
+                    let ok = match ask.qtype {
+                        rtype::A => !node.is_v6,
+                        rtype::AAAA => node.is_v6,
+                        _ => true,
+                    };
+                    if let Some(rr) = node.addr_rr.as_ref().filter(|_| ok && ask.max > 1) {
+                        w.answer(&[&owner, &rr[2..]]);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Found::Answered
+    }
 }
