@@ -330,7 +330,7 @@ impl TtlMap {
                 out.exact.insert(key, ttl);
             }
         }
-        out.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        out.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(out)
     }
 }

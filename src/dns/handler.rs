@@ -294,7 +294,8 @@ impl Handler {
                     _ => false,
                 });
                 let txt_answers = matches!(ask.qtype, rtype::TXT | rtype::ANY);
-                if addr.is_none() && !(txt_answers && !node.txt_rr.is_empty()) {
+                let has_txt = txt_answers && !node.txt_rr.is_empty();
+                if addr.is_none() && !has_txt {
                     return Found::NoData;
                 }
                 if let Some(rr) = addr {
