@@ -4,6 +4,8 @@ mod support;
 
 mod api;
 mod cli;
+mod conformance;
 mod dns_queries;
 mod health;
+mod properties;
 mod zones;

@@ -1,0 +1,541 @@
+//! The DNS conformance suite: every query form and protocol rule, as a
+//! table of (name, type, transport, EDNS size) → expected sections written
+//! as zone-file text, run against a running server over UDP and TCP.
+
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+
+use crate::support::*;
+
+const SERVICES: &str = r#"{"services": [
+  {"id": "web-1", "name": "web", "tags": ["v1"], "address": "10.0.0.1", "port": 80},
+  {"id": "web-2", "name": "web", "tags": ["v2"], "address": "10.0.0.2", "port": 80},
+  {"id": "ext-1", "name": "ext", "address": "db.example.com", "port": 5432},
+  {"id": "alias-1", "name": "alias", "address": "web.service.consul", "port": 80},
+  {"id": "six", "name": "six", "address": "2001:db8::1", "port": 90}
+]}"#;
+
+fn catalog() -> String {
+    let mut regs = vec![
+        r#"{"Node": "n1", "Address": "10.1.0.1", "NodeMeta": {"rack": "r1", "a=b": "x"},
+            "Service": {"ID": "api-1", "Service": "api", "Port": 8080}}"#
+            .to_string(),
+        r#"{"Node": "n2", "Address": "10.1.0.2",
+            "Service": {"ID": "api-2", "Service": "api", "Address": "10.1.0.22", "Port": 8081}}"#
+            .to_string(),
+    ];
+    for i in 0..40 {
+        let tags = if i < 10 { r#"["ten"]"# } else { "[]" };
+        regs.push(format!(
+            r#"{{"Node": "m{i}", "Address": "10.2.0.{}", "Service": {{"ID": "many-{i}", "Service": "many", "Tags": {tags}, "Port": 7000}}}}"#,
+            i + 1
+        ));
+    }
+    format!("[{}]", regs.join(","))
+}
+
+const CONFIG: &str = r#"
+alt_domain = "alt.example"
+[dns_config]
+service_ttl = { "*" = 5, "web" = 30, "ap*" = 15 }
+node_ttl = 7
+[dns_config.soa]
+min_ttl = 3
+"#;
+
+async fn server() -> (TestServer, ZoneDir) {
+    let zones = ZoneDir::new(&[
+        ("services.json", SERVICES),
+        ("catalog.json", &catalog()),
+        ("signpost.toml", CONFIG),
+    ]);
+    let flags = signpost::config::Flags {
+        config: Some(zones.path().join("signpost.toml")),
+        ..Default::default()
+    };
+    let file_config = signpost::Config::load(&flags).expect("test config loads");
+    let srv = TestServer::start_with(Some(zones.path()), |c| {
+        c.alt_domain = file_config.alt_domain.clone();
+        c.dns_config = file_config.dns_config.clone();
+    })
+    .await;
+    (srv, zones)
+}
+
+async fn ask(
+    srv: &TestServer,
+    via: Via,
+    name: &str,
+    rtype: RecordType,
+    edns: Option<u16>,
+) -> (Message, usize) {
+    let q = query_bytes(name, rtype, edns);
+    let reply = match via {
+        Via::Udp => udp_raw(srv.dns, &q, Duration::from_secs(2)).expect("a UDP reply"),
+        Via::Tcp => tcp_raw(srv.dns, &q).await,
+    };
+    (
+        Message::from_vec(&reply).expect("a well-formed reply"),
+        reply.len(),
+    )
+}
+
+/// One row of the table. Empty texts mean "no records".
+struct Case {
+    name: &'static str,
+    rtype: RecordType,
+    /// `None`: over UDP and TCP alike.
+    via: Option<Via>,
+    edns: Option<u16>,
+    rcode: ResponseCode,
+    answers: &'static str,
+    authority: &'static str,
+    additionals: &'static str,
+}
+
+const fn case(name: &'static str, rtype: RecordType, answers: &'static str) -> Case {
+    Case {
+        name,
+        rtype,
+        via: None,
+        edns: Some(1232),
+        rcode: ResponseCode::NoError,
+        answers,
+        authority: "",
+        additionals: "",
+    }
+}
+
+impl Case {
+    const fn additionals(mut self, text: &'static str) -> Case {
+        self.additionals = text;
+        self
+    }
+    const fn authority(mut self, text: &'static str) -> Case {
+        self.authority = text;
+        self
+    }
+    const fn rcode(mut self, rcode: ResponseCode) -> Case {
+        self.rcode = rcode;
+        self
+    }
+}
+
+/// SOA records carry the start time as serial; compare everything else.
+fn without_serial(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(3) == Some(&"SOA") {
+                let mut f = f.clone();
+                f[6] = "SERIAL";
+                f.join(" ")
+            } else {
+                l
+            }
+        })
+        .collect()
+}
+
+fn table() -> Vec<Case> {
+    use RecordType::*;
+    vec![
+        // Service lookups, with the per-service TTL map (web 30, ap* 15).
+        case("web.service.consul.", A, "web.service.consul. 30 IN A 10.0.0.1\nweb.service.consul. 30 IN A 10.0.0.2"),
+        case("v1.web.service.consul.", A, "v1.web.service.consul. 30 IN A 10.0.0.1"),
+        case("web.service.dc1.consul.", A, "web.service.dc1.consul. 30 IN A 10.0.0.1\nweb.service.dc1.consul. 30 IN A 10.0.0.2"),
+        case("web.service.dc1.dc.consul.", A, "web.service.dc1.dc.consul. 30 IN A 10.0.0.1\nweb.service.dc1.dc.consul. 30 IN A 10.0.0.2"),
+        case("_web._v2.service.consul.", A, "_web._v2.service.consul. 30 IN A 10.0.0.2"),
+        case("six.service.consul.", AAAA, "six.service.consul. 5 IN AAAA 2001:db8::1"),
+        // SRV: node-name target with glue and node meta TXT (RFC 1464), or
+        // an .addr target when the service address differs from the node's.
+        case(
+            "_api._tcp.service.consul.",
+            SRV,
+            "_api._tcp.service.consul. 15 IN SRV 1 1 8080 n1.node.dc1.consul.
+             _api._tcp.service.consul. 15 IN SRV 1 1 8081 0a010016.addr.dc1.consul.",
+        )
+        .additionals(
+            "n1.node.dc1.consul. 15 IN A 10.1.0.1
+             n1.node.dc1.consul. 7 IN TXT \"a`=b=x\"
+             n1.node.dc1.consul. 7 IN TXT \"rack=r1\"
+             0a010016.addr.dc1.consul. 15 IN A 10.1.0.22",
+        ),
+        // The alternative domain: answers stay in the domain asked.
+        case("web.service.alt.example.", A, "web.service.alt.example. 30 IN A 10.0.0.1\nweb.service.alt.example. 30 IN A 10.0.0.2"),
+        case(
+            "v1.web.service.alt.example.",
+            SRV,
+            "v1.web.service.alt.example. 30 IN SRV 1 1 80 0a000001.addr.dc1.alt.example.",
+        )
+        .additionals("0a000001.addr.dc1.alt.example. 30 IN A 10.0.0.1"),
+        case("alt.example.", NS, "alt.example. 7 IN NS testnode.node.dc1.alt.example.")
+            .additionals("testnode.node.dc1.alt.example. 7 IN A 127.0.0.1"),
+        // Host-name addresses: a CNAME, plus its addresses when the target
+        // is in the domain.
+        case("ext.service.consul.", A, "ext.service.consul. 5 IN CNAME db.example.com."),
+        case(
+            "alias.service.consul.",
+            A,
+            "alias.service.consul. 5 IN CNAME web.service.consul.
+             web.service.consul. 30 IN A 10.0.0.1
+             web.service.consul. 30 IN A 10.0.0.2",
+        ),
+        case("ext.service.consul.", SRV, "ext.service.consul. 5 IN SRV 1 1 5432 db.example.com."),
+        // Nodes: address, meta as TXT (answers for TXT, additional for A).
+        case("n1.node.consul.", A, "n1.node.consul. 7 IN A 10.1.0.1")
+            .additionals("n1.node.consul. 7 IN TXT \"a`=b=x\"\nn1.node.consul. 7 IN TXT \"rack=r1\""),
+        case("n1.node.consul.", TXT, "n1.node.consul. 7 IN TXT \"a`=b=x\"\nn1.node.consul. 7 IN TXT \"rack=r1\""),
+        case("n2.node.dc1.consul.", A, "n2.node.dc1.consul. 7 IN A 10.1.0.2"),
+        // .addr names.
+        case("0a000001.addr.consul.", A, "0a000001.addr.consul. 5 IN A 10.0.0.1"),
+        case("0A000001.addr.dc1.consul.", A, "0A000001.addr.dc1.consul. 5 IN A 10.0.0.1"),
+        case("20010db8000000000000000000000001.addr.consul.", AAAA, "20010db8000000000000000000000001.addr.consul. 5 IN AAAA 2001:db8::1"),
+        case("0a000001.addr.consul.", AAAA, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("0a0001.addr.consul.", A, "").rcode(ResponseCode::NXDomain).authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("xyzxyzxy.addr.consul.", A, "").rcode(ResponseCode::NXDomain).authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        // PTR for registered node and service addresses.
+        case("1.0.1.10.in-addr.arpa.", PTR, "1.0.1.10.in-addr.arpa. 7 IN PTR n1.node.dc1.consul."),
+        case("1.0.0.10.in-addr.arpa.", PTR, "1.0.0.10.in-addr.arpa. 7 IN PTR web.service.dc1.consul."),
+        case(
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.",
+            PTR,
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa. 7 IN PTR six.service.dc1.consul.",
+        ),
+        case("9.9.9.9.in-addr.arpa.", PTR, "").rcode(ResponseCode::Refused),
+        // Apex.
+        case("consul.", SOA, "consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("consul.", NS, "consul. 7 IN NS testnode.node.dc1.consul.")
+            .additionals("testnode.node.dc1.consul. 7 IN A 127.0.0.1"),
+        // Negative answers: SOA of the domain asked, TTL = SOA minimum.
+        case("nope.service.consul.", A, "").rcode(ResponseCode::NXDomain)
+            .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("nope.service.alt.example.", A, "").rcode(ResponseCode::NXDomain)
+            .authority("alt.example. 3 IN SOA testnode.node.dc1.alt.example. hostmaster.alt.example. 1 3600 600 86400 3"),
+        case("web.service.consul.", MX, "")
+            .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("web.service.dc2.consul.", A, "").rcode(ResponseCode::NXDomain)
+            .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("example.org.", A, "").rcode(ResponseCode::Refused),
+    ]
+}
+
+#[tokio::test]
+async fn conformance_table_over_udp_and_tcp() {
+    let (srv, _zones) = server().await;
+    let mut ran = 0;
+    for c in table() {
+        for via in c.via.map(|v| vec![v]).unwrap_or(BOTH.to_vec()) {
+            let (m, _) = ask(&srv, via, c.name, c.rtype, c.edns).await;
+            let what = format!("{} {} over {via:?}", c.name, c.rtype);
+            assert_eq!(m.metadata.response_code, c.rcode, "{what}");
+            assert!(!m.metadata.truncation, "{what}");
+            assert_eq!(m.edns.is_some(), c.edns.is_some(), "{what}: OPT");
+            assert_eq!(
+                without_serial(lines(&m.answers)),
+                without_serial(zone(c.answers)),
+                "{what}: answers"
+            );
+            assert_eq!(
+                without_serial(lines(&m.authorities)),
+                without_serial(zone(c.authority)),
+                "{what}: authority"
+            );
+            assert_eq!(
+                without_serial(lines(&m.additionals)),
+                without_serial(zone(c.additionals)),
+                "{what}: additionals"
+            );
+            ran += 1;
+        }
+    }
+    eprintln!("conformance: {ran} exchanges");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn udp_size_budget_tc_and_opt() {
+    let (srv, _zones) = server().await;
+    // 40 SRV records do not fit in 1232 bytes: TC, OPT kept, within budget,
+    // even when the client offers more (the cap is 1232).
+    for offered in [1232u16, 4096, 65000] {
+        let (m, size) = ask(
+            &srv,
+            Via::Udp,
+            "many.service.consul.",
+            RecordType::SRV,
+            Some(offered),
+        )
+        .await;
+        assert!(m.metadata.truncation, "TC set when answers are dropped");
+        assert!(size <= 1232, "{size} bytes for an offer of {offered}");
+        assert_eq!(
+            m.edns.as_ref().map(|e| e.max_payload()),
+            Some(1232),
+            "OPT in a truncated reply"
+        );
+        assert!(!m.answers.is_empty() && m.answers.len() < 40);
+    }
+    // A small offer is raised to 512, never below.
+    let (m, size) = ask(
+        &srv,
+        Via::Udp,
+        "many.service.consul.",
+        RecordType::SRV,
+        Some(100),
+    )
+    .await;
+    assert!(size <= 512 && m.metadata.truncation);
+    // All ten answers fit in 512 bytes but not all their glue: no TC.
+    let (m, size) = ask(
+        &srv,
+        Via::Udp,
+        "ten.many.service.consul.",
+        RecordType::SRV,
+        Some(512),
+    )
+    .await;
+    assert_eq!(m.answers.len(), 10);
+    assert!(
+        m.additionals.len() < 10,
+        "some glue dropped: {}",
+        m.additionals.len()
+    );
+    assert!(!m.metadata.truncation, "dropping glue alone sets no TC");
+    assert!(size <= 512);
+    // TCP carries the full set.
+    let (m, _) = ask(
+        &srv,
+        Via::Tcp,
+        "many.service.consul.",
+        RecordType::SRV,
+        Some(1232),
+    )
+    .await;
+    assert_eq!((m.answers.len(), m.additionals.len()), (40, 40));
+    assert!(!m.metadata.truncation);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn answer_limits() {
+    let (srv, _zones) = server().await;
+    // Without EDNS over UDP, Consul's udp_answer_limit of 3 applies, with no TC.
+    let (m, _) = ask(&srv, Via::Udp, "many.service.consul.", RecordType::A, None).await;
+    assert_eq!(m.answers.len(), 3);
+    assert!(!m.metadata.truncation && m.edns.is_none());
+    let (m, _) = ask(
+        &srv,
+        Via::Udp,
+        "many.service.consul.",
+        RecordType::A,
+        Some(4096),
+    )
+    .await;
+    assert!(m.answers.len() > 3);
+    let (m, _) = ask(&srv, Via::Tcp, "many.service.consul.", RecordType::A, None).await;
+    assert_eq!(m.answers.len(), 40);
+    srv.stop().await;
+
+    let zones = ZoneDir::new(&[("catalog.json", &catalog())]);
+    let srv = TestServer::start_with(Some(zones.path()), |c| c.dns_config.a_record_limit = 2).await;
+    for via in BOTH {
+        let (m, _) = ask(&srv, via, "many.service.consul.", RecordType::A, Some(1232)).await;
+        assert_eq!(m.answers.len(), 2, "{via:?}");
+        assert!(!m.metadata.truncation);
+        let (m, _) = ask(
+            &srv,
+            via,
+            "many.service.consul.",
+            RecordType::SRV,
+            Some(65000),
+        )
+        .await;
+        assert!(m.answers.len() > 2, "a_record_limit leaves SRV alone");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn five_thousand_instances_answer_over_tcp() {
+    let zones = ZoneDir::new(&[("big.json", &crate::zones::bench_catalog(1, 5000))]);
+    let srv = TestServer::start(Some(zones.path())).await;
+    for rtype in [RecordType::A, RecordType::SRV] {
+        let (m, size) = ask(&srv, Via::Tcp, "s0.service.consul.", rtype, None).await;
+        assert!(size <= 65535);
+        assert!(
+            m.answers.len() > 1000,
+            "{rtype}: {} answers",
+            m.answers.len()
+        );
+        let (udp, usize) = ask(&srv, Via::Udp, "s0.service.consul.", rtype, Some(1232)).await;
+        assert!(udp.metadata.truncation && usize <= 1232);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn response_codes() {
+    let (srv, _zones) = server().await;
+    // EDNS version 1: BADVERS, with an OPT.
+    let mut q = query_bytes("web.service.consul.", RecordType::A, Some(1232));
+    let opt_ttl = q.len() - 6;
+    q[opt_ttl + 1] = 1;
+    let m = Message::from_vec(&udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap()).unwrap();
+    // 16 is BADVERS for EDNS (hickory names the shared code BADSIG).
+    assert_eq!(u16::from(m.metadata.response_code), 16);
+    assert!(m.edns.is_some());
+    // Opcodes other than QUERY: NOTIMP, over both transports.
+    let mut q = query_bytes("web.service.consul.", RecordType::A, None);
+    q[2] = (q[2] & 0x87) | (4 << 3); // NOTIFY
+    let m = Message::from_vec(&udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap()).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    let m = Message::from_vec(&tcp_raw(srv.dns, &q).await).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    // Class CHAOS: refused.
+    let mut q = query_bytes("version.bind.", RecordType::TXT, None);
+    let class_at = q.len() - 2;
+    q[class_at + 1] = 3;
+    let m = Message::from_vec(&udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap()).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    srv.stop().await;
+}
+
+/// Sends `count` queries over UDP and counts which address comes first.
+fn first_answers(
+    srv: &TestServer,
+    name: &str,
+    rtype: RecordType,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let q = query_bytes(name, rtype, Some(1232));
+    let mut buf = vec![0u8; 4096];
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        sock.send_to(&q, srv.dns).unwrap();
+        let (n, _) = sock.recv_from(&mut buf).unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        let first = match &m.answers[0].data {
+            hickory_proto::rr::RData::A(a) => a.to_string(),
+            hickory_proto::rr::RData::SRV(s) => s.port.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        *counts.entry(first).or_default() += 1;
+    }
+    counts
+}
+
+const WEIGHTED: &str = r#"{"services": [
+  {"id": "w1", "name": "w", "address": "10.5.0.1", "port": 1, "weights": {"passing": 1}},
+  {"id": "w2", "name": "w", "address": "10.5.0.2", "port": 2, "weights": {"passing": 2}},
+  {"id": "w3", "name": "w", "address": "10.5.0.3", "port": 3, "weights": {"passing": 7}}
+]}"#;
+
+#[tokio::test]
+async fn weighted_order_follows_weight_shares() {
+    let zones = ZoneDir::new(&[("w.json", WEIGHTED)]);
+    let srv = TestServer::start_with(Some(zones.path()), |c| {
+        c.dns_config.load_balancing = signpost::config::Balance::Weighted
+    })
+    .await;
+    let n = 10_000;
+    let shares = [
+        ("10.5.0.1", "1", 0.1),
+        ("10.5.0.2", "2", 0.2),
+        ("10.5.0.3", "3", 0.7),
+    ];
+    let a = first_answers(&srv, "w.service.consul.", RecordType::A, n);
+    let srv_first = first_answers(&srv, "w.service.consul.", RecordType::SRV, n);
+    for (addr, port, share) in shares {
+        let fa = a[addr] as f64 / n as f64;
+        let fs = srv_first[port] as f64 / n as f64;
+        eprintln!("weight share {share:.2}: first in A {fa:.4}, first in SRV {fs:.4}");
+        assert!(
+            (fa - share).abs() < 0.02,
+            "A: {addr} first {fa} vs share {share}"
+        );
+        assert!(
+            (fs - share).abs() < 0.02,
+            "SRV: port {port} first {fs} vs share {share}"
+        );
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn round_robin_cycles_and_srv_stays_weighted() {
+    let zones = ZoneDir::new(&[("w.json", WEIGHTED)]);
+    let srv = TestServer::start_with(Some(zones.path()), |c| {
+        c.dns_config.load_balancing = signpost::config::Balance::RoundRobin
+    })
+    .await;
+    let firsts: Vec<String> = (0..6)
+        .map(|_| {
+            first_answers(&srv, "w.service.consul.", RecordType::A, 1)
+                .into_keys()
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(firsts[0..3], firsts[3..6], "a cycle of three: {firsts:?}");
+    let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+    assert_eq!(distinct.len(), 3, "{firsts:?}");
+    // SRV order is an RFC 2782 weighted draw in every mode.
+    let s = first_answers(&srv, "w.service.consul.", RecordType::SRV, 2000);
+    assert!(
+        s["3"] > 1200,
+        "weight 7 of 10 comes first most often: {s:?}"
+    );
+    srv.stop().await;
+}
+
+// dig blocks its thread; TCP needs the runtime to keep serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_agrees() {
+    if std::process::Command::new("dig")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: dig not installed (apt-get install dnsutils)");
+        return;
+    }
+    let (srv, _zones) = server().await;
+    let port = srv.dns.port().to_string();
+    let dig = |args: &[&str]| {
+        let out = std::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=1"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let sorted = |s: String| {
+        let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(dig(&["+short", "web.service.alt.example", "A"])),
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    assert_eq!(
+        dig(&["+short", "-x", "10.1.0.1"]).trim(),
+        "n1.node.dc1.consul."
+    );
+    assert_eq!(
+        sorted(dig(&["+short", "n1.node.consul", "TXT"])),
+        ["\"a`=b=x\"", "\"rack=r1\""]
+    );
+    // dig retries over TCP on TC and then has all 40.
+    let out = dig(&["many.service.consul", "SRV"]);
+    assert!(out.contains("ANSWER: 40"), "{out}");
+    let out = dig(&["+notcp", "+ignore", "many.service.consul", "SRV"]);
+    assert!(out.contains(" tc "), "{out}");
+    srv.stop().await;
+}
