@@ -91,6 +91,27 @@ pub struct Flags {
     #[arg(long, value_name = "NAME", global = true)]
     pub node: Option<String>,
 
+    /// Upstream resolver for names outside signpost's zones, ADDR or
+    /// ADDR:PORT (port 53 when left out). Repeat for several.
+    #[arg(long = "recursor", value_name = "ADDR[:PORT]", global = true)]
+    pub recursor: Vec<String>,
+
+    /// How long to wait for one upstream before trying the next (a Go
+    /// duration such as 2s or 500ms). [default: 2s]
+    #[arg(long = "recursor-timeout", value_name = "DURATION", global = true)]
+    pub recursor_timeout: Option<String>,
+
+    /// Which upstream to ask first: sequential (in the order given) or
+    /// random. [default: sequential]
+    #[arg(long = "recursor-strategy", value_name = "STRATEGY", global = true)]
+    pub recursor_strategy: Option<String>,
+
+    /// Clients (CIDR) that may have names outside signpost's zones
+    /// resolved; others get REFUSED for them. Repeat for several.
+    /// [default: loopback, 10/8, 172.16/12, 192.168/16, fc00::/7]
+    #[arg(long = "allow-recursion", value_name = "CIDR", global = true)]
+    pub allow_recursion: Vec<String>,
+
     /// Token that HTTP writes must carry (`X-Consul-Token`, `?token=` or
     /// `Authorization: Bearer`); reads stay open. Prefer --http-token-file:
     /// a flag is visible in the process list.
@@ -129,6 +150,12 @@ pub struct FileConfig {
     http_token: Option<String>,
     http_token_file: Option<PathBuf>,
     http_allow_unauthenticated: Option<bool>,
+    recursor: Option<OneOrMany<String>>,
+    recursor_timeout: Option<Seconds>,
+    recursor_strategy: Option<String>,
+    allow_recursion: Option<Vec<String>>,
+    /// Forwarded answers kept at most. [default: 10000]
+    recursor_cache_size: Option<usize>,
     #[serde(default)]
     dns_config: DnsFileConfig,
 }
@@ -231,7 +258,60 @@ pub struct Config {
     pub log_level: String,
     /// Required on HTTP writes when set.
     pub http_token: Option<String>,
+    pub recursors: Recursors,
     pub dns_config: DnsConfig,
+}
+
+/// Forwarding of names outside signpost's zones.
+#[derive(Debug, Clone)]
+pub struct Recursors {
+    /// Empty: no forwarding (REFUSED, and no RA bit).
+    pub upstreams: Vec<SocketAddr>,
+    pub timeout: std::time::Duration,
+    pub random: bool,
+    pub allow: Vec<ipnet::IpNet>,
+    pub cache_size: usize,
+}
+
+impl Default for Recursors {
+    fn default() -> Self {
+        Recursors {
+            upstreams: Vec::new(),
+            timeout: std::time::Duration::from_secs(2),
+            random: false,
+            allow: DEFAULT_ALLOW_RECURSION
+                .iter()
+                .map(|c| c.parse().expect("default CIDRs parse"))
+                .collect(),
+            cache_size: 10_000,
+        }
+    }
+}
+
+/// Loopback and the private ranges.
+pub const DEFAULT_ALLOW_RECURSION: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+];
+
+/// `ADDR` or `ADDR:PORT`, IPv6 as `::1` or `[::1]:53`.
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = t
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!("recursor {text:?} is not ADDR or ADDR:PORT"))
 }
 
 /// DNS answer policy, validated.
@@ -387,6 +467,7 @@ impl Config {
             node: "signpost".to_string(),
             log_level: "info".to_string(),
             http_token: None,
+            recursors: Recursors::default(),
             dns_config: DnsConfig::default(),
         }
     }
@@ -487,6 +568,76 @@ impl Config {
                  set one, or pass --http-allow-unauthenticated if anyone who reaches it may register services"
             )));
         }
+        let upstream_texts: Vec<String> = if !flags.recursor.is_empty() {
+            flags.recursor.clone()
+        } else {
+            match file.recursor {
+                Some(OneOrMany::One(a)) => vec![a],
+                Some(OneOrMany::Many(v)) => v,
+                None => Vec::new(),
+            }
+        };
+        let upstreams = upstream_texts
+            .iter()
+            .map(|t| parse_upstream(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let timeout = match (&flags.recursor_timeout, &file.recursor_timeout) {
+            (Some(t), _) => Seconds::Text(t.clone()),
+            (None, Some(t)) => t.clone(),
+            (None, None) => Seconds::Text("2s".into()),
+        };
+        let timeout = match timeout {
+            Seconds::Number(n) => std::time::Duration::from_secs(n.into()),
+            Seconds::Text(t) => crate::registry::definition::parse_duration(&t)
+                .map_err(|e| invalid(format!("recursor_timeout: {e}")))?,
+        };
+        if timeout.is_zero() {
+            return Err(invalid("recursor_timeout: must be above zero".into()));
+        }
+        let random = match flags
+            .recursor_strategy
+            .clone()
+            .or(file.recursor_strategy)
+            .as_deref()
+        {
+            None | Some("sequential") => false,
+            Some("random") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "recursor_strategy: {other:?} is not sequential or random"
+                )))
+            }
+        };
+        let allow_texts: Vec<String> = if !flags.allow_recursion.is_empty() {
+            flags.allow_recursion.clone()
+        } else {
+            file.allow_recursion.unwrap_or_else(|| {
+                DEFAULT_ALLOW_RECURSION
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
+        };
+        let allow = allow_texts
+            .iter()
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(format!(
+                            "allow_recursion: {c:?} is not a CIDR such as 10.0.0.0/8"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let recursors = Recursors {
+            upstreams,
+            timeout,
+            random,
+            allow,
+            cache_size: file.recursor_cache_size.unwrap_or(10_000),
+        };
         let soa_file = d.soa.unwrap_or_default();
         let soa_default = Soa::default();
         Ok(Config {
@@ -504,6 +655,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
             http_token,
+            recursors,
             dns_config: DnsConfig {
                 service_ttl: match d.service_ttl {
                     Some(spec) => TtlMap::from_spec(spec).map_err(invalid)?,
@@ -667,6 +819,41 @@ mod tests {
         assert!(Config::merge(&Flags::default(), file, "t.toml").is_err());
         let file = parse("[dns_config]\nload_balancing = \"fastest\"").unwrap();
         assert!(Config::merge(&Flags::default(), file, "t.toml").is_err());
+    }
+
+    #[test]
+    fn recursors_and_allowed_clients() {
+        let file = parse("recursor = [\"127.0.0.1\", \"[::1]:5353\", \"10.0.0.1:54\"]\nrecursor_timeout = \"500ms\"\nrecursor_strategy = \"random\"\nallow_recursion = [\"10.0.0.0/8\", \"192.0.2.7\"]").unwrap();
+        let c = Config::merge(&Flags::default(), file, "t.toml").unwrap();
+        let r = &c.recursors;
+        assert_eq!(
+            r.upstreams,
+            [
+                "127.0.0.1:53".parse().unwrap(),
+                "[::1]:5353".parse().unwrap(),
+                "10.0.0.1:54".parse().unwrap()
+            ]
+        );
+        assert_eq!(r.timeout, std::time::Duration::from_millis(500));
+        assert!(r.random);
+        assert_eq!(r.allow.len(), 2);
+        let d = Config::merge(&Flags::default(), FileConfig::default(), "x").unwrap();
+        assert!(d.recursors.upstreams.is_empty());
+        assert!(d
+            .recursors
+            .allow
+            .iter()
+            .any(|n| n.contains(&"192.168.1.1".parse::<IpAddr>().unwrap())));
+        for bad in [
+            "recursor = \"nope\"",
+            "allow_recursion = [\"10/8x\"]",
+            "recursor_strategy = \"fastest\"",
+        ] {
+            assert!(
+                Config::merge(&Flags::default(), parse(bad).unwrap(), "t").is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -16,10 +16,15 @@ fn init_logging(level: &str) {
 
 fn check(config: &Config) -> anyhow::Result<()> {
     let defs = load_zones(config)?;
+    let zones = match &config.zones {
+        Some(dir) => signpost::dns::zones::load_dir(dir)?,
+        None => Vec::new(),
+    };
     println!(
-        "ok: configuration valid; {} definition file(s), {} instance(s)",
+        "ok: configuration valid; {} definition file(s), {} instance(s), {} static zone(s)",
         defs.files,
-        defs.instance_count()
+        defs.instance_count(),
+        zones.len()
     );
     Ok(())
 }

@@ -10,8 +10,10 @@ use tokio::sync::oneshot;
 use crate::api::{self, Api};
 use crate::config::Config;
 use crate::dns::answers::{AnswerConfig, Answers};
+use crate::dns::forward::Forwarder;
 use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
+use crate::dns::zones::ZoneError;
 use crate::health::HealthChecks;
 use crate::registry::{Registry, Store, StoreError};
 use crate::sync::files::{self, Definitions, FileError, OwnNode};
@@ -20,6 +22,8 @@ use crate::sync::files::{self, Definitions, FileError, OwnNode};
 pub enum StartError {
     #[error("{0}")]
     Zones(#[from] FileError),
+    #[error("{0}")]
+    StaticZone(#[from] ZoneError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -81,7 +85,20 @@ impl Signpost {
         defs.apply(&registry, &own);
         tracing::info!(files, instances, "loaded service definitions");
         let health = HealthChecks::start(registry.clone());
-        let handler = Arc::new(Handler::new(answers.clone()));
+        let zones = match &config.zones {
+            Some(dir) => crate::dns::zones::load_dir(dir)?,
+            None => Vec::new(),
+        };
+        for z in &zones {
+            tracing::info!("serving static zone {} from {}", z.origin, z.path.display());
+        }
+        let forwarder = (!config.recursors.upstreams.is_empty()).then(|| {
+            Arc::new(Forwarder::new(
+                &config.recursors,
+                config.dns_config.udp_payload_max,
+            ))
+        });
+        let handler = Arc::new(Handler::new(answers.clone(), zones, forwarder));
         let dns = DnsServer::start(&config.dns, handler)?;
         for addr in dns.local_addrs() {
             tracing::info!("serving DNS on {addr} (udp, tcp) for {}.", config.domain);

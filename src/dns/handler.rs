@@ -8,11 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::answers::{Answers, Entry, RecordSet, RDATA_AT, SRV_TARGET_AT};
+use super::forward::Forwarder;
 use super::name::{classify, Labels, Lookup};
 use super::wire::{
     parse_query, pointer, rtype, Flags, Parsed, Query, Rcode, ResponseWriter, CLASS_ANY, CLASS_IN,
     HEADER_LEN, PLAIN_UDP_MAX,
 };
+use super::zones::StaticZone;
 use crate::config::Balance;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,19 @@ impl Default for Scratch {
 
 pub struct Handler {
     answers: Arc<Answers>,
+    zones: Vec<StaticZone>,
+    forwarder: Option<Arc<Forwarder>>,
+}
+
+/// What the listener should do after `handle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send `out`.
+    Reply,
+    /// Send nothing.
+    Drop,
+    /// Not ours and not cached: resolve it with [`Handler::forward`].
+    Forward,
 }
 
 /// Outcome of a lookup inside the domain.
@@ -122,6 +137,19 @@ fn reverse_address(labels: &Labels<'_>) -> Option<IpAddr> {
     None
 }
 
+/// `a.b.example.` from label `from` on, lower-cased.
+fn lower_fqdn(labels: &Labels<'_>, from: usize) -> String {
+    let mut s = String::with_capacity(64);
+    for i in from..labels.len() {
+        s.push_str(&String::from_utf8_lossy(labels.get(i)).to_ascii_lowercase());
+        s.push('.');
+    }
+    if s.is_empty() {
+        s.push('.');
+    }
+    s
+}
+
 fn is_reverse(labels: &Labels<'_>) -> bool {
     labels.len() >= 2
         && labels.get(labels.len() - 1).eq_ignore_ascii_case(b"arpa")
@@ -132,20 +160,53 @@ fn is_reverse(labels: &Labels<'_>) -> bool {
 }
 
 impl Handler {
-    pub fn new(answers: Arc<Answers>) -> Handler {
-        Handler { answers }
+    pub fn new(
+        answers: Arc<Answers>,
+        zones: Vec<StaticZone>,
+        forwarder: Option<Arc<Forwarder>>,
+    ) -> Handler {
+        Handler {
+            answers,
+            zones,
+            forwarder,
+        }
     }
 
-    /// Answers one query. Returns `false` when nothing should be sent.
+    /// The reply budget of a query on a transport.
+    fn budget(&self, transport: Transport, edns: Option<super::wire::Edns>) -> usize {
+        match (transport, edns) {
+            (Transport::Tcp, _) => TCP_MAX,
+            (Transport::Udp, None) => PLAIN_UDP_MAX,
+            (Transport::Udp, Some(e)) => (e.payload as usize).clamp(
+                PLAIN_UDP_MAX,
+                self.answers.config().dns.udp_payload_max as usize,
+            ),
+        }
+    }
+
+    /// Resolves a query `handle` said to forward; the reply to send.
+    pub async fn forward(&self, query: &[u8], transport: Transport) -> Vec<u8> {
+        let Parsed::Query(q) = parse_query(query) else {
+            return Vec::new();
+        };
+        let budget = self.budget(transport, q.edns);
+        match &self.forwarder {
+            Some(f) => f.forward(query, transport, budget).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Answers one query from memory, or says to drop or forward it.
     pub fn handle(
         &self,
         query: &[u8],
         transport: Transport,
+        client: IpAddr,
         out: &mut Vec<u8>,
         scratch: &mut Scratch,
-    ) -> bool {
+    ) -> Outcome {
         let q = match parse_query(query) {
-            Parsed::Drop => return false,
+            Parsed::Drop => return Outcome::Drop,
             Parsed::Error {
                 id,
                 opcode,
@@ -154,35 +215,30 @@ impl Handler {
                 edns,
             } => {
                 ResponseWriter::error(out, id, opcode, rd, rcode, edns.is_some());
-                return true;
+                return Outcome::Reply;
             }
             Parsed::Query(q) => q,
         };
         let dns = &self.answers.config().dns;
+        // RA tells clients recursion is on offer: only with upstreams.
         let mut flags = Flags {
             authoritative: false,
-            recursion_available: false,
+            recursion_available: self.forwarder.is_some(),
         };
-        let budget = match (transport, q.edns) {
-            (Transport::Tcp, _) => TCP_MAX,
-            (Transport::Udp, None) => PLAIN_UDP_MAX,
-            (Transport::Udp, Some(e)) => {
-                (e.payload as usize).clamp(PLAIN_UDP_MAX, dns.udp_payload_max as usize)
-            }
-        };
+        let budget = self.budget(transport, q.edns);
         let payload = dns.udp_payload_max;
         let mut w = ResponseWriter::new(out, &q, budget);
         if q.edns.is_some_and(|e| e.version > 0) {
             w.finish(Rcode::BadVers, flags, payload);
-            return true;
+            return Outcome::Reply;
         }
         if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
             w.finish(Rcode::Refused, flags, payload);
-            return true;
+            return Outcome::Reply;
         }
         let Some(labels) = Labels::split(q.qname) else {
             w.finish(Rcode::FormErr, flags, payload);
-            return true;
+            return Outcome::Reply;
         };
         let mut max = usize::MAX;
         if matches!(q.qtype, rtype::A | rtype::AAAA | rtype::ANY) && dns.a_record_limit > 0 {
@@ -197,14 +253,32 @@ impl Handler {
             .enumerate()
             .find_map(|(i, d)| labels.strip_domain(d).map(|h| (i, h)))
         else {
-            let rcode = if is_reverse(&labels) {
-                self.reverse(&mut w, &q, &labels, &mut flags)
-            } else {
-                // Not ours, and no forwarder yet.
-                Rcode::Refused
+            if is_reverse(&labels) {
+                if let Some(rcode) = self.reverse(&mut w, &q, &labels) {
+                    flags.authoritative = true;
+                    w.finish(rcode, flags, payload);
+                    return Outcome::Reply;
+                }
+            }
+            if let Some((zone, head)) = self.static_zone(&labels) {
+                let rcode = self.zone_answer(&mut w, &q, &labels, zone, head);
+                flags.authoritative = true;
+                w.finish(rcode, flags, payload);
+                return Outcome::Reply;
+            }
+            return match &self.forwarder {
+                Some(f) if f.allowed(client) => {
+                    if f.cached(query, budget, out) {
+                        Outcome::Reply
+                    } else {
+                        Outcome::Forward
+                    }
+                }
+                _ => {
+                    w.finish(Rcode::Refused, flags, payload);
+                    Outcome::Reply
+                }
             };
-            w.finish(rcode, flags, payload);
-            return true;
         };
         let ask = Ask {
             qtype: q.qtype,
@@ -223,22 +297,18 @@ impl Handler {
         }
         flags.authoritative = true;
         w.finish(rcode, flags, payload);
-        true
+        Outcome::Reply
     }
 
-    /// PTR for a registered address; anything else under the reverse trees
-    /// is not signpost's to answer.
+    /// PTR for a registered address; `None` for any other reverse name,
+    /// which is not signpost's to answer.
     fn reverse(
         &self,
         w: &mut ResponseWriter<'_>,
         q: &Query<'_>,
         labels: &Labels<'_>,
-        flags: &mut Flags,
-    ) -> Rcode {
-        let Some(ptrs) = reverse_address(labels).and_then(|ip| self.answers.ptr(&ip)) else {
-            return Rcode::Refused;
-        };
-        flags.authoritative = true;
+    ) -> Option<Rcode> {
+        let ptrs = reverse_address(labels).and_then(|ip| self.answers.ptr(&ip))?;
         if matches!(q.qtype, rtype::PTR | rtype::ANY) {
             for rr in ptrs.iter() {
                 if !w.answer(&[rr]) {
@@ -246,7 +316,101 @@ impl Handler {
                 }
             }
         }
+        Some(Rcode::NoError)
+    }
+
+    /// The static zone holding the name (the deepest one), and how many
+    /// labels stand in front of its origin.
+    fn static_zone(&self, labels: &Labels<'_>) -> Option<(&StaticZone, usize)> {
+        self.zones
+            .iter()
+            .filter_map(|z| {
+                let n = z.labels.len();
+                let head = labels.len().checked_sub(n)?;
+                (0..n)
+                    .all(|i| {
+                        labels
+                            .get(head + i)
+                            .eq_ignore_ascii_case(z.labels[i].as_bytes())
+                    })
+                    .then_some((z, head))
+            })
+            .min_by_key(|(_, head)| *head)
+    }
+
+    fn zone_answer(
+        &self,
+        w: &mut ResponseWriter<'_>,
+        q: &Query<'_>,
+        labels: &Labels<'_>,
+        zone: &StaticZone,
+        head: usize,
+    ) -> Rcode {
+        let owner_name = lower_fqdn(labels, 0);
+        let negative = |w: &mut ResponseWriter<'_>| {
+            let at = HEADER_LEN + labels.offset(head);
+            let owner = pointer(at).expect("question name is near the start");
+            w.authority(&[&owner, &zone.soa_tail]);
+        };
+        let Some(records) = zone.names.get(&owner_name) else {
+            if zone.empty_nonterminals.contains(&owner_name) {
+                negative(w);
+                return Rcode::NoError;
+            }
+            negative(w);
+            return Rcode::NxDomain;
+        };
+        if q.qtype != rtype::CNAME {
+            if let Some(cname) = records.get(rtype::CNAME).and_then(|c| c.first()) {
+                let at = w.len();
+                if w.answer(&[cname]) {
+                    self.chase_in_zone(w, zone, &cname[RDATA_AT..], at + RDATA_AT, q.qtype);
+                }
+                return Rcode::NoError;
+            }
+        }
+        let mut any = false;
+        for (t, rrs) in &records.sets {
+            if q.qtype == rtype::ANY || *t == q.qtype {
+                for rr in rrs {
+                    any = true;
+                    if !w.answer(&[rr]) {
+                        return Rcode::NoError;
+                    }
+                }
+            }
+        }
+        if !any {
+            negative(w);
+        }
         Rcode::NoError
+    }
+
+    /// The records a CNAME's target has in the same zone, owned by the
+    /// target (a pointer into the CNAME's RDATA).
+    fn chase_in_zone(
+        &self,
+        w: &mut ResponseWriter<'_>,
+        zone: &StaticZone,
+        target: &[u8],
+        target_at: usize,
+        qtype: u16,
+    ) {
+        let (Some(labels), Some(owner)) = (Labels::split(target), pointer(target_at)) else {
+            return;
+        };
+        let Some(records) = zone.names.get(&lower_fqdn(&labels, 0)) else {
+            return;
+        };
+        for (t, rrs) in &records.sets {
+            if *t == qtype || qtype == rtype::ANY {
+                for rr in rrs {
+                    if !w.answer(&[&owner, &rr[2..]]) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     fn is_local_dc(&self, dc: Option<&[u8]>) -> bool {

@@ -2,10 +2,13 @@
 //!
 //! `name` parses question names, `answers` keeps the ready-made record sets
 //! the registry feeds, `wire` reads queries and writes responses within the
-//! size budget, `handler` ties them together, `server` runs UDP and TCP.
+//! size budget, `zones` serves static zone files, `forward` sends other
+//! names upstream, `handler` ties them together, `server` runs UDP and TCP.
 
 pub mod answers;
+pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod server;
 pub mod wire;
+pub mod zones;

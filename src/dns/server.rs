@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::handler::{Handler, Scratch, Transport};
+use super::handler::{Handler, Outcome, Scratch, Transport};
 
 /// How often an idle UDP thread looks at the stop flag.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
@@ -108,9 +108,10 @@ impl DnsServer {
             for (i, sock) in sockets.into_iter().enumerate() {
                 let handler = Arc::clone(&handler);
                 let stop = Arc::clone(&server.stop);
+                let runtime = tokio::runtime::Handle::current();
                 let t = std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || udp_loop(sock, &handler, &stop))?;
+                    .spawn(move || udp_loop(Arc::new(sock), handler, &stop, &runtime))?;
                 server.udp_threads.push(t);
             }
             let listener = TcpListener::from_std(tcp)?;
@@ -147,7 +148,12 @@ impl DnsServer {
     }
 }
 
-fn udp_loop(sock: UdpSocket, handler: &Handler, stop: &AtomicBool) {
+fn udp_loop(
+    sock: Arc<UdpSocket>,
+    handler: Arc<Handler>,
+    stop: &AtomicBool,
+    runtime: &tokio::runtime::Handle,
+) {
     let mut inbuf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     let mut scratch = Scratch::default();
@@ -167,9 +173,25 @@ fn udp_loop(sock: UdpSocket, handler: &Handler, stop: &AtomicBool) {
                 continue;
             }
         };
-        if handler.handle(&inbuf[..n], Transport::Udp, &mut out, &mut scratch) {
-            if let Err(e) = sock.send_to(&out, peer) {
-                tracing::debug!("udp send to {peer} failed: {e}");
+        let query = &inbuf[..n];
+        match handler.handle(query, Transport::Udp, peer.ip(), &mut out, &mut scratch) {
+            Outcome::Reply => {
+                if let Err(e) = sock.send_to(&out, peer) {
+                    tracing::debug!("udp send to {peer} failed: {e}");
+                }
+            }
+            Outcome::Drop => {}
+            // Upstream answers take milliseconds: resolve on the runtime and
+            // keep this thread answering from memory meanwhile.
+            Outcome::Forward => {
+                let (handler, sock, query) =
+                    (Arc::clone(&handler), Arc::clone(&sock), query.to_vec());
+                runtime.spawn(async move {
+                    let reply = handler.forward(&query, Transport::Udp).await;
+                    if !reply.is_empty() {
+                        let _ = sock.send_to(&reply, peer);
+                    }
+                });
             }
         }
     }
@@ -208,6 +230,9 @@ async fn tcp_accept(
 
 async fn tcp_conn(mut stream: TcpStream, handler: &Handler, mut stop: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
     let mut buf = Vec::new();
     let mut out = Vec::with_capacity(4096);
     let mut scratch = Scratch::default();
@@ -227,7 +252,12 @@ async fn tcp_conn(mut stream: TcpStream, handler: &Handler, mut stop: watch::Rec
         ) {
             return;
         }
-        if !handler.handle(&buf, Transport::Tcp, &mut out, &mut scratch) {
+        match handler.handle(&buf, Transport::Tcp, peer.ip(), &mut out, &mut scratch) {
+            Outcome::Reply => {}
+            Outcome::Drop => continue,
+            Outcome::Forward => out = handler.forward(&buf, Transport::Tcp).await,
+        }
+        if out.is_empty() {
             continue;
         }
         let mut framed = Vec::with_capacity(out.len() + 2);

@@ -9,13 +9,15 @@ use hickory_proto::op::{Edns, Message, MessageType, Query};
 use hickory_proto::rr::{Name, RecordType};
 use proptest::prelude::*;
 use signpost::dns::answers::{AnswerConfig, Answers};
-use signpost::dns::handler::{Handler, Scratch, Transport};
+use signpost::dns::handler::{Handler, Outcome, Scratch, Transport};
 use signpost::dns::name::{classify, DomainName, Labels};
 use signpost::registry::Registry;
 use signpost::sync::files::{load_dir, OwnNode};
 use signpost::Config;
 
 use crate::support::ZoneDir;
+
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 const SERVICES: &str = r#"{"services": [
   {"id": "a1", "name": "api", "tags": ["v1", "blue"], "address": "10.0.0.1", "port": 80},
@@ -38,7 +40,7 @@ fn handler() -> Handler {
         datacenter: "dc1".into(),
     };
     load_dir(zones.path()).unwrap().apply(&registry, &own);
-    Handler::new(answers)
+    Handler::new(answers, Vec::new(), None)
 }
 
 fn label() -> impl Strategy<Value = String> {
@@ -88,7 +90,7 @@ proptest! {
             let mut out = Vec::new();
             let mut scratch = Scratch::default();
             for transport in [Transport::Udp, Transport::Tcp] {
-                if h.handle(&bytes, transport, &mut out, &mut scratch) {
+                if h.handle(&bytes, transport, LOCAL, &mut out, &mut scratch) == Outcome::Reply {
                     prop_assert!(out.len() >= 12);
                     prop_assert_eq!(&out[..2], &bytes[..2], "reply carries the query's ID");
                     prop_assert!(Message::from_vec(&out).is_ok(), "reply parses: {:?}", out);
@@ -122,7 +124,7 @@ proptest! {
         let transport = if tcp { Transport::Tcp } else { Transport::Udp };
         H.with(|h| {
             let mut out = Vec::new();
-            prop_assert!(h.handle(&q, transport, &mut out, &mut Scratch::default()));
+            prop_assert_eq!(h.handle(&q, transport, LOCAL, &mut out, &mut Scratch::default()), Outcome::Reply);
             let budget = match (tcp, edns) {
                 (true, _) => 65535,
                 (false, None) => 512,
