@@ -227,3 +227,42 @@ fn dig_resolves_the_example_services() {
     assert!(out.contains("status: NXDOMAIN"), "{out}");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// The shipped systemd unit starts signpost with arguments it accepts,
+/// keeps the one capability port 53 needs, and its config file is valid.
+#[test]
+fn the_shipped_systemd_unit_and_its_config_check_out() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("contrib/signpost.service")).unwrap();
+    assert!(unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"));
+    assert!(unit.contains("Restart=on-failure"));
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let mut args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    // The unit's config path points at /etc; check the shipped copy of it.
+    let config = args.iter().position(|a| a == "--config").expect("--config") + 1;
+    args[config] = root
+        .join("contrib/signpost.toml")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = signpost()
+        .arg("check")
+        .args(&args)
+        .arg("--zones")
+        .arg(shipped_zones())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -8,4 +8,5 @@ mod conformance;
 mod dns_queries;
 mod health;
 mod properties;
+mod resolver;
 mod zones;

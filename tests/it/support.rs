@@ -140,6 +140,20 @@ pub fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u
     }
 }
 
+/// Sends raw bytes over UDP without blocking the runtime (which may be
+/// serving the other side) and returns the reply, if one comes in `wait`.
+pub async fn udp_async(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    sock.send_to(bytes, server).await.expect("send");
+    let mut buf = vec![0u8; 65535];
+    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
 /// Sends one framed query over a fresh TCP connection and reads one reply.
 pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,353 @@
+//! The resolver a container needs: static zones, forwarding to upstreams
+//! (a second signpost serving a static zone plays the upstream), the cache,
+//! failover, who may recurse, and glibc resolving through signpost inside a
+//! network namespace.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+
+use crate::support::*;
+
+const UPSTREAM_ZONE: &str = "$ORIGIN upstream.example.
+$TTL 60
+@    IN SOA ns hostmaster ( 1 3600 600 86400 30 )
+@    IN NS  ns
+ns   IN A   192.0.2.53
+www  IN A   192.0.2.80
+www  IN AAAA 2001:db8::80
+";
+
+/// A second signpost serving `upstream.example` only.
+async fn upstream() -> (TestServer, ZoneDir) {
+    let zones = ZoneDir::new(&[("upstream.example.zone", UPSTREAM_ZONE)]);
+    (TestServer::start(Some(zones.path())).await, zones)
+}
+
+async fn front(
+    recursors: Vec<SocketAddr>,
+    tweak: impl FnOnce(&mut signpost::Config),
+) -> TestServer {
+    TestServer::start_with(Some(&shipped_zones()), |c| {
+        c.recursors.upstreams = recursors;
+        c.recursors.timeout = Duration::from_millis(300);
+        tweak(c);
+    })
+    .await
+}
+
+async fn ask(server: SocketAddr, via: Via, name: &str, rtype: RecordType) -> Message {
+    let q = query_bytes(name, rtype, Some(1232));
+    let reply = match via {
+        Via::Udp => udp_async(server, &q, Duration::from_secs(3))
+            .await
+            .expect("a reply"),
+        Via::Tcp => tcp_raw(server, &q).await,
+    };
+    Message::from_vec(&reply).unwrap()
+}
+
+#[tokio::test]
+async fn static_zone_answers_over_udp_and_tcp() {
+    let srv = TestServer::start(Some(&shipped_zones())).await;
+    for via in BOTH {
+        let m = ask(srv.dns, via, "gateway.internal.example.", RecordType::A).await;
+        assert!(m.metadata.authoritative);
+        assert_records(&m.answers, "gateway.internal.example. 300 IN A 192.0.2.10");
+        let m = ask(srv.dns, via, "www.internal.example.", RecordType::A).await;
+        assert_records(
+            &m.answers,
+            "www.internal.example. 300 IN CNAME gateway.internal.example.
+             gateway.internal.example. 300 IN A 192.0.2.10",
+        );
+        let m = ask(srv.dns, via, "internal.example.", RecordType::MX).await;
+        assert_records(
+            &m.answers,
+            "internal.example. 300 IN MX 10 mail.internal.example.",
+        );
+        let m = ask(srv.dns, via, "printer.internal.example.", RecordType::AAAA).await;
+        assert_records(
+            &m.answers,
+            "printer.internal.example. 300 IN AAAA 2001:db8::40",
+        );
+        let m = ask(srv.dns, via, "gateway.internal.example.", RecordType::TXT).await;
+        assert_eq!(
+            (m.metadata.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+        let m = ask(srv.dns, via, "nope.internal.example.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(
+            m.authorities[0].ttl, 60,
+            "negative TTL from the SOA minimum"
+        );
+        // The service domain is still there beside it.
+        let m = ask(srv.dns, via, "web.service.consul.", RecordType::A).await;
+        assert_eq!(m.answers.len(), 3);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_zone_file_stops_startup_with_file_line_and_reason() {
+    let bad = UPSTREAM_ZONE.replace("www  IN A   192.0.2.80", "www  IN A   192.0.2.800");
+    let zones = ZoneDir::new(&[("upstream.example.zone", &bad)]);
+    let mut config = signpost::Config::ephemeral();
+    config.zones = Some(zones.path().to_path_buf());
+    let err = match signpost::Signpost::start(config).await {
+        Ok(_) => panic!("started with a bad zone"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("upstream.example.zone:6:"), "{err}");
+}
+
+#[tokio::test]
+async fn forwards_caches_and_never_forwards_its_own_domain() {
+    let (up, _z) = upstream().await;
+    let srv = front(vec![up.dns], |_| {}).await;
+    for via in BOTH {
+        let m = ask(srv.dns, via, "www.upstream.example.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{via:?}");
+        assert!(m.metadata.recursion_available, "RA with recursors");
+        assert!(!m.metadata.authoritative);
+        assert_records(&m.answers, "www.upstream.example. 60 IN A 192.0.2.80");
+    }
+    let m = ask(
+        srv.dns,
+        Via::Udp,
+        "missing.upstream.example.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    // signpost's own names are answered here, never sent upstream.
+    let m = ask(srv.dns, Via::Udp, "nope.service.consul.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(m.metadata.authoritative);
+    // With the upstream gone, cached answers still come, TTLs aged.
+    up.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = ask(srv.dns, Via::Udp, "www.upstream.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        m.answers[0].ttl < 60 && m.answers[0].ttl >= 55,
+        "aged TTL {}",
+        m.answers[0].ttl
+    );
+    let m = ask(
+        srv.dns,
+        Via::Udp,
+        "missing.upstream.example.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "negative answer cached"
+    );
+    // Not cached: the upstream is needed, and gone.
+    let m = ask(srv.dns, Via::Udp, "www.upstream.example.", RecordType::MX).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_upstream_fails_over_and_all_dead_is_servfail() {
+    let (up, _z) = upstream().await;
+    // Takes datagrams and never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
+    let srv = front(vec![dead, up.dns], |_| {}).await;
+    for via in BOTH {
+        let started = Instant::now();
+        let m = ask(srv.dns, via, "www.upstream.example.", RecordType::AAAA).await;
+        assert_records(&m.answers, "www.upstream.example. 60 IN AAAA 2001:db8::80");
+        let took = started.elapsed();
+        eprintln!("{via:?}: answered through the second upstream in {took:?}");
+    }
+    srv.stop().await;
+
+    // An upstream that says SERVFAIL is skipped too: a signpost whose own
+    // only upstream is dead.
+    let failing = front(vec![dead], |_| {}).await;
+    let srv = front(vec![failing.dns, up.dns], |c| {
+        c.recursors.timeout = Duration::from_secs(2)
+    })
+    .await;
+    let m = ask(srv.dns, Via::Udp, "www.upstream.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1);
+    srv.stop().await;
+    failing.stop().await;
+
+    let other_silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let srv = front(vec![dead, other_silent.local_addr().unwrap()], |_| {}).await;
+    for via in BOTH {
+        let m = ask(srv.dns, via, "www.upstream.example.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{via:?}");
+        assert!(m.metadata.recursion_available);
+    }
+    srv.stop().await;
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn clients_outside_the_allowed_ranges_are_refused() {
+    let (up, _z) = upstream().await;
+    let srv = front(vec![up.dns], |c| {
+        c.recursors.allow = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    for via in BOTH {
+        let m = ask(srv.dns, via, "www.upstream.example.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{via:?}");
+        assert!(m.answers.is_empty());
+        // signpost's own zones still answer everyone.
+        let m = ask(srv.dns, via, "web.service.consul.", RecordType::A).await;
+        assert_eq!(m.answers.len(), 3);
+    }
+    srv.stop().await;
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn no_recursors_no_ra() {
+    let srv = TestServer::start(Some(&shipped_zones())).await;
+    let m = ask(srv.dns, Via::Udp, "www.upstream.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(!m.metadata.recursion_available);
+    let m = ask(srv.dns, Via::Udp, "web.service.consul.", RecordType::A).await;
+    assert!(!m.metadata.recursion_available);
+    srv.stop().await;
+}
+
+/// A network namespace of the test's own, removed on drop.
+struct Netns {
+    name: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Netns {
+    fn exec(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+    }
+}
+
+/// signpost on port 53 of a namespace's loopback as its only nameserver;
+/// glibc (`getent hosts`) resolves a service and a forwarded name.
+#[test]
+fn glibc_resolves_through_signpost_on_port_53_in_a_network_namespace() {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let have_ip = std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !root || !have_ip {
+        eprintln!("skipped: needs root and iproute2 to create a network namespace (CI runs it)");
+        return;
+    }
+    let ns = Netns {
+        name: format!("signpost-test-{}", std::process::id()),
+        children: Vec::new(),
+    };
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &ns.name])
+        .status()
+        .unwrap()
+        .success());
+    let mut ns = ns;
+    assert!(ns
+        .exec(&["ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap()
+        .success());
+    std::fs::create_dir_all(format!("/etc/netns/{}", ns.name)).unwrap();
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", ns.name),
+        "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
+    )
+    .unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_signpost");
+    let up_zones = ZoneDir::new(&[("upstream.example.zone", UPSTREAM_ZONE)]);
+    let quiet = || std::process::Stdio::null();
+    ns.children.push(
+        ns.exec(&[
+            bin,
+            "--dns",
+            "127.0.0.2:53",
+            "--http",
+            "127.0.0.2:8500",
+            "--zones",
+            up_zones.path().to_str().unwrap(),
+        ])
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()
+        .unwrap(),
+    );
+    ns.children.push(
+        ns.exec(&[
+            bin,
+            "--dns",
+            "127.0.0.1:53",
+            "--http",
+            "127.0.0.1:8500",
+            "--zones",
+            shipped_zones().to_str().unwrap(),
+            "--recursor",
+            "127.0.0.2",
+        ])
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()
+        .unwrap(),
+    );
+    let getent = |name: &str| {
+        let out = ns.exec(&["getent", "hosts", name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut web = String::new();
+    while Instant::now() < deadline {
+        web = getent("web.service.consul");
+        if !web.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        web.contains("127.0.0.1") && web.contains("web.service.consul"),
+        "getent: {web:?}"
+    );
+    let forwarded = getent("www.upstream.example");
+    assert!(
+        forwarded.contains("2001:db8::80") || forwarded.contains("192.0.2.80"),
+        "getent: {forwarded:?}"
+    );
+    let static_zone = getent("gateway.internal.example");
+    assert!(
+        static_zone.contains("192.0.2.10"),
+        "getent: {static_zone:?}"
+    );
+}
