@@ -15,6 +15,10 @@ use crate::dns::name::DomainName;
 
 pub const DEFAULT_DNS: &str = "127.0.0.1:8600";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8500";
+/// Sidecar mode's defaults: clear of every port a Consul agent on the same
+/// host uses (8300-8302, 8500-8503, 8600).
+pub const SIDECAR_DNS: &str = "127.0.0.1:8653";
+pub const SIDECAR_HTTP: &str = "127.0.0.1:8580";
 pub const DEFAULT_DOMAIN: &str = "consul";
 pub const DEFAULT_DATACENTER: &str = "dc1";
 /// The largest UDP payload signpost sends to an EDNS client: the DNS flag
@@ -91,6 +95,34 @@ pub struct Flags {
     #[arg(long, value_name = "NAME", global = true)]
     pub node: Option<String>,
 
+    /// Sidecar mode: mirror the catalog and health of the Consul agent at
+    /// this URL (e.g. http://127.0.0.1:8500). Listeners then default to
+    /// 127.0.0.1:8653 (DNS) and 127.0.0.1:8580 (HTTP), clear of Consul's.
+    #[arg(long = "consul", value_name = "URL", global = true)]
+    pub consul: Option<String>,
+
+    /// ACL token for the Consul agent.
+    #[arg(
+        long = "consul-token",
+        value_name = "TOKEN",
+        env = "CONSUL_HTTP_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub consul_token: Option<String>,
+
+    /// CA certificate (PEM) to verify an https:// Consul agent.
+    #[arg(long = "consul-ca-file", value_name = "FILE", global = true)]
+    pub consul_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for an agent that verifies clients.
+    #[arg(long = "consul-client-cert", value_name = "FILE", global = true)]
+    pub consul_client_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --consul-client-cert.
+    #[arg(long = "consul-client-key", value_name = "FILE", global = true)]
+    pub consul_client_key: Option<PathBuf>,
+
     /// Upstream resolver for names outside signpost's zones, ADDR or
     /// ADDR:PORT (port 53 when left out). Repeat for several.
     #[arg(long = "recursor", value_name = "ADDR[:PORT]", global = true)]
@@ -150,6 +182,13 @@ pub struct FileConfig {
     http_token: Option<String>,
     http_token_file: Option<PathBuf>,
     http_allow_unauthenticated: Option<bool>,
+    consul: Option<String>,
+    consul_token: Option<String>,
+    consul_ca_file: Option<PathBuf>,
+    consul_client_cert: Option<PathBuf>,
+    consul_client_key: Option<PathBuf>,
+    /// Blocking queries held open against the agent at most. [default: 128]
+    consul_max_watches: Option<usize>,
     recursor: Option<OneOrMany<String>>,
     recursor_timeout: Option<Seconds>,
     recursor_strategy: Option<String>,
@@ -259,7 +298,22 @@ pub struct Config {
     /// Required on HTTP writes when set.
     pub http_token: Option<String>,
     pub recursors: Recursors,
+    /// Sidecar mode when set.
+    pub consul: Option<ConsulConfig>,
     pub dns_config: DnsConfig,
+}
+
+/// The Consul agent to mirror.
+#[derive(Debug, Clone)]
+pub struct ConsulConfig {
+    /// `http(s)://host:port`, no trailing slash.
+    pub url: String,
+    pub token: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// Certificate and key, both or neither.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Below a Consul agent's default `http_max_conns_per_client` (200).
+    pub max_watches: usize,
 }
 
 /// Forwarding of names outside signpost's zones.
@@ -468,6 +522,7 @@ impl Config {
             log_level: "info".to_string(),
             http_token: None,
             recursors: Recursors::default(),
+            consul: None,
             dns_config: DnsConfig::default(),
         }
     }
@@ -492,13 +547,19 @@ impl Config {
             origin: origin.to_string(),
             reason,
         };
+        let consul_url = flags.consul.clone().or(file.consul.clone());
+        let (default_dns, default_http) = if consul_url.is_some() {
+            (SIDECAR_DNS, SIDECAR_HTTP)
+        } else {
+            (DEFAULT_DNS, DEFAULT_HTTP)
+        };
         let dns = if !flags.dns.is_empty() {
             flags.dns.clone()
         } else {
             match file.dns {
                 Some(OneOrMany::One(a)) => vec![a],
                 Some(OneOrMany::Many(v)) => v,
-                None => vec![DEFAULT_DNS.parse().expect("default dns address")],
+                None => vec![default_dns.parse().expect("default dns address")],
             }
         };
         if dns.is_empty() {
@@ -542,7 +603,7 @@ impl Config {
         let http = flags
             .http
             .or(file.http)
-            .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("default http address"));
+            .unwrap_or_else(|| default_http.parse().expect("default http address"));
         let token_file = flags.http_token_file.clone().or(file.http_token_file);
         let http_token = match (flags.http_token.clone().or(file.http_token), token_file) {
             (Some(t), _) => Some(t),
@@ -638,6 +699,39 @@ impl Config {
             allow,
             cache_size: file.recursor_cache_size.unwrap_or(10_000),
         };
+        let consul = match consul_url {
+            None => None,
+            Some(url) => {
+                let url = url.trim().trim_end_matches('/').to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(format!(
+                        "consul: {url:?} is not an http:// or https:// URL"
+                    )));
+                }
+                let cert = flags.consul_client_cert.clone().or(file.consul_client_cert);
+                let key = flags.consul_client_key.clone().or(file.consul_client_key);
+                let client_identity = match (cert, key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "consul_client_cert and consul_client_key go together".into(),
+                        ))
+                    }
+                };
+                Some(ConsulConfig {
+                    url,
+                    token: flags
+                        .consul_token
+                        .clone()
+                        .or(file.consul_token)
+                        .filter(|t| !t.is_empty()),
+                    ca_file: flags.consul_ca_file.clone().or(file.consul_ca_file),
+                    client_identity,
+                    max_watches: file.consul_max_watches.unwrap_or(128).max(1),
+                })
+            }
+        };
         let soa_file = d.soa.unwrap_or_default();
         let soa_default = Soa::default();
         Ok(Config {
@@ -656,6 +750,7 @@ impl Config {
                 .unwrap_or_else(|| "info".to_string()),
             http_token,
             recursors,
+            consul,
             dns_config: DnsConfig {
                 service_ttl: match d.service_ttl {
                     Some(spec) => TtlMap::from_spec(spec).map_err(invalid)?,
@@ -854,6 +949,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn sidecar_mode_moves_off_consuls_ports() {
+        let file = parse("consul = \"http://127.0.0.1:8500/\"").unwrap();
+        let c = Config::merge(&Flags::default(), file, "t").unwrap();
+        assert_eq!(c.consul.as_ref().unwrap().url, "http://127.0.0.1:8500");
+        assert_eq!(c.dns, vec![SIDECAR_DNS.parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.http, SIDECAR_HTTP.parse::<SocketAddr>().unwrap());
+        for port in [c.dns[0].port(), c.http.port()] {
+            assert!(
+                !(8300..=8302).contains(&port) && !(8500..=8503).contains(&port) && port != 8600
+            );
+        }
+        assert!(Config::merge(
+            &Flags::default(),
+            parse("consul = \"127.0.0.1:8500\"").unwrap(),
+            "t"
+        )
+        .is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
+//! * [`metrics`]  — Prometheus metrics for `/metrics`.
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
 //! * [`sync`]     — sources that feed the registry (service definition files).
 //! * [`dns`]      — query names, ready-made answer sets, the wire format,
@@ -21,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod dns;
 pub mod health;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod sync;

@@ -15,7 +15,9 @@ use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
 use crate::dns::zones::ZoneError;
 use crate::health::HealthChecks;
+use crate::metrics::Metrics;
 use crate::registry::{Registry, Store, StoreError};
+use crate::sync::consul::{ConsulSync, Sidecar, SyncError};
 use crate::sync::files::{self, Definitions, FileError, OwnNode};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum StartError {
     StaticZone(#[from] ZoneError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Consul(#[from] SyncError),
     #[error("{0}")]
     Listen(#[from] std::io::Error),
 }
@@ -40,6 +44,9 @@ pub struct Signpost {
     pub registry: Arc<Registry>,
     pub answers: Arc<Answers>,
     pub health: Arc<HealthChecks>,
+    pub metrics: Arc<Metrics>,
+    /// Sidecar mode's sync, when `--consul` is set.
+    pub consul: Option<Arc<ConsulSync>>,
     dns: DnsServer,
     http_addr: SocketAddr,
     http_stop: oneshot::Sender<()>,
@@ -98,7 +105,26 @@ impl Signpost {
                 config.dns_config.udp_payload_max,
             ))
         });
-        let handler = Arc::new(Handler::new(answers.clone(), zones, forwarder));
+        let metrics = Arc::new(Metrics::new());
+        let consul = match &config.consul {
+            Some(c) => {
+                let sync = ConsulSync::new(
+                    c.clone(),
+                    registry.clone(),
+                    config.datacenter.clone(),
+                    metrics.clone(),
+                )?;
+                sync.start();
+                tracing::info!("sidecar mode: following the consul agent at {}", c.url);
+                Some(sync)
+            }
+            None => None,
+        };
+        let mut handler = Handler::new(answers.clone(), zones, forwarder);
+        if let Some(sync) = &consul {
+            handler = handler.with_remote(Arc::new(Sidecar(sync.clone())));
+        }
+        let handler = Arc::new(handler);
         let dns = DnsServer::start(&config.dns, handler)?;
         for addr in dns.local_addrs() {
             tracing::info!("serving DNS on {addr} (udp, tcp) for {}.", config.domain);
@@ -119,6 +145,8 @@ impl Signpost {
             datacenter: config.datacenter.clone(),
             token: config.http_token.clone(),
             health: health.clone(),
+            metrics: metrics.clone(),
+            consul: consul.clone(),
         }));
         let (http_stop, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
@@ -135,6 +163,8 @@ impl Signpost {
             registry,
             answers,
             health,
+            metrics,
+            consul,
             dns,
             http_addr,
             http_stop,
@@ -162,6 +192,9 @@ impl Signpost {
             .is_err()
         {
             http_task.abort();
+        }
+        if let Some(c) = &self.consul {
+            c.shutdown().await;
         }
         self.health.shutdown().await;
         self.dns.shutdown().await;

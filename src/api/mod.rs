@@ -10,6 +10,7 @@ mod agent;
 mod catalog;
 mod health;
 mod kv;
+mod ops;
 mod shapes;
 
 use std::net::IpAddr;
@@ -45,6 +46,9 @@ pub struct Api {
     pub token: Option<String>,
     /// For TTL refreshes.
     pub health: Arc<crate::health::HealthChecks>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sidecar mode's sync, for readiness and its status.
+    pub consul: Option<Arc<crate::sync::consul::ConsulSync>>,
 }
 
 type Shared = AxState<Arc<Api>>;
@@ -326,7 +330,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/status/peers", get(catalog::peers))
         .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/kv/", put(kv::put).get(kv::get).delete(kv::delete));
+    let v1 = v1.route("/signpost/sync", get(ops::sync_status));
     Router::new()
+        .route("/health", get(ops::live))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
         .nest("/v1", v1)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), require_token))

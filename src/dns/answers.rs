@@ -149,6 +149,9 @@ pub struct Answers {
     ptr: DashMap<IpAddr, Arc<[Box<[u8]>]>>,
     /// Bookkeeping behind `ptr`; only the listener locks it.
     ptr_index: Mutex<PtrIndex>,
+    /// Lower-cased service name → the other datacenters it has answer sets
+    /// for, so they can be dropped when they empty. Listener only.
+    remote_dcs: Mutex<HashMap<String, BTreeSet<String>>>,
     /// One per domain.
     apex: Vec<Apex>,
 }
@@ -250,6 +253,7 @@ impl Answers {
             nodes: DashMap::new(),
             ptr: DashMap::new(),
             ptr_index: Mutex::new(PtrIndex::default()),
+            remote_dcs: Mutex::new(HashMap::new()),
             apex,
         }
     }
@@ -304,6 +308,13 @@ impl Answers {
     /// The answer set of a service, by lower-cased name.
     pub fn service(&self, lower: &str) -> Option<Arc<ServiceSet>> {
         self.services.get(lower).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The answer set of a service in another datacenter (lower-cased).
+    pub fn service_in(&self, dc: &str, lower: &str) -> Option<Arc<ServiceSet>> {
+        self.services
+            .get(remote_key(lower, dc).as_str())
+            .map(|e| Arc::clone(e.value()))
     }
 
     /// A node's records, by lower-cased name.
@@ -405,25 +416,24 @@ impl Answers {
         })
     }
 
-    fn build_service(&self, state: &State, lower: &str) -> Option<ServiceSet> {
+    /// The service's answer sets, one per datacenter its instances are in.
+    fn build_service(&self, state: &State, lower: &str) -> HashMap<String, ServiceSet> {
         let ttl = self.cfg.dns.service_ttl.get(lower);
-        let mut target_ids = HashMap::new();
+        let mut target_ids: HashMap<String, HashMap<Vec<u8>, u32>> = HashMap::new();
         let mut node_txt = HashMap::new();
-        let mut set = ServiceSet::default();
+        let mut sets: HashMap<String, ServiceSet> = HashMap::new();
         for v in state.service_instances(lower) {
             if !self.fit(&v) {
                 continue;
             }
-            // Another datacenter's instances are answered under its name.
-            if v.node
-                .map(|n| n.datacenter != self.cfg.datacenter)
-                .unwrap_or(true)
-            {
-                continue;
-            }
-            let Some(entry) = self.entry(&v, ttl, &mut target_ids, &mut node_txt) else {
+            let Some(dc) = v.node.map(|n| n.datacenter.clone()) else {
                 continue;
             };
+            let ids = target_ids.entry(dc.clone()).or_default();
+            let Some(entry) = self.entry(&v, ttl, ids, &mut node_txt) else {
+                continue;
+            };
+            let set = sets.entry(dc).or_default();
             let entry = Arc::new(entry);
             for tag in &v.instance.tags {
                 let key = tag.to_ascii_lowercase().into_boxed_str();
@@ -439,16 +449,15 @@ impl Answers {
             }
             set.all.entries.push(entry);
         }
-        if set.all.entries.is_empty() {
-            return None;
+        for (dc, set) in sets.iter_mut() {
+            let targets = target_ids.get(dc).map(|t| t.len() as u32).unwrap_or(0);
+            for r in std::iter::once(&mut set.all).chain(set.tags.values_mut()) {
+                r.targets = targets;
+                let w = r.entries[0].weight;
+                r.uniform = r.entries.iter().all(|e| e.weight == w);
+            }
         }
-        let targets = target_ids.len() as u32;
-        for r in std::iter::once(&mut set.all).chain(set.tags.values_mut()) {
-            r.targets = targets;
-            let w = r.entries[0].weight;
-            r.uniform = r.entries.iter().all(|e| e.weight == w);
-        }
-        Some(set)
+        sets
     }
 
     fn build_node(&self, state: &State, name: &str) -> Option<NodeSet> {
@@ -562,10 +571,17 @@ impl Answers {
     }
 }
 
+/// The key of a service's answer set in another datacenter.
+fn remote_key(lower: &str, dc: &str) -> String {
+    format!("{lower}\0{dc}")
+}
+
 impl ChangeListener for Answers {
     fn changed(&self, state: &State, changes: &Changes) {
+        let mut remote = self.remote_dcs.lock().unwrap_or_else(|e| e.into_inner());
         for lower in &changes.services {
-            match self.build_service(state, lower) {
+            let mut sets = self.build_service(state, lower);
+            match sets.remove(&self.cfg.datacenter) {
                 Some(set) => {
                     self.services
                         .insert(lower.clone().into_boxed_str(), Arc::new(set));
@@ -574,7 +590,29 @@ impl ChangeListener for Answers {
                     self.services.remove(lower.as_str());
                 }
             }
+            let gone: Vec<String> = remote
+                .get(lower)
+                .map(|dcs| {
+                    dcs.iter()
+                        .filter(|dc| !sets.contains_key(*dc))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for dc in gone {
+                self.services.remove(remote_key(lower, &dc).as_str());
+            }
+            if sets.is_empty() {
+                remote.remove(lower);
+            } else {
+                remote.insert(lower.clone(), sets.keys().cloned().collect());
+            }
+            for (dc, set) in sets {
+                self.services
+                    .insert(remote_key(lower, &dc).into_boxed_str(), Arc::new(set));
+            }
         }
+        drop(remote);
         for name in &changes.nodes {
             let lower = name.to_ascii_lowercase();
             match self.build_node(state, name) {

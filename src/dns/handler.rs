@@ -3,9 +3,12 @@
 //! Pure and synchronous: it reads the answer sets and nothing else, so the
 //! same function serves UDP, TCP, tests and benchmarks.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::answers::{Answers, Entry, RecordSet, RDATA_AT, SRV_TARGET_AT};
 use super::forward::Forwarder;
@@ -51,10 +54,28 @@ impl Default for Scratch {
     }
 }
 
+/// How long a first query for a service in another datacenter waits for
+/// the agent's answer before it gets SERVFAIL.
+const REMOTE_FIRST_WAIT: Duration = Duration::from_secs(3);
+
+/// The DNS side of sidecar mode (implemented by `sync::consul`).
+pub trait Remote: Send + Sync {
+    /// The first full sync is done: a name not found is really unknown.
+    fn ready(&self) -> bool;
+    /// The agent lists this (lower-cased) datacenter.
+    fn knows(&self, dc: &str) -> bool;
+    /// Marks a remote service as used; true once its first answer is in.
+    fn touch(&self, dc: &str, service: &str) -> bool;
+    /// Watches a remote service from now on; resolves once its first
+    /// answer is in the registry.
+    fn watch(&self, dc: String, service: String) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 pub struct Handler {
     answers: Arc<Answers>,
     zones: Vec<StaticZone>,
     forwarder: Option<Arc<Forwarder>>,
+    remote: Option<Arc<dyn Remote>>,
 }
 
 /// What the listener should do after `handle`.
@@ -66,6 +87,9 @@ pub enum Outcome {
     Drop,
     /// Not ours and not cached: resolve it with [`Handler::forward`].
     Forward,
+    /// A service in another datacenter not watched yet: answer it with
+    /// [`Handler::remote`].
+    Remote,
 }
 
 /// Outcome of a lookup inside the domain.
@@ -73,6 +97,8 @@ enum Found {
     Answered,
     NoData,
     NxDomain,
+    /// Needs the agent first (another datacenter).
+    Remote,
 }
 
 /// What one query may put in its answer section.
@@ -169,6 +195,65 @@ impl Handler {
             answers,
             zones,
             forwarder,
+            remote: None,
+        }
+    }
+
+    /// Sidecar mode: readiness and other datacenters come from the sync.
+    pub fn with_remote(mut self, remote: Arc<dyn Remote>) -> Handler {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Answers a query `handle` sent to [`Outcome::Remote`]: starts watching
+    /// the service in its datacenter, waits (a bounded time) for the first
+    /// answer, and answers from memory.
+    pub async fn remote(&self, query: &[u8], transport: Transport, client: IpAddr) -> Vec<u8> {
+        let Parsed::Query(q) = parse_query(query) else {
+            return Vec::new();
+        };
+        if let (Some(r), Some((dc, name))) = (&self.remote, self.remote_target(&q)) {
+            let _ = tokio::time::timeout(REMOTE_FIRST_WAIT, r.watch(dc, name)).await;
+        }
+        let mut out = Vec::new();
+        match self.handle(query, transport, client, &mut out, &mut Scratch::default()) {
+            Outcome::Reply => out,
+            Outcome::Forward => self.forward(query, transport).await,
+            Outcome::Drop => Vec::new(),
+            Outcome::Remote => {
+                let w = ResponseWriter::new(&mut out, &q, self.budget(transport, q.edns));
+                let flags = Flags {
+                    authoritative: false,
+                    recursion_available: self.forwarder.is_some(),
+                };
+                w.finish(
+                    Rcode::ServFail,
+                    flags,
+                    self.answers.config().dns.udp_payload_max,
+                );
+                out
+            }
+        }
+    }
+
+    /// (datacenter, service), lower-cased, of a query for a service in a
+    /// named datacenter.
+    fn remote_target(&self, q: &Query<'_>) -> Option<(String, String)> {
+        let labels = Labels::split(q.qname)?;
+        let head = self
+            .answers
+            .config()
+            .domains
+            .iter()
+            .find_map(|d| labels.strip_domain(d))?;
+        match classify(&labels, head) {
+            Lookup::Service {
+                name, dc: Some(dc), ..
+            } => Some((
+                String::from_utf8_lossy(dc).to_ascii_lowercase(),
+                String::from_utf8_lossy(name).to_ascii_lowercase(),
+            )),
+            _ => None,
         }
     }
 
@@ -288,6 +373,13 @@ impl Handler {
         let domain_at = HEADER_LEN + labels.offset(head);
         let found = self.lookup(&mut w, ask, classify(&labels, head), domain_at, scratch);
         let rcode = match found {
+            Found::Remote => return Outcome::Remote,
+            // Before the first full sync, "not found" may just be "not
+            // synced yet": say so rather than cache a false NXDOMAIN.
+            Found::NxDomain if self.remote.as_ref().is_some_and(|r| !r.ready()) => {
+                w.finish(Rcode::ServFail, flags, payload);
+                return Outcome::Reply;
+            }
             Found::Answered | Found::NoData => Rcode::NoError,
             Found::NxDomain => Rcode::NxDomain,
         };
@@ -429,10 +521,14 @@ impl Handler {
         match lookup {
             Lookup::Apex => self.apex(w, ask, domain_at),
             Lookup::Service { name, tag, dc } => {
-                if !self.is_local_dc(dc) {
-                    return Found::NxDomain;
-                }
-                let Some(set) = lower(name, &mut buf).and_then(|n| self.answers.service(n)) else {
+                let set = match dc.filter(|_| !self.is_local_dc(dc)) {
+                    None => lower(name, &mut buf).and_then(|n| self.answers.service(n)),
+                    Some(dc) => match self.remote_set(dc, name) {
+                        Ok(set) => set,
+                        Err(found) => return found,
+                    },
+                };
+                let Some(set) = set else {
                     return Found::NxDomain;
                 };
                 let records = match tag {
@@ -512,6 +608,34 @@ impl Handler {
                 }
             }
             Lookup::Unknown => Found::NxDomain,
+        }
+    }
+
+    /// A service's answers in another datacenter, when sidecar mode knows
+    /// that datacenter; `Err` with the outcome otherwise.
+    fn remote_set(
+        &self,
+        dc: &[u8],
+        name: &[u8],
+    ) -> Result<Option<Arc<super::answers::ServiceSet>>, Found> {
+        let Some(r) = &self.remote else {
+            return Err(Found::NxDomain);
+        };
+        let (mut dc_buf, mut name_buf) = ([0u8; 63], [0u8; 63]);
+        let (Some(dc), Some(name)) = (lower(dc, &mut dc_buf), lower(name, &mut name_buf)) else {
+            return Err(Found::NxDomain);
+        };
+        // An unknown datacenter is answered at once, never asked about.
+        if !r.knows(dc) {
+            return Err(Found::NxDomain);
+        }
+        match self.answers.service_in(dc, name) {
+            Some(set) => {
+                r.touch(dc, name);
+                Ok(Some(set))
+            }
+            None if r.touch(dc, name) => Ok(None),
+            None => Err(Found::Remote),
         }
     }
 

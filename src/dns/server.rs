@@ -183,11 +183,15 @@ fn udp_loop(
             Outcome::Drop => {}
             // Upstream answers take milliseconds: resolve on the runtime and
             // keep this thread answering from memory meanwhile.
-            Outcome::Forward => {
+            outcome @ (Outcome::Forward | Outcome::Remote) => {
                 let (handler, sock, query) =
                     (Arc::clone(&handler), Arc::clone(&sock), query.to_vec());
                 runtime.spawn(async move {
-                    let reply = handler.forward(&query, Transport::Udp).await;
+                    let reply = if outcome == Outcome::Forward {
+                        handler.forward(&query, Transport::Udp).await
+                    } else {
+                        handler.remote(&query, Transport::Udp, peer.ip()).await
+                    };
                     if !reply.is_empty() {
                         let _ = sock.send_to(&reply, peer);
                     }
@@ -256,6 +260,7 @@ async fn tcp_conn(mut stream: TcpStream, handler: &Handler, mut stop: watch::Rec
             Outcome::Reply => {}
             Outcome::Drop => continue,
             Outcome::Forward => out = handler.forward(&buf, Transport::Tcp).await,
+            Outcome::Remote => out = handler.remote(&buf, Transport::Tcp, peer.ip()).await,
         }
         if out.is_empty() {
             continue;

@@ -2,6 +2,8 @@
 //! own [`Source`](crate::registry::Source), so a resync of one never
 //! deletes another's.
 //!
-//! `files` reads service definitions from the zones directory.
+//! `files` reads service definitions from the zones directory; `consul`
+//! mirrors a Consul agent (sidecar mode).
 
+pub mod consul;
 pub mod files;

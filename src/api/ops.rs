@@ -1,0 +1,55 @@
+//! signpost's own operational endpoints: liveness, readiness, metrics and
+//! the state of the Consul sync.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{reply, Api, ApiError, ApiResult};
+
+type Shared = State<Arc<Api>>;
+
+/// Alive: the process answers HTTP.
+pub async fn live() -> &'static str {
+    "ok\n"
+}
+
+/// Ready to answer DNS truthfully: zones are loaded (they are, once the
+/// listener runs) and, in sidecar mode, the first full sync is done.
+pub async fn ready(State(api): Shared) -> Response {
+    match &api.consul {
+        Some(c) if !c.is_synced() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the first full sync from consul\n",
+        )
+            .into_response(),
+        _ => "ready\n".into_response(),
+    }
+}
+
+pub async fn metrics(State(api): Shared) -> Response {
+    if let Some(c) = &api.consul {
+        api.metrics.consul_staleness.set(c.staleness());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        api.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Sidecar mode's sync: whether it is complete, how stale the view is,
+/// the last error.
+pub async fn sync_status(State(api): Shared) -> ApiResult {
+    match &api.consul {
+        Some(c) => Ok(reply(api.registry.index(), &c.status())),
+        None => Err(ApiError::not_found(
+            "not in sidecar mode: signpost was started without --consul",
+        )),
+    }
+}
