@@ -7,7 +7,11 @@
 //! backwards, an index below 1 is taken as 1, and a loop never runs more
 //! often than every [`MIN_INTERVAL`]. At most `max_watches` requests are
 //! open at once (a Consul agent serves 200 per client by default); with
-//! more services than that, watchers take turns with short waits.
+//! more services than that, watchers take turns with short waits sized so
+//! that each service is read again about every [`ROTATION`]: a change then
+//! shows within about that long instead of at once, and the agent sees
+//! more (short) requests. Raise `consul_max_watches` together with the
+//! agent's `http_max_conns_per_client` to keep every watch blocking.
 //!
 //! When the agent is unreachable or answers 5xx, the last known view keeps
 //! serving (instances known to be unhealthy stay out) while the watchers
@@ -45,8 +49,11 @@ use crate::registry::{
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Consul's default blocking wait.
 const LONG_WAIT: Duration = Duration::from_secs(300);
-/// The wait when watchers outnumber the slots and must take turns.
-const SHARED_WAIT: Duration = Duration::from_secs(2);
+/// When watchers outnumber the slots they take turns with short waits,
+/// sized so that every service is read again about this often.
+const ROTATION: Duration = Duration::from_secs(2);
+/// The shortest of those waits.
+const MIN_SHARED_WAIT: Duration = Duration::from_millis(100);
 /// A remote datacenter's service unused this long stops being watched.
 pub const REMOTE_IDLE: Duration = Duration::from_secs(600);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -434,10 +441,11 @@ impl ConsulSync {
     }
 
     fn wait(&self) -> Duration {
-        if self.watchers.load(Ordering::Relaxed) < self.cfg.max_watches {
+        let (watchers, slots) = (self.watchers.load(Ordering::Relaxed), self.cfg.max_watches);
+        if watchers <= slots {
             LONG_WAIT
         } else {
-            SHARED_WAIT
+            (ROTATION * slots as u32 / watchers as u32).max(MIN_SHARED_WAIT)
         }
     }
 

@@ -9,4 +9,5 @@ mod dns_queries;
 mod health;
 mod properties;
 mod resolver;
+mod sidecar;
 mod zones;
