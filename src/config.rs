@@ -159,6 +159,15 @@ pub struct Flags {
     #[arg(long = "http-allow-unauthenticated", global = true)]
     pub http_allow_unauthenticated: bool,
 
+    /// Log every DNS query at info level (target signpost::query). Off by
+    /// default: nothing is logged per query otherwise.
+    #[arg(long = "query-log", global = true)]
+    pub query_log: bool,
+
+    /// Log format: text or json. [default: text]
+    #[arg(long = "log-format", value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive
     /// such as `signpost=debug`. RUST_LOG wins when set. [default: info]
     #[arg(long = "log-level", value_name = "LEVEL", global = true)]
@@ -179,6 +188,8 @@ pub struct FileConfig {
     datacenter: Option<String>,
     node: Option<String>,
     log_level: Option<String>,
+    query_log: Option<bool>,
+    log_format: Option<String>,
     http_token: Option<String>,
     http_token_file: Option<PathBuf>,
     http_allow_unauthenticated: Option<bool>,
@@ -295,6 +306,8 @@ pub struct Config {
     pub datacenter: String,
     pub node: String,
     pub log_level: String,
+    pub query_log: bool,
+    pub log_json: bool,
     /// Required on HTTP writes when set.
     pub http_token: Option<String>,
     pub recursors: Recursors,
@@ -520,6 +533,8 @@ impl Config {
             datacenter: DEFAULT_DATACENTER.to_string(),
             node: "signpost".to_string(),
             log_level: "info".to_string(),
+            query_log: false,
+            log_json: false,
             http_token: None,
             recursors: Recursors::default(),
             consul: None,
@@ -732,6 +747,16 @@ impl Config {
                 })
             }
         };
+        let log_json = match flags.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "log_format: {other:?} is not text or json"
+                )))
+            }
+        };
+        let query_log = flags.query_log || file.query_log.unwrap_or(false);
         let soa_file = d.soa.unwrap_or_default();
         let soa_default = Soa::default();
         Ok(Config {
@@ -748,6 +773,8 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            query_log,
+            log_json,
             http_token,
             recursors,
             consul,

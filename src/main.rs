@@ -4,14 +4,19 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use signpost::config::{Cli, Command, Config};
+use signpost::config::{Cli, Command, Config, Flags};
 use signpost::server::{load_zones, Signpost};
 
-fn init_logging(level: &str) {
+fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn check(config: &Config) -> anyhow::Result<()> {
@@ -29,23 +34,30 @@ fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let signpost = Signpost::start(config).await?;
-    wait_for_signal()
-        .await
-        .context("cannot listen for signals")?;
+async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut signpost = Signpost::start(config).await?;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let reloaded = Config::load(&flags)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|c| signpost.reload(c).map_err(anyhow::Error::from));
+                if let Err(e) = reloaded {
+                    tracing::error!("reload failed, still serving the previous data: {e:#}");
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     signpost.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
 }
 
 fn main() -> ExitCode {
@@ -60,10 +72,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => check(&config),
         None => {
-            init_logging(&config.log_level);
+            init_logging(&config);
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")
-                .and_then(|rt| rt.block_on(run(config)))
+                .and_then(|rt| rt.block_on(run(config, cli.opts)))
         }
     };
     match result {

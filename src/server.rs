@@ -47,6 +47,7 @@ pub struct Signpost {
     pub metrics: Arc<Metrics>,
     /// Sidecar mode's sync, when `--consul` is set.
     pub consul: Option<Arc<ConsulSync>>,
+    handler: Arc<Handler>,
     dns: DnsServer,
     http_addr: SocketAddr,
     http_stop: oneshot::Sender<()>,
@@ -91,7 +92,6 @@ impl Signpost {
         let (files, instances) = (defs.files, defs.instance_count());
         defs.apply(&registry, &own);
         tracing::info!(files, instances, "loaded service definitions");
-        let health = HealthChecks::start(registry.clone());
         let zones = match &config.zones {
             Some(dir) => crate::dns::zones::load_dir(dir)?,
             None => Vec::new(),
@@ -106,6 +106,7 @@ impl Signpost {
             ))
         });
         let metrics = Arc::new(Metrics::new());
+        let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
         let consul = match &config.consul {
             Some(c) => {
                 let sync = ConsulSync::new(
@@ -120,12 +121,13 @@ impl Signpost {
             }
             None => None,
         };
-        let mut handler = Handler::new(answers.clone(), zones, forwarder);
+        let mut handler =
+            Handler::new(answers.clone(), zones, forwarder).with_stats(metrics.dns.clone());
         if let Some(sync) = &consul {
             handler = handler.with_remote(Arc::new(Sidecar(sync.clone())));
         }
         let handler = Arc::new(handler);
-        let dns = DnsServer::start(&config.dns, handler)?;
+        let dns = DnsServer::start(&config.dns, handler.clone(), config.query_log)?;
         for addr in dns.local_addrs() {
             tracing::info!("serving DNS on {addr} (udp, tcp) for {}.", config.domain);
         }
@@ -165,11 +167,60 @@ impl Signpost {
             health,
             metrics,
             consul,
+            handler,
             dns,
             http_addr,
             http_stop,
             http_task,
         })
+    }
+
+    /// Re-reads what can change while running: service definitions and
+    /// static zones in `zones/`, and the DNS answer settings (TTLs, limits,
+    /// order, SOA). Everything is loaded and checked first; a bad file
+    /// leaves the running data as it was. API registrations are untouched;
+    /// listen addresses, domains and the like need a restart.
+    pub fn reload(&mut self, new: Config) -> Result<(), StartError> {
+        let defs = load_zones(&new)?;
+        let zones = match &new.zones {
+            Some(dir) => crate::dns::zones::load_dir(dir)?,
+            None => Vec::new(),
+        };
+        for (what, changed) in [
+            ("dns", new.dns != self.config.dns),
+            ("http", new.http != self.config.http),
+            (
+                "domain",
+                new.domain != self.config.domain || new.alt_domain != self.config.alt_domain,
+            ),
+            ("datacenter", new.datacenter != self.config.datacenter),
+            ("node", new.node != self.config.node),
+            ("data_dir", new.data_dir != self.config.data_dir),
+        ] {
+            if changed {
+                tracing::warn!("reload: a new {what} setting takes effect at the next restart");
+            }
+        }
+        let own = OwnNode {
+            name: self.config.node.clone(),
+            address: self.config.node_address().to_string(),
+            datacenter: self.config.datacenter.clone(),
+        };
+        let mut settings = AnswerConfig::from_config(&self.config);
+        settings.dns = new.dns_config.clone();
+        self.answers.set_config(settings);
+        self.handler.set_zones(zones);
+        let (files, instances) = (defs.files, defs.instance_count());
+        defs.apply(&self.registry, &own);
+        self.registry.write(|t| t.touch_all());
+        self.config.dns_config = new.dns_config;
+        self.config.zones = new.zones;
+        tracing::info!(
+            files,
+            instances,
+            "reloaded service definitions, static zones and DNS settings"
+        );
+        Ok(())
     }
 
     /// The HTTP address actually bound.

@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{reply, Api, ApiError, ApiResult};
+use crate::metrics::StatusLabel;
 
 type Shared = State<Arc<Api>>;
 
@@ -30,8 +31,27 @@ pub async fn ready(State(api): Shared) -> Response {
 }
 
 pub async fn metrics(State(api): Shared) -> Response {
+    let m = &api.metrics;
     if let Some(c) = &api.consul {
-        api.metrics.consul_staleness.set(c.staleness());
+        m.consul_staleness.set(c.staleness());
+    }
+    let (services, instances, checks, index) = api.registry.read(|s| {
+        let mut by_status = [0i64; 3];
+        for c in s.checks() {
+            by_status[c.status as usize] += 1;
+        }
+        (
+            s.service_names().count() as i64,
+            s.instances().count() as i64,
+            by_status,
+            s.index() as i64,
+        )
+    });
+    m.services.set(services);
+    m.instances.set(instances);
+    m.change_index.set(index);
+    for (status, n) in ["passing", "warning", "critical"].into_iter().zip(checks) {
+        m.checks.get_or_create(&StatusLabel { status }).set(n);
     }
     (
         [(

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
 use hickory_proto::rr::rdata::{CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -135,8 +136,41 @@ struct PtrIndex {
     service_ips: HashMap<String, (BTreeSet<IpAddr>, String)>,
 }
 
+/// The configuration answers are built with, and the apex records that
+/// follow from it; swapped whole on reload.
+pub struct Settings {
+    pub cfg: AnswerConfig,
+    /// One per domain.
+    apex: Vec<Apex>,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = AnswerConfig;
+    fn deref(&self) -> &AnswerConfig {
+        &self.cfg
+    }
+}
+
+impl Settings {
+    fn new(cfg: AnswerConfig) -> Settings {
+        let apex = cfg
+            .domains
+            .iter()
+            .map(|d| Answers::build_apex(&cfg, d))
+            .collect();
+        Settings { cfg, apex }
+    }
+
+    /// The apex records of domain `d` (an index into `domains`).
+    pub fn apex(&self, d: usize) -> &Apex {
+        &self.apex[d]
+    }
+}
+
 pub struct Answers {
-    cfg: AnswerConfig,
+    /// Read once or twice per query (an arc-swap load takes no lock and
+    /// no reference count); replaced by a reload.
+    settings: ArcSwap<Settings>,
     /// Lower-cased service name → its answer set; a service with no
     /// instance fit to answer has no entry (NXDOMAIN). A DashMap because DNS
     /// threads read single entries while the registry listener replaces
@@ -152,8 +186,6 @@ pub struct Answers {
     /// Lower-cased service name → the other datacenters it has answer sets
     /// for, so they can be dropped when they empty. Listener only.
     remote_dcs: Mutex<HashMap<String, BTreeSet<String>>>,
-    /// One per domain.
-    apex: Vec<Apex>,
 }
 
 /// type, class, TTL, RDLENGTH and RDATA of a record, encoded by hickory
@@ -242,34 +274,31 @@ fn txt_tails(meta: &Meta, ttl: u32) -> Vec<Box<[u8]>> {
 
 impl Answers {
     pub fn new(cfg: AnswerConfig) -> Answers {
-        let apex = cfg
-            .domains
-            .iter()
-            .map(|d| Self::build_apex(&cfg, d))
-            .collect();
         Answers {
-            cfg,
+            settings: ArcSwap::from_pointee(Settings::new(cfg)),
             services: DashMap::new(),
             nodes: DashMap::new(),
             ptr: DashMap::new(),
             ptr_index: Mutex::new(PtrIndex::default()),
             remote_dcs: Mutex::new(HashMap::new()),
-            apex,
         }
     }
 
-    pub fn config(&self) -> &AnswerConfig {
-        &self.cfg
+    /// The settings answers are built with now.
+    pub fn config(&self) -> Guard<Arc<Settings>> {
+        self.settings.load()
     }
 
-    /// The apex records of domain `d` (an index into `config().domains`).
-    pub fn apex(&self, d: usize) -> &Apex {
-        &self.apex[d]
+    /// Takes new settings; answer sets follow as the registry rebuilds them
+    /// (see `Txn::touch_all`).
+    pub fn set_config(&self, cfg: AnswerConfig) {
+        self.settings.store(Arc::new(Settings::new(cfg)));
     }
 
     fn in_domain(&self, d: usize, prefix: &[&str]) -> Option<Name> {
+        let cfg = self.config();
         let mut labels: Vec<&str> = prefix.to_vec();
-        labels.extend(self.cfg.domains[d].labels().iter().map(String::as_str));
+        labels.extend(cfg.domains[d].labels().iter().map(String::as_str));
         name_of(&labels)
     }
 
@@ -334,7 +363,7 @@ impl Answers {
     fn fit(&self, v: &InstanceView<'_>) -> bool {
         match v.health {
             Health::Passing => true,
-            Health::Warning => !self.cfg.dns.only_passing,
+            Health::Warning => !self.config().dns.only_passing,
             Health::Critical => false,
         }
     }
@@ -357,16 +386,16 @@ impl Answers {
         let dc = node.datacenter.as_str();
         let on_node = inst.address.is_empty() || inst.address == node.address;
         let targets: Vec<Name> = match ip {
-            Some(_) if on_node => (0..self.cfg.domains.len())
+            Some(_) if on_node => (0..self.config().domains.len())
                 .map(|d| self.in_domain(d, &[&node.name, "node", dc]))
                 .collect::<Option<_>>()?,
-            Some(ip) => (0..self.cfg.domains.len())
+            Some(ip) => (0..self.config().domains.len())
                 .map(|d| self.in_domain(d, &[&addr_hex(ip), "addr", dc]))
                 .collect::<Option<_>>()?,
             None => {
                 let mut n = Name::from_ascii(address).ok()?;
                 n.set_fqdn(true);
-                vec![n; self.cfg.domains.len()]
+                vec![n; self.config().domains.len()]
             }
         };
         let weight = inst.weights.for_health(v.health);
@@ -395,8 +424,8 @@ impl Answers {
                 (None, false, Some(owned_by_question(&tail)))
             }
         };
-        let node_txt = if ip.is_some() && on_node && self.cfg.dns.node_meta_txt {
-            let node_ttl = self.cfg.dns.node_ttl;
+        let node_txt = if ip.is_some() && on_node && self.config().dns.node_meta_txt {
+            let node_ttl = self.config().dns.node_ttl;
             node_txt
                 .entry(node.name.clone())
                 .or_insert_with(|| txt_tails(&node.meta, node_ttl).into())
@@ -418,7 +447,7 @@ impl Answers {
 
     /// The service's answer sets, one per datacenter its instances are in.
     fn build_service(&self, state: &State, lower: &str) -> HashMap<String, ServiceSet> {
-        let ttl = self.cfg.dns.service_ttl.get(lower);
+        let ttl = self.config().dns.service_ttl.get(lower);
         let mut target_ids: HashMap<String, HashMap<Vec<u8>, u32>> = HashMap::new();
         let mut node_txt = HashMap::new();
         let mut sets: HashMap<String, ServiceSet> = HashMap::new();
@@ -462,10 +491,10 @@ impl Answers {
 
     fn build_node(&self, state: &State, name: &str) -> Option<NodeSet> {
         let node = state.node(name)?;
-        if node.datacenter != self.cfg.datacenter {
+        if node.datacenter != self.config().datacenter {
             return None;
         }
-        let ttl = self.cfg.dns.node_ttl;
+        let ttl = self.config().dns.node_ttl;
         let (addr_rr, is_v6) = match node.address.parse::<IpAddr>() {
             Ok(ip) => {
                 let (tail, v6) = addr_tail(ip, ttl);
@@ -493,7 +522,7 @@ impl Answers {
             let mut ips = BTreeSet::new();
             let mut name = lower.clone();
             for v in state.service_instances(lower) {
-                let Some(node) = v.node.filter(|n| n.datacenter == self.cfg.datacenter) else {
+                let Some(node) = v.node.filter(|n| n.datacenter == self.config().datacenter) else {
                     continue;
                 };
                 name = v.instance.name.clone();
@@ -506,7 +535,8 @@ impl Answers {
             }
             let target = format!(
                 "{name}.service.{}.{}.",
-                self.cfg.datacenter, self.cfg.domains[0]
+                self.config().datacenter,
+                self.config().domains[0]
             );
             let old = index.service_ips.remove(lower);
             if let Some((old_ips, old_target)) = &old {
@@ -534,11 +564,12 @@ impl Answers {
             }
             let node = state
                 .node(name)
-                .filter(|n| n.datacenter == self.cfg.datacenter);
+                .filter(|n| n.datacenter == self.config().datacenter);
             if let Some(ip) = node.and_then(|n| n.address.parse::<IpAddr>().ok()) {
                 let target = format!(
                     "{name}.node.{}.{}.",
-                    self.cfg.datacenter, self.cfg.domains[0]
+                    self.config().datacenter,
+                    self.config().domains[0]
                 );
                 index.names.entry(ip).or_default().insert(target.clone());
                 index.node_ip.insert(name.clone(), (ip, target));
@@ -559,7 +590,7 @@ impl Answers {
                         .map(|n| {
                             owned_by_question(&rr_tail(
                                 RecordType::PTR,
-                                self.cfg.dns.node_ttl,
+                                self.config().dns.node_ttl,
                                 &RData::PTR(PTR(n)),
                             ))
                         })
@@ -581,7 +612,7 @@ impl ChangeListener for Answers {
         let mut remote = self.remote_dcs.lock().unwrap_or_else(|e| e.into_inner());
         for lower in &changes.services {
             let mut sets = self.build_service(state, lower);
-            match sets.remove(&self.cfg.datacenter) {
+            match sets.remove(&self.config().datacenter) {
                 Some(set) => {
                     self.services
                         .insert(lower.clone().into_boxed_str(), Arc::new(set));

@@ -73,9 +73,11 @@ pub trait Remote: Send + Sync {
 
 pub struct Handler {
     answers: Arc<Answers>,
-    zones: Vec<StaticZone>,
+    /// Static zones; swapped whole on reload.
+    zones: arc_swap::ArcSwap<Vec<StaticZone>>,
     forwarder: Option<Arc<Forwarder>>,
     remote: Option<Arc<dyn Remote>>,
+    stats: Arc<crate::metrics::DnsStats>,
 }
 
 /// What the listener should do after `handle`.
@@ -193,10 +195,26 @@ impl Handler {
     ) -> Handler {
         Handler {
             answers,
-            zones,
+            zones: arc_swap::ArcSwap::from_pointee(zones),
             forwarder,
             remote: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Serves these static zones from now on.
+    pub fn set_zones(&self, zones: Vec<StaticZone>) {
+        self.zones.store(Arc::new(zones));
+    }
+
+    /// Counts replies into `stats` (the listeners record every one).
+    pub fn with_stats(mut self, stats: Arc<crate::metrics::DnsStats>) -> Handler {
+        self.stats = stats;
+        self
+    }
+
+    pub fn stats(&self) -> &crate::metrics::DnsStats {
+        &self.stats
     }
 
     /// Sidecar mode: readiness and other datacenters come from the sync.
@@ -276,7 +294,17 @@ impl Handler {
         };
         let budget = self.budget(transport, q.edns);
         match &self.forwarder {
-            Some(f) => f.forward(query, transport, budget).await,
+            Some(f) => {
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let reply = f.forward(query, transport, budget).await;
+                if reply
+                    .get(3)
+                    .is_some_and(|b| b & 0x0F == Rcode::ServFail as u8)
+                {
+                    self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                reply
+            }
             None => Vec::new(),
         }
     }
@@ -345,7 +373,8 @@ impl Handler {
                     return Outcome::Reply;
                 }
             }
-            if let Some((zone, head)) = self.static_zone(&labels) {
+            let zones = self.zones.load();
+            if let Some((zone, head)) = Self::static_zone(&zones, &labels) {
                 let rcode = self.zone_answer(&mut w, &q, &labels, zone, head);
                 flags.authoritative = true;
                 w.finish(rcode, flags, payload);
@@ -385,7 +414,7 @@ impl Handler {
         };
         if !matches!(found, Found::Answered) {
             let owner = pointer(domain_at).expect("question name is near the start");
-            w.authority(&[&owner, &self.answers.apex(domain).soa_tail]);
+            w.authority(&[&owner, &self.answers.config().apex(domain).soa_tail]);
         }
         flags.authoritative = true;
         w.finish(rcode, flags, payload);
@@ -413,8 +442,11 @@ impl Handler {
 
     /// The static zone holding the name (the deepest one), and how many
     /// labels stand in front of its origin.
-    fn static_zone(&self, labels: &Labels<'_>) -> Option<(&StaticZone, usize)> {
-        self.zones
+    fn static_zone<'z>(
+        zones: &'z [StaticZone],
+        labels: &Labels<'_>,
+    ) -> Option<(&'z StaticZone, usize)> {
+        zones
             .iter()
             .filter_map(|z| {
                 let n = z.labels.len();
@@ -640,7 +672,8 @@ impl Handler {
     }
 
     fn apex(&self, w: &mut ResponseWriter<'_>, ask: Ask, domain_at: usize) -> Found {
-        let apex = self.answers.apex(ask.domain);
+        let settings = self.answers.config();
+        let apex = settings.apex(ask.domain);
         let owner = pointer(domain_at).expect("question name is near the start");
         let soa = matches!(ask.qtype, rtype::SOA | rtype::ANY);
         let ns = matches!(ask.qtype, rtype::NS | rtype::ANY);

@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Outcome, Scratch, Transport};
 
@@ -35,6 +36,8 @@ pub struct DnsServer {
     stop_tcp: watch::Sender<bool>,
     udp_threads: Vec<JoinHandle<()>>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// UDP queries being resolved upstream; shutdown waits for them.
+    udp_in_flight: TaskTracker,
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -81,7 +84,12 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, std::net::TcpListener)>
 impl DnsServer {
     /// Binds every address and starts serving. Must run inside a tokio
     /// runtime (for TCP).
-    pub fn start(addrs: &[SocketAddr], handler: Arc<Handler>) -> io::Result<DnsServer> {
+    /// `query_log`: log every query at info (target `signpost::query`).
+    pub fn start(
+        addrs: &[SocketAddr],
+        handler: Arc<Handler>,
+        query_log: bool,
+    ) -> io::Result<DnsServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let (stop_tcp, stop_rx) = watch::channel(false);
         let per_addr = std::thread::available_parallelism()
@@ -93,6 +101,7 @@ impl DnsServer {
             stop_tcp,
             udp_threads: Vec::new(),
             tcp_tasks: Vec::new(),
+            udp_in_flight: TaskTracker::new(),
         };
         let conns = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
         for &addr in addrs {
@@ -109,9 +118,19 @@ impl DnsServer {
                 let handler = Arc::clone(&handler);
                 let stop = Arc::clone(&server.stop);
                 let runtime = tokio::runtime::Handle::current();
+                let in_flight = server.udp_in_flight.clone();
                 let t = std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || udp_loop(Arc::new(sock), handler, &stop, &runtime))?;
+                    .spawn(move || {
+                        udp_loop(
+                            Arc::new(sock),
+                            handler,
+                            &stop,
+                            &runtime,
+                            &in_flight,
+                            query_log,
+                        )
+                    })?;
                 server.udp_threads.push(t);
             }
             let listener = TcpListener::from_std(tcp)?;
@@ -120,6 +139,7 @@ impl DnsServer {
                 Arc::clone(&handler),
                 Arc::clone(&conns),
                 stop_rx.clone(),
+                query_log,
             )));
         }
         Ok(server)
@@ -145,7 +165,24 @@ impl DnsServer {
             }
         })
         .await;
+        // Queries already handed upstream still get their answer.
+        self.udp_in_flight.close();
+        self.udp_in_flight.wait().await;
     }
+}
+
+/// One line per query, for `--query-log`.
+fn log_query(peer: SocketAddr, transport: &str, reply: &[u8], elapsed: std::time::Duration) {
+    let name = super::wire::question_text(reply).unwrap_or_else(|| "-".into());
+    let rcode = reply.get(3).map(|b| b & 0x0F).unwrap_or(0);
+    let answers = reply
+        .get(6..8)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .unwrap_or(0);
+    tracing::info!(
+        target: "signpost::query",
+        %peer, transport, question = %name, rcode, answers, micros = elapsed.as_micros() as u64
+    );
 }
 
 fn udp_loop(
@@ -153,6 +190,8 @@ fn udp_loop(
     handler: Arc<Handler>,
     stop: &AtomicBool,
     runtime: &tokio::runtime::Handle,
+    in_flight: &TaskTracker,
+    query_log: bool,
 ) {
     let mut inbuf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
@@ -174,28 +213,40 @@ fn udp_loop(
             }
         };
         let query = &inbuf[..n];
+        let started = std::time::Instant::now();
         match handler.handle(query, Transport::Udp, peer.ip(), &mut out, &mut scratch) {
             Outcome::Reply => {
+                handler.stats().record(false, &out, started.elapsed());
+                if query_log {
+                    log_query(peer, "udp", &out, started.elapsed());
+                }
                 if let Err(e) = sock.send_to(&out, peer) {
                     tracing::debug!("udp send to {peer} failed: {e}");
                 }
             }
-            Outcome::Drop => {}
+            Outcome::Drop => handler.stats().record(false, &[], started.elapsed()),
             // Upstream answers take milliseconds: resolve on the runtime and
             // keep this thread answering from memory meanwhile.
             outcome @ (Outcome::Forward | Outcome::Remote) => {
                 let (handler, sock, query) =
                     (Arc::clone(&handler), Arc::clone(&sock), query.to_vec());
-                runtime.spawn(async move {
-                    let reply = if outcome == Outcome::Forward {
-                        handler.forward(&query, Transport::Udp).await
-                    } else {
-                        handler.remote(&query, Transport::Udp, peer.ip()).await
-                    };
-                    if !reply.is_empty() {
-                        let _ = sock.send_to(&reply, peer);
-                    }
-                });
+                in_flight.spawn_on(
+                    async move {
+                        let reply = if outcome == Outcome::Forward {
+                            handler.forward(&query, Transport::Udp).await
+                        } else {
+                            handler.remote(&query, Transport::Udp, peer.ip()).await
+                        };
+                        handler.stats().record(false, &reply, started.elapsed());
+                        if query_log {
+                            log_query(peer, "udp", &reply, started.elapsed());
+                        }
+                        if !reply.is_empty() {
+                            let _ = sock.send_to(&reply, peer);
+                        }
+                    },
+                    runtime,
+                );
             }
         }
     }
@@ -206,6 +257,7 @@ async fn tcp_accept(
     handler: Arc<Handler>,
     conns: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    query_log: bool,
 ) {
     let mut conn_tasks = tokio::task::JoinSet::new();
     loop {
@@ -220,7 +272,7 @@ async fn tcp_accept(
                 let handler = Arc::clone(&handler);
                 let stop = stop.clone();
                 conn_tasks.spawn(async move {
-                    tcp_conn(stream, &handler, stop).await;
+                    tcp_conn(stream, &handler, stop, query_log).await;
                     drop(permit);
                 });
             }
@@ -232,7 +284,12 @@ async fn tcp_accept(
     while conn_tasks.join_next().await.is_some() {}
 }
 
-async fn tcp_conn(mut stream: TcpStream, handler: &Handler, mut stop: watch::Receiver<bool>) {
+async fn tcp_conn(
+    mut stream: TcpStream,
+    handler: &Handler,
+    mut stop: watch::Receiver<bool>,
+    query_log: bool,
+) {
     let _ = stream.set_nodelay(true);
     let Ok(peer) = stream.peer_addr() else {
         return;
@@ -256,11 +313,16 @@ async fn tcp_conn(mut stream: TcpStream, handler: &Handler, mut stop: watch::Rec
         ) {
             return;
         }
+        let started = std::time::Instant::now();
         match handler.handle(&buf, Transport::Tcp, peer.ip(), &mut out, &mut scratch) {
             Outcome::Reply => {}
-            Outcome::Drop => continue,
+            Outcome::Drop => out.clear(),
             Outcome::Forward => out = handler.forward(&buf, Transport::Tcp).await,
             Outcome::Remote => out = handler.remote(&buf, Transport::Tcp, peer.ip()).await,
+        }
+        handler.stats().record(true, &out, started.elapsed());
+        if query_log {
+            log_query(peer, "tcp", &out, started.elapsed());
         }
         if out.is_empty() {
             continue;

@@ -350,6 +350,33 @@ fn push_opt(b: &mut Vec<u8>, payload: u16, rcode: Rcode) {
     b.extend_from_slice(&[ext, 0, 0, 0, 0, 0]);
 }
 
+/// `name TYPE` of a message's first question, for logs.
+pub fn question_text(msg: &[u8]) -> Option<String> {
+    if msg.len() < 12 || msg[5] == 0 {
+        return None;
+    }
+    let mut name = String::new();
+    let mut pos = HEADER_LEN;
+    loop {
+        let l = *msg.get(pos)? as usize;
+        if l == 0 {
+            break;
+        }
+        if l > 63 {
+            return None;
+        }
+        name.push_str(&String::from_utf8_lossy(msg.get(pos + 1..pos + 1 + l)?));
+        name.push('.');
+        pos += 1 + l;
+    }
+    let qtype = u16::from_be_bytes([*msg.get(pos + 1)?, *msg.get(pos + 2)?]);
+    let qtype = hickory_proto::rr::RecordType::from(qtype);
+    Some(format!(
+        "{} {qtype}",
+        if name.is_empty() { "." } else { &name }
+    ))
+}
+
 /// A compression pointer to offset `at` of the message.
 pub fn pointer(at: usize) -> Option<[u8; 2]> {
     (at < 0x4000).then(|| (0xC000 | at as u16).to_be_bytes())

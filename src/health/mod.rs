@@ -20,6 +20,10 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::ResultLabel;
 use crate::registry::definition::format_duration;
 use crate::registry::{CheckKind, Health, InstanceKey, Registry, Source, Thresholds};
 use probe::{HttpCheck, HttpClients};
@@ -59,6 +63,8 @@ struct Shared {
     ttl: Mutex<HashMap<CheckKey, Arc<Ttl>>>,
     /// Probe results: passing, warning, critical.
     runs: [AtomicU64; 3],
+    /// The same, for `/metrics`.
+    check_runs: Family<ResultLabel, Counter>,
 }
 
 /// Counts a live check task; drops with the task, however it ends.
@@ -87,13 +93,17 @@ pub struct HealthChecks {
 
 impl HealthChecks {
     /// Starts the supervisor. Must run inside a tokio runtime.
-    pub fn start(registry: Arc<Registry>) -> Arc<HealthChecks> {
+    pub fn start(
+        registry: Arc<Registry>,
+        check_runs: Family<ResultLabel, Counter>,
+    ) -> Arc<HealthChecks> {
         let shared = Arc::new(Shared {
             clients: HttpClients::new(),
             permits: Semaphore::new(MAX_CONCURRENT_PROBES),
             running: AtomicUsize::new(0),
             ttl: Mutex::new(HashMap::new()),
             runs: Default::default(),
+            check_runs,
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(registry, Arc::clone(&shared), stopped));
@@ -321,6 +331,12 @@ async fn run_periodic(
             Health::Critical => 2,
         };
         shared.runs[slot].fetch_add(1, Ordering::Relaxed);
+        shared
+            .check_runs
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
         if let Some(status) = machine.observe(result) {
             registry.write(|t| t.set_check_status(&key.0, &key.1, status, &output));
         }
@@ -445,7 +461,7 @@ mod tests {
         let r = registry_with(
             r#"{"Name": "s", "Check": {"CheckID": "t", "TTL": "10s", "Status": "passing"}}"#,
         );
-        let health = HealthChecks::start(Arc::clone(&r));
+        let health = HealthChecks::start(Arc::clone(&r), Family::default());
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(status(&r, "t"), Some(Health::Passing));
         health.touch_ttl("n", "t");
@@ -467,7 +483,7 @@ mod tests {
             r#"{"Name": "s", "ID": "s1", "Check": {"CheckID": "t", "TTL": "10s",
                 "DeregisterCriticalServiceAfter": "1m"}}"#,
         );
-        let health = HealthChecks::start(Arc::clone(&r));
+        let health = HealthChecks::start(Arc::clone(&r), Family::default());
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_some()));
         tokio::time::sleep(Duration::from_secs(2)).await;

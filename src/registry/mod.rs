@@ -582,6 +582,15 @@ impl Txn<'_> {
         }
     }
 
+    /// Marks every service and node changed, so the listener rebuilds all
+    /// of them (after its settings changed on reload).
+    pub fn touch_all(&mut self) {
+        let services: Vec<String> = self.state.by_service.keys().cloned().collect();
+        let nodes: Vec<String> = self.state.nodes.keys().cloned().collect();
+        self.changes.services.extend(services);
+        self.changes.nodes.extend(nodes);
+    }
+
     /// Puts back entries read from the store as they were, indexes and all.
     pub fn restore(&mut self, saved: store::Saved) {
         for n in saved.nodes {

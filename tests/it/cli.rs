@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn signpost() -> Command {
+pub fn signpost() -> Command {
     Command::new(env!("CARGO_BIN_EXE_signpost"))
 }
 
@@ -96,10 +96,12 @@ fn check_reports_file_line_and_reason() {
 }
 
 /// The binary running on port 0, with the addresses read from its log.
-struct Running {
-    child: std::process::Child,
-    dns: std::net::SocketAddr,
-    http: std::net::SocketAddr,
+pub struct Running {
+    pub child: std::process::Child,
+    pub dns: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    /// Every line the process logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Running {
@@ -109,7 +111,7 @@ impl Drop for Running {
     }
 }
 
-fn run_binary(args: &[&str]) -> Running {
+pub fn run_binary(args: &[&str]) -> Running {
     let mut child = signpost()
         .args([
             "--dns",
@@ -128,11 +130,17 @@ fn run_binary(args: &[&str]) -> Running {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            keep.lock().unwrap().push(line.clone());
             for what in ["serving DNS on ", "serving HTTP on "] {
                 if let Some(rest) = line.split(what).nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        .collect();
                     let _ = tx.send((what, addr));
                 }
             }
@@ -154,6 +162,7 @@ fn run_binary(args: &[&str]) -> Running {
         child,
         dns: dns.unwrap(),
         http: http.unwrap(),
+        log,
     }
 }
 
