@@ -240,6 +240,9 @@ struct DnsFileConfig {
     /// Node meta as TXT records in the additional section of node and SRV
     /// answers. [default: true, as Consul]
     enable_additional_node_meta_txt: Option<bool>,
+    /// A UDP query that waited longer than this (ms) in the receive queue
+    /// is dropped unanswered. [default: 1000]
+    shed_after_ms: Option<u32>,
     soa: Option<SoaFileConfig>,
 }
 
@@ -394,6 +397,8 @@ pub struct DnsConfig {
     pub udp_answer_limit: u32,
     pub load_balancing: Balance,
     pub node_meta_txt: bool,
+    /// Queue age past which UDP queries are shed.
+    pub shed_after_ms: u32,
     pub soa: Soa,
 }
 
@@ -514,6 +519,7 @@ impl Default for DnsConfig {
             udp_answer_limit: 3,
             load_balancing: Balance::Random,
             node_meta_txt: true,
+            shed_after_ms: 1000,
             soa: Soa::default(),
         }
     }
@@ -796,6 +802,7 @@ impl Config {
                     None => Balance::Random,
                 },
                 node_meta_txt: d.enable_additional_node_meta_txt.unwrap_or(true),
+                shed_after_ms: d.shed_after_ms.unwrap_or(1000).max(1),
                 soa: Soa {
                     refresh: soa_file.refresh.unwrap_or(soa_default.refresh),
                     retry: soa_file.retry.unwrap_or(soa_default.retry),

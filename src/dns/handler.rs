@@ -113,6 +113,24 @@ struct Ask {
     domain: usize,
 }
 
+/// Sets larger than this are walked affinely rather than shuffled.
+const AFFINE_ABOVE: usize = 64;
+
+/// A query's order of a record set.
+#[derive(Clone, Copy)]
+enum Draw {
+    Lazy,
+    Fixed,
+    Affine { start: usize, stride: usize },
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// Lower-cases one label into `buf`; `None` if it is not UTF-8 (then no
 /// registered name can match it).
 fn lower<'b>(label: &[u8], buf: &'b mut [u8; 63]) -> Option<&'b str> {
@@ -215,6 +233,12 @@ impl Handler {
 
     pub fn stats(&self) -> &crate::metrics::DnsStats {
         &self.stats
+    }
+
+    /// How long a UDP query may wait in the socket queue before it is
+    /// dropped unanswered.
+    pub fn shed_after(&self) -> Duration {
+        Duration::from_millis(self.answers.config().dns.shed_after_ms.into())
     }
 
     /// Sidecar mode: readiness and other datacenters come from the sync.
@@ -694,19 +718,33 @@ impl Handler {
         Found::Answered
     }
 
-    /// Puts the entries of `set` into `s.order` in this query's order, or
-    /// prepares a lazy shuffle (returns true) that `next` draws from.
-    fn order(&self, set: &RecordSet, mode: Balance, s: &mut Scratch) -> bool {
+    /// How this query orders the entries of `set`: a lazy shuffle, an
+    /// order put in `s.order`, or for large sets a random affine walk
+    /// (`start + i·stride mod n`, stride coprime to n), which needs no
+    /// per-query setup, so a 5,000-instance answer costs what its few
+    /// answered records cost.
+    fn order(&self, set: &RecordSet, mode: Balance, s: &mut Scratch) -> Draw {
         let n = set.entries.len();
+        let uniform = matches!(mode, Balance::Random) || (mode == Balance::Weighted && set.uniform);
+        if uniform && n > AFFINE_ABOVE {
+            let mut stride = s.rng.usize(1..n);
+            while gcd(stride, n) != 1 {
+                stride = s.rng.usize(1..n);
+            }
+            return Draw::Affine {
+                start: s.rng.usize(0..n),
+                stride,
+            };
+        }
         s.order.clear();
         s.order.extend(0..n as u32);
         match mode {
-            Balance::Random => true,
-            Balance::Weighted if set.uniform => true,
+            Balance::Random => Draw::Lazy,
+            Balance::Weighted if set.uniform => Draw::Lazy,
             Balance::RoundRobin => {
                 let start = set.next.fetch_add(1, Ordering::Relaxed) as usize % n;
                 s.order.rotate_left(start);
-                false
+                Draw::Fixed
             }
             Balance::Weighted => {
                 // Efraimidis–Spirakis: sorting by -ln(u)/w draws a random
@@ -726,7 +764,7 @@ impl Handler {
                     .sort_unstable_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).expect("no NaN"));
                 s.order.clear();
                 s.order.extend(s.keys.iter().map(|k| k.2));
-                false
+                Draw::Fixed
             }
         }
     }
@@ -761,17 +799,21 @@ impl Handler {
         } else {
             self.answers.config().dns.load_balancing
         };
-        let lazy = self.order(set, mode, s);
+        let draw = self.order(set, mode, s);
         let n = set.entries.len();
         s.written.clear();
         let mut matched = false;
         let mut cname: Option<u32> = None;
         for i in 0..n {
-            if lazy {
-                let j = s.rng.usize(i..n);
-                s.order.swap(i, j);
-            }
-            let idx = s.order[i];
+            let idx = match draw {
+                Draw::Lazy => {
+                    let j = s.rng.usize(i..n);
+                    s.order.swap(i, j);
+                    s.order[i]
+                }
+                Draw::Fixed => s.order[i],
+                Draw::Affine { start, stride } => ((start + i * stride) % n) as u32,
+            };
             let e = &set.entries[idx as usize];
             if !wants(e) {
                 if e.cname_rr.is_some() && cname.is_none() {

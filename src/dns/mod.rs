@@ -3,12 +3,14 @@
 //! `name` parses question names, `answers` keeps the ready-made record sets
 //! the registry feeds, `wire` reads queries and writes responses within the
 //! size budget, `zones` serves static zone files, `forward` sends other
-//! names upstream, `handler` ties them together, `server` runs UDP and TCP.
+//! names upstream, `handler` ties them together, `server` runs UDP and TCP
+//! (`udp`: the batched receive/send and load shedding).
 
 pub mod answers;
 pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod server;
+pub mod udp;
 pub mod wire;
 pub mod zones;

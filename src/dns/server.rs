@@ -2,7 +2,8 @@
 //!
 //! UDP is served by plain threads, one `SO_REUSEPORT` socket each, one per
 //! core: the handler never waits on anything, so a blocking receive → answer
-//! → send loop has no task, channel or allocation per datagram. TCP runs on
+//! → send loop (batched, see `udp`) has no task, channel or allocation per
+//! datagram. TCP runs on
 //! tokio, one task per connection, answering its queries in order.
 
 use std::io;
@@ -19,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Outcome, Scratch, Transport};
+use super::udp::{enable_timestamps, Batch};
 
 /// How often an idle UDP thread looks at the stop flag.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
@@ -46,11 +48,14 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    // Room for bursts while a thread is busy; the kernel drops beyond it.
+    // The bounded queue in front of the thread: room for bursts, while
+    // shedding by age keeps what waits in it fresh.
     let _ = s.set_recv_buffer_size(4 << 20);
     s.bind(&addr.into())?;
     s.set_read_timeout(Some(UDP_STOP_POLL))?;
-    Ok(s.into())
+    let sock: UdpSocket = s.into();
+    enable_timestamps(&sock)?;
+    Ok(sock)
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -193,16 +198,18 @@ fn udp_loop(
     in_flight: &TaskTracker,
     query_log: bool,
 ) {
-    let mut inbuf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let mut batch = Batch::new();
     let mut scratch = Scratch::default();
+    let shed_after = handler.shed_after();
     while !stop.load(Ordering::Relaxed) {
-        let (n, peer) = match sock.recv_from(&mut inbuf) {
-            Ok(r) => r,
+        let n = match batch.receive(&sock) {
+            Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 continue
@@ -212,43 +219,61 @@ fn udp_loop(
                 continue;
             }
         };
-        let query = &inbuf[..n];
-        let started = std::time::Instant::now();
-        match handler.handle(query, Transport::Udp, peer.ip(), &mut out, &mut scratch) {
-            Outcome::Reply => {
-                handler.stats().record(false, &out, started.elapsed());
-                if query_log {
-                    log_query(peer, "udp", &out, started.elapsed());
-                }
-                if let Err(e) = sock.send_to(&out, peer) {
-                    tracing::debug!("udp send to {peer} failed: {e}");
-                }
+        let now = std::time::SystemTime::now();
+        batch.clear_replies();
+        for i in 0..n {
+            let started = std::time::Instant::now();
+            let Some((datagram, out)) = batch.slot(i, now) else {
+                continue;
+            };
+            let peer = datagram.from;
+            // Waited too long in the queue: its client has likely given
+            // up; dropping it lets the fresh ones behind it through.
+            if datagram.waited.is_some_and(|w| w > shed_after) {
+                handler.stats().shed.fetch_add(1, Ordering::Relaxed);
+                batch.cancel_reply();
+                continue;
             }
-            Outcome::Drop => handler.stats().record(false, &[], started.elapsed()),
-            // Upstream answers take milliseconds: resolve on the runtime and
-            // keep this thread answering from memory meanwhile.
-            outcome @ (Outcome::Forward | Outcome::Remote) => {
-                let (handler, sock, query) =
-                    (Arc::clone(&handler), Arc::clone(&sock), query.to_vec());
-                in_flight.spawn_on(
-                    async move {
-                        let reply = if outcome == Outcome::Forward {
-                            handler.forward(&query, Transport::Udp).await
-                        } else {
-                            handler.remote(&query, Transport::Udp, peer.ip()).await
-                        };
-                        handler.stats().record(false, &reply, started.elapsed());
-                        if query_log {
-                            log_query(peer, "udp", &reply, started.elapsed());
-                        }
-                        if !reply.is_empty() {
-                            let _ = sock.send_to(&reply, peer);
-                        }
-                    },
-                    runtime,
-                );
+            let outcome =
+                handler.handle(datagram.bytes, Transport::Udp, peer.ip(), out, &mut scratch);
+            match outcome {
+                Outcome::Reply => {
+                    handler.stats().record(false, out, started.elapsed());
+                    if query_log {
+                        log_query(peer, "udp", out, started.elapsed());
+                    }
+                }
+                Outcome::Drop => {
+                    handler.stats().record(false, &[], started.elapsed());
+                    batch.cancel_reply();
+                }
+                // Upstream answers take milliseconds: resolve on the runtime
+                // and keep this thread answering from memory meanwhile.
+                outcome @ (Outcome::Forward | Outcome::Remote) => {
+                    let query = datagram.bytes.to_vec();
+                    batch.cancel_reply();
+                    let (handler, sock) = (Arc::clone(&handler), Arc::clone(&sock));
+                    in_flight.spawn_on(
+                        async move {
+                            let reply = if outcome == Outcome::Forward {
+                                handler.forward(&query, Transport::Udp).await
+                            } else {
+                                handler.remote(&query, Transport::Udp, peer.ip()).await
+                            };
+                            handler.stats().record(false, &reply, started.elapsed());
+                            if query_log {
+                                log_query(peer, "udp", &reply, started.elapsed());
+                            }
+                            if !reply.is_empty() {
+                                let _ = sock.send_to(&reply, peer);
+                            }
+                        },
+                        runtime,
+                    );
+                }
             }
         }
+        batch.send(&sock);
     }
 }
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""signpost's ratios to each peer from one harness run (results.csv), plus
+the TCP/UDP comparison written by run.sh. Prints markdown."""
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+work = Path(sys.argv[1])
+rows = list(csv.DictReader(open(work / "results.csv")))
+
+
+def med(name, mode, field):
+    vals = [float(r[field]) for r in rows if r["name"] == name and r["mode"] == mode and r[field] not in ("", None)]
+    return statistics.median(vals) if vals else None
+
+
+servers = sorted({r["name"] for r in rows})
+metrics = [
+    ("saturated UDP QPS", "sat", "qps", True),
+    ("QPS at 50% of a core (quota50)", "quota50", "qps", True),
+    ("QPS per server CPU-second", "sat", "ceiling", True),
+    ("p99 latency at 20k QPS (ms)", "rate20000", "p99", False),
+    ("lost queries at 20k QPS", "rate20000", "lost", False),
+]
+print("| measure | " + " | ".join(servers) + " | " + " | ".join(f"signpost / {s}" for s in servers if s != "signpost") + " |")
+print("|---" * (1 + len(servers) + len(servers) - 1) + "|")
+for label, mode, field, higher_better in metrics:
+    vals = {s: med(s, mode, field) for s in servers}
+    if field == "p99":
+        vals = {s: (v * 1000 if v is not None else None) for s, v in vals.items()}
+    cells = [("-" if vals[s] is None else f"{vals[s]:,.1f}" if field != "lost" else f"{vals[s]:.0f}") for s in servers]
+    ratios = []
+    for s in servers:
+        if s == "signpost":
+            continue
+        a, b = vals.get("signpost"), vals[s]
+        if a is None or b is None or b == 0:
+            ratios.append("-")
+        else:
+            ratios.append(f"{a / b:.2f}")
+    print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+qps = {}
+for mode in ("udp", "tcp"):
+    f = work / f"signpost-{mode}.txt"
+    if f.exists():
+        for line in f.read_text().splitlines():
+            if "Queries per second" in line:
+                qps[mode] = float(line.split()[-1])
+if len(qps) == 2:
+    print()
+    print(f"TCP with connection reuse: {qps['tcp']:,.0f} QPS vs UDP {qps['udp']:,.0f} QPS "
+          f"(UDP/TCP = {qps['udp'] / qps['tcp']:.2f}; the target is at most 2)")

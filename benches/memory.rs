@@ -1,0 +1,76 @@
+//! Memory for 100,000 instances: resident set size of a signpost whose
+//! registry holds 20,000 services × 5 instances, each on its own node,
+//! with every answer set built. `cargo bench --bench memory`.
+
+use signpost::registry::{Instance, Node, Source, Weights};
+use signpost::{Config, Signpost};
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("memory: run with `cargo bench --bench memory`");
+        return;
+    }
+    let services: usize = std::env::var("BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let per: usize = 5;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let signpost = Signpost::start(Config::ephemeral()).await.unwrap();
+        let before = rss_mib();
+        let started = std::time::Instant::now();
+        for s in 0..services {
+            signpost.registry.write(|t| {
+                for i in 0..per {
+                    let n = s * per + i + 1;
+                    let node = format!("n{s}-{i}");
+                    t.upsert_node(Node {
+                        name: node.clone(),
+                        address: format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, (n & 255).max(1)),
+                        datacenter: "dc1".into(),
+                        meta: Default::default(),
+                        tagged_addresses: Default::default(),
+                        source: Source::Api,
+                        create_index: 0,
+                        modify_index: 0,
+                    });
+                    t.upsert_instance(Instance {
+                        node,
+                        id: format!("s{s}-{i}"),
+                        name: format!("s{s}"),
+                        tags: vec!["v1".into(), "primary".into()],
+                        address: String::new(),
+                        port: 8080,
+                        meta: Default::default(),
+                        weights: Weights::default(),
+                        tagged_addresses: Default::default(),
+                        enable_tag_override: false,
+                        source: Source::Api,
+                        create_index: 0,
+                        modify_index: 0,
+                    });
+                }
+            });
+        }
+        let took = started.elapsed();
+        let after = rss_mib();
+        let total = services * per;
+        println!("memory: {total} instances ({services} services x {per}, 2 tags each, each on its own node)");
+        println!("  loaded in      {:.2} s ({} registry writes)", took.as_secs_f64(), services);
+        println!("  RSS            {before:.1} MiB empty, {after:.1} MiB loaded");
+        println!("  per instance   {:.2} KiB", (after - before) * 1024.0 / total as f64);
+        signpost.shutdown().await;
+    });
+}

@@ -1,0 +1,223 @@
+//! The UDP fast path on Linux: batched receive and send (`recvmmsg`,
+//! `sendmmsg`), and load shedding by age.
+//!
+//! One thread per socket reads up to [`BATCH`] datagrams with one system
+//! call, answers them from memory, and sends the replies with one more.
+//! The kernel stamps each datagram when it arrives (`SO_TIMESTAMPNS`); one
+//! that waited in the socket's bounded receive queue longer than the shed
+//! limit is dropped unanswered, so under overload the oldest queries, whose
+//! clients are giving up, go first and the backlog never grows past the
+//! queue.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Datagrams read or written per system call.
+pub const BATCH: usize = 32;
+/// The largest query accepted over UDP (bigger ones are cut and get
+/// FORMERR, like any malformed query).
+const MAX_QUERY: usize = 4096;
+/// Room for one SCM_TIMESTAMPNS control message.
+const CMSG_SPACE: usize = 64;
+
+/// Asks the kernel to stamp datagrams with their arrival time.
+pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt on a socket we own, with a c_int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Buffers for one batch, reused for the life of the thread.
+pub struct Batch {
+    bufs: Vec<[u8; MAX_QUERY]>,
+    addrs: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<[u8; CMSG_SPACE]>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    /// Replies of this batch and their destinations.
+    pub replies: Vec<Vec<u8>>,
+    reply_to: Vec<usize>,
+    out_iovecs: Vec<libc::iovec>,
+    out_msgs: Vec<libc::mmsghdr>,
+}
+
+// The raw pointers inside only ever point into this struct's own vectors.
+unsafe impl Send for Batch {}
+
+/// One received datagram.
+pub struct Datagram<'a> {
+    pub bytes: &'a [u8],
+    pub from: SocketAddr,
+    /// How long it waited in the socket's queue, when the kernel said.
+    pub waited: Option<Duration>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch {
+            bufs: vec![[0u8; MAX_QUERY]; BATCH],
+            // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C
+            // structs for which all zeroes is a valid value.
+            addrs: vec![unsafe { zeroed() }; BATCH],
+            cmsgs: vec![[0u8; CMSG_SPACE]; BATCH],
+            iovecs: vec![unsafe { zeroed() }; BATCH],
+            msgs: vec![unsafe { zeroed() }; BATCH],
+            replies: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
+            reply_to: Vec::with_capacity(BATCH),
+            out_iovecs: vec![unsafe { zeroed() }; BATCH],
+            out_msgs: vec![unsafe { zeroed() }; BATCH],
+        }
+    }
+
+    /// Waits for at least one datagram (or the socket's read timeout) and
+    /// reads up to [`BATCH`]. Returns how many.
+    pub fn receive(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: MAX_QUERY,
+            };
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovecs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = self.cmsgs[i].as_mut_ptr() as *mut libc::c_void;
+            hdr.msg_controllen = CMSG_SPACE as _;
+            hdr.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        // SAFETY: every pointer in `msgs` points into buffers owned by
+        // `self`, sized as declared, alive for the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Datagram `i` of the last [`receive`](Self::receive), with the
+    /// buffer for its reply (sent by [`send`](Self::send) unless
+    /// [`cancel_reply`](Self::cancel_reply) takes it back).
+    pub fn slot(&mut self, i: usize, now: SystemTime) -> Option<(Datagram<'_>, &mut Vec<u8>)> {
+        let msg = &self.msgs[i];
+        let len = (msg.msg_len as usize).min(MAX_QUERY);
+        let from = sockaddr(&self.addrs[i], msg.msg_hdr.msg_namelen)?;
+        let waited = arrival(&msg.msg_hdr).and_then(|t| now.duration_since(t).ok());
+        let k = self.reply_to.len();
+        self.reply_to.push(i);
+        Some((
+            Datagram {
+                bytes: &self.bufs[i][..len],
+                from,
+                waited,
+            },
+            &mut self.replies[k],
+        ))
+    }
+
+    /// Starts a batch of replies.
+    pub fn clear_replies(&mut self) {
+        self.reply_to.clear();
+    }
+
+    /// Takes back the last reply buffer (nothing to send after all).
+    pub fn cancel_reply(&mut self) {
+        self.reply_to.pop();
+    }
+
+    /// Sends every reply of the batch; returns how many went out.
+    pub fn send(&mut self, sock: &UdpSocket) -> usize {
+        let count = self.reply_to.len();
+        for k in 0..count {
+            let i = self.reply_to[k];
+            self.out_iovecs[k] = libc::iovec {
+                iov_base: self.replies[k].as_ptr() as *mut libc::c_void,
+                iov_len: self.replies[k].len(),
+            };
+            let hdr = &mut self.out_msgs[k].msg_hdr;
+            hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            hdr.msg_namelen = self.msgs[i].msg_hdr.msg_namelen;
+            hdr.msg_iov = &mut self.out_iovecs[k];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+        }
+        let mut sent = 0;
+        while sent < count {
+            // SAFETY: as in `receive`; the replies and addresses outlive
+            // the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    self.out_msgs[sent..].as_mut_ptr(),
+                    (count - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if n <= 0 {
+                // Skip the reply the kernel refused (e.g. an unreachable
+                // destination) and go on with the rest.
+                sent += 1;
+            } else {
+                sent += n as usize;
+            }
+        }
+        count
+    }
+}
+
+fn sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    // SAFETY: the kernel filled `storage` with an address of `len` bytes.
+    let addr = unsafe { socket2::SockAddr::new(*storage, len) };
+    addr.as_socket()
+}
+
+/// The kernel's arrival stamp of a received message.
+fn arrival(hdr: &libc::msghdr) -> Option<SystemTime> {
+    // SAFETY: walking the control buffer the kernel filled, with the libc
+    // macros made for it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                return Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
+}
