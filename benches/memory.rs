@@ -26,16 +26,33 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let per: usize = 5;
+    // Instances per node: 1 (the worst case, as the load benchmark's data)
+    // unless BENCH_PER_NODE says more.
+    let per_node: usize = std::env::var("BENCH_PER_NODE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let signpost = Signpost::start(Config::ephemeral()).await.unwrap();
+        // BENCH_REGISTRY_ONLY: the registry without answer sets, to see
+        // which side the memory is on.
+        let registry = if std::env::var_os("BENCH_REGISTRY_ONLY").is_some() {
+            struct Quiet;
+            impl signpost::registry::ChangeListener for Quiet {
+                fn changed(&self, _: &signpost::registry::State, _: &signpost::registry::Changes) {}
+            }
+            std::sync::Arc::new(signpost::registry::Registry::new(std::sync::Arc::new(Quiet)))
+        } else {
+            signpost.registry.clone()
+        };
         let before = rss_mib();
         let started = std::time::Instant::now();
         for s in 0..services {
-            signpost.registry.write(|t| {
+            registry.write(|t| {
                 for i in 0..per {
-                    let n = s * per + i + 1;
-                    let node = format!("n{s}-{i}");
+                    let n = (s * per + i) / per_node + 1;
+                    let node = format!("n{n}");
                     t.upsert_node(Node {
                         name: node.clone(),
                         address: format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, (n & 255).max(1)),
@@ -67,10 +84,13 @@ fn main() {
         let took = started.elapsed();
         let after = rss_mib();
         let total = services * per;
-        println!("memory: {total} instances ({services} services x {per}, 2 tags each, each on its own node)");
+        println!("memory: {total} instances ({services} services x {per}, 2 tags each, {per_node} per node)");
         println!("  loaded in      {:.2} s ({} registry writes)", took.as_secs_f64(), services);
         println!("  RSS            {before:.1} MiB empty, {after:.1} MiB loaded");
         println!("  per instance   {:.2} KiB", (after - before) * 1024.0 / total as f64);
         signpost.shutdown().await;
     });
 }
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

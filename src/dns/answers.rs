@@ -23,6 +23,7 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use super::name::DomainName;
 use super::wire::{CLASS_IN, QNAME_OFFSET};
 use crate::config::{Config, DnsConfig};
+use crate::registry::small::SmallSet;
 use crate::registry::{ChangeListener, Changes, Health, InstanceView, Meta, State};
 
 /// What shapes answers, fixed for the life of an [`Answers`].
@@ -127,13 +128,14 @@ pub struct Apex {
     pub ns_glue_tail: Box<[u8]>,
 }
 
-/// Which names point back at each registered address. Touched only by the
+/// Which names point back at each registered address. Written only by the
 /// registry listener, which runs one change at a time.
 #[derive(Debug, Default)]
 struct PtrIndex {
-    names: HashMap<IpAddr, BTreeSet<String>>,
-    node_ip: HashMap<String, (IpAddr, String)>,
-    service_ips: HashMap<String, (BTreeSet<IpAddr>, String)>,
+    names: HashMap<IpAddr, SmallSet<Box<str>>>,
+    /// Node name → its address (its PTR target follows from the name).
+    node_ip: HashMap<String, IpAddr>,
+    service_ips: HashMap<String, (BTreeSet<IpAddr>, Box<str>)>,
 }
 
 /// The configuration answers are built with, and the apex records that
@@ -180,9 +182,11 @@ pub struct Answers {
     /// Lower-cased node name → its records (same locking rule).
     nodes: DashMap<Box<str>, Arc<NodeSet>>,
     /// Registered address → PTR records owned by the question (same rule).
-    ptr: DashMap<IpAddr, Arc<[Box<[u8]>]>>,
-    /// Bookkeeping behind `ptr`; only the listener locks it.
-    ptr_index: Mutex<PtrIndex>,
+    /// Registered address → the names pointing back at it. PTR records are
+    /// encoded when asked for (PTR questions are rare; a ready-made set per
+    /// address cost ~200 bytes a node). The listener writes, queries read;
+    /// never held across .await.
+    ptr_index: std::sync::RwLock<PtrIndex>,
     /// Lower-cased service name → the other datacenters it has answer sets
     /// for, so they can be dropped when they empty. Listener only.
     remote_dcs: Mutex<HashMap<String, BTreeSet<String>>>,
@@ -278,8 +282,7 @@ impl Answers {
             settings: ArcSwap::from_pointee(Settings::new(cfg)),
             services: DashMap::new(),
             nodes: DashMap::new(),
-            ptr: DashMap::new(),
-            ptr_index: Mutex::new(PtrIndex::default()),
+            ptr_index: std::sync::RwLock::new(PtrIndex::default()),
             remote_dcs: Mutex::new(HashMap::new()),
         }
     }
@@ -352,8 +355,17 @@ impl Answers {
     }
 
     /// PTR records for a registered address.
-    pub fn ptr(&self, ip: &IpAddr) -> Option<Arc<[Box<[u8]>]>> {
-        self.ptr.get(ip).map(|e| Arc::clone(e.value()))
+    pub fn ptr(&self, ip: &IpAddr) -> Option<Vec<Box<[u8]>>> {
+        let index = self.ptr_index.read().unwrap_or_else(|e| e.into_inner());
+        let names = index.names.get(ip).filter(|s| !s.is_empty())?;
+        let ttl = self.config().dns.node_ttl;
+        Some(
+            names
+                .iter()
+                .filter_map(|n| Name::from_ascii(n).ok())
+                .map(|n| owned_by_question(&rr_tail(RecordType::PTR, ttl, &RData::PTR(PTR(n)))))
+                .collect(),
+        )
     }
 
     pub fn service_count(&self) -> usize {
@@ -513,16 +525,18 @@ impl Answers {
         })
     }
 
-    /// Updates the PTR index for the services and nodes of one change, and
-    /// re-encodes the addresses whose names changed.
+    /// Updates the PTR index for the services and nodes of one change.
     fn update_ptr(&self, state: &State, changes: &Changes) {
-        let mut index = self.ptr_index.lock().unwrap_or_else(|e| e.into_inner());
-        let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+        let cfg = self.config();
+        let node_target = |name: &str| -> Box<str> {
+            format!("{name}.node.{}.{}.", cfg.datacenter, cfg.domains[0]).into()
+        };
+        let mut index = self.ptr_index.write().unwrap_or_else(|e| e.into_inner());
         for lower in &changes.services {
             let mut ips = BTreeSet::new();
             let mut name = lower.clone();
             for v in state.service_instances(lower) {
-                let Some(node) = v.node.filter(|n| n.datacenter == self.config().datacenter) else {
+                let Some(node) = v.node.filter(|n| n.datacenter == cfg.datacenter) else {
                     continue;
                 };
                 name = v.instance.name.clone();
@@ -533,70 +547,39 @@ impl Answers {
                     }
                 }
             }
-            let target = format!(
-                "{name}.service.{}.{}.",
-                self.config().datacenter,
-                self.config().domains[0]
-            );
-            let old = index.service_ips.remove(lower);
-            if let Some((old_ips, old_target)) = &old {
+            let target: Box<str> =
+                format!("{name}.service.{}.{}.", cfg.datacenter, cfg.domains[0]).into();
+            if let Some((old_ips, old_target)) = index.service_ips.remove(lower) {
                 for ip in old_ips {
-                    if let Some(set) = index.names.get_mut(ip) {
-                        set.remove(old_target);
-                    }
-                    touched.insert(*ip);
+                    index.unlink(ip, &old_target);
                 }
             }
             for ip in &ips {
                 index.names.entry(*ip).or_default().insert(target.clone());
-                touched.insert(*ip);
             }
             if !ips.is_empty() {
                 index.service_ips.insert(lower.clone(), (ips, target));
             }
         }
         for name in &changes.nodes {
-            if let Some((ip, target)) = index.node_ip.remove(name) {
-                if let Some(set) = index.names.get_mut(&ip) {
-                    set.remove(&target);
-                }
-                touched.insert(ip);
+            if let Some(ip) = index.node_ip.remove(name) {
+                index.unlink(ip, &node_target(name));
             }
-            let node = state
-                .node(name)
-                .filter(|n| n.datacenter == self.config().datacenter);
+            let node = state.node(name).filter(|n| n.datacenter == cfg.datacenter);
             if let Some(ip) = node.and_then(|n| n.address.parse::<IpAddr>().ok()) {
-                let target = format!(
-                    "{name}.node.{}.{}.",
-                    self.config().datacenter,
-                    self.config().domains[0]
-                );
-                index.names.entry(ip).or_default().insert(target.clone());
-                index.node_ip.insert(name.clone(), (ip, target));
-                touched.insert(ip);
+                index.names.entry(ip).or_default().insert(node_target(name));
+                index.node_ip.insert(name.clone(), ip);
             }
         }
-        for ip in touched {
-            let names = index.names.get(&ip).filter(|s| !s.is_empty());
-            match names {
-                None => {
-                    index.names.remove(&ip);
-                    self.ptr.remove(&ip);
-                }
-                Some(names) => {
-                    let rrs: Vec<Box<[u8]>> = names
-                        .iter()
-                        .filter_map(|n| Name::from_ascii(n).ok())
-                        .map(|n| {
-                            owned_by_question(&rr_tail(
-                                RecordType::PTR,
-                                self.config().dns.node_ttl,
-                                &RData::PTR(PTR(n)),
-                            ))
-                        })
-                        .collect();
-                    self.ptr.insert(ip, rrs.into());
-                }
+    }
+}
+
+impl PtrIndex {
+    fn unlink(&mut self, ip: IpAddr, target: &str) {
+        if let Some(set) = self.names.get_mut(&ip) {
+            set.remove(&target.into());
+            if set.is_empty() {
+                self.names.remove(&ip);
             }
         }
     }

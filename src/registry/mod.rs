@@ -9,12 +9,15 @@
 
 pub mod definition;
 pub mod model;
+pub mod small;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
+
+use small::{SmallMap, SmallSet};
 
 pub use model::{
     Check, CheckKind, Health, Instance, InstanceKey, KvEntry, Meta, Node, Source, TaggedAddress,
@@ -98,13 +101,13 @@ pub struct CheckOwner {
 pub struct State {
     nodes: BTreeMap<String, Node>,
     instances: BTreeMap<InstanceKey, Instance>,
-    checks: HashMap<CheckOwner, BTreeMap<String, Check>>,
+    checks: HashMap<CheckOwner, SmallMap<String, Check>>,
     /// (node, check id) → owner, to find a check by the ID the API uses.
     check_owner: HashMap<(String, String), CheckOwner>,
     /// lower-cased service name → its instances.
     by_service: BTreeMap<String, BTreeSet<InstanceKey>>,
     /// node name → its instances.
-    by_node: HashMap<String, BTreeSet<InstanceKey>>,
+    by_node: HashMap<String, SmallSet<InstanceKey>>,
     kv: BTreeMap<String, KvEntry>,
     index: u64,
     tables: TableIndexes,

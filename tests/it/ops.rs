@@ -295,3 +295,58 @@ async fn query_log_is_opt_in_and_json_logs_are_json() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Queries that waited in the queue past `shed_after_ms` are dropped, the
+/// oldest first, and fresh ones are answered: the server is frozen
+/// (SIGSTOP) while a burst queues up, then resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_queries_whose_clients_gave_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("signpost.toml");
+    std::fs::write(&config, "[dns_config]\nshed_after_ms = 50\n").unwrap();
+    let srv = run_binary(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--zones",
+        shipped_zones().to_str().unwrap(),
+    ]);
+    let pid = srv.child.id().to_string();
+    let signal = |s: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let q = query_bytes("web.service.consul.", RecordType::A, None);
+    signal("-STOP");
+    for _ in 0..200 {
+        flood.send_to(&q, srv.dns).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal("-CONT");
+    // A fresh query is answered at once...
+    let m = query(srv.dns, Via::Udp, "web.service.consul.", RecordType::A).await;
+    assert_eq!(m.answers.len(), 3);
+    // ...while the stale ones were dropped, not answered late.
+    flood
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut late = 0;
+    let mut buf = [0u8; 512];
+    while flood.recv(&mut buf).is_ok() {
+        late += 1;
+    }
+    assert_eq!(late, 0, "answers to queries 300 ms stale");
+    let m = parse_metrics(
+        &http("GET", &format!("http://{}/metrics", srv.http), None)
+            .await
+            .body,
+    );
+    assert!(
+        m["signpost_dns_shed_total"] >= 200.0,
+        "shed {}",
+        m["signpost_dns_shed_total"]
+    );
+}
