@@ -133,6 +133,12 @@ fn bench(c: &mut Criterion) {
             query("s500.service.consul.", RecordType::A, false),
             Transport::Udp,
         ),
+        // The same three answers (udp_answer_limit) out of 5,000 instances.
+        (
+            "A_no_edns_5000_instances",
+            query("big.service.consul.", RecordType::A, false),
+            Transport::Udp,
+        ),
         (
             "5_instances_SRV_tcp",
             query("s7.service.consul.", RecordType::SRV, false),
