@@ -2,19 +2,12 @@
 //! registry holds 20,000 services × 5 instances, each on its own node,
 //! with every answer set built. `cargo bench --bench memory`.
 
+mod common;
+
+use common::rss_mib;
+
 use signpost::registry::{Instance, Node, Source, Weights};
 use signpost::{Config, Signpost};
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -7,6 +7,10 @@
 //! (it speaks Consul's HTTP API) in a child process, so the memory measured
 //! is the sidecar's own. Loopback only.
 
+mod common;
+
+use common::rss_mib;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -23,17 +27,6 @@ use signpost::{Config, Signpost};
 const UPSTREAM_ENV: &str = "SIGNPOST_BENCH_UPSTREAM";
 const SERVICES: usize = 1000;
 const INSTANCES: usize = 10;
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
 
 fn registration(s: usize, i: usize) -> String {
     let n = s * INSTANCES + i + 1;

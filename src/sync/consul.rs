@@ -666,11 +666,8 @@ impl ConsulSync {
             }
             // What Consul stopped reporting.
             let state = txn.state();
-            let gone: Vec<InstanceKey> = state
-                .service_instances(&lower)
-                .filter(|v| v.instance.source == Source::Consul)
-                .filter(|v| v.node.is_none_or(|n| n.datacenter == dc))
-                .map(|v| v.instance.key())
+            let gone: Vec<InstanceKey> = mirrored(state, &lower, &dc)
+                .into_iter()
                 .filter(|k| !keep_instances.contains(k))
                 .collect();
             let stale_checks: Vec<(String, String)> = keep_instances
@@ -695,14 +692,7 @@ impl ConsulSync {
         let dc = dc.unwrap_or(&self.local_dc).to_ascii_lowercase();
         let lower = name.to_ascii_lowercase();
         self.registry.write(|txn| {
-            let gone: Vec<InstanceKey> = txn
-                .state()
-                .service_instances(&lower)
-                .filter(|v| v.instance.source == Source::Consul)
-                .filter(|v| v.node.is_none_or(|n| n.datacenter == dc))
-                .map(|v| v.instance.key())
-                .collect();
-            for key in gone {
+            for key in mirrored(txn.state(), &lower, &dc) {
                 txn.remove_instance(&key);
                 remove_if_orphan(txn, &key.node);
             }
@@ -753,6 +743,16 @@ impl ConsulSync {
             }
         }
     }
+}
+
+/// The instances of a service in a datacenter that came from Consul.
+fn mirrored(state: &crate::registry::State, lower: &str, dc: &str) -> Vec<InstanceKey> {
+    state
+        .service_instances(lower)
+        .filter(|v| v.instance.source == Source::Consul)
+        .filter(|v| v.node.is_none_or(|n| n.datacenter == dc))
+        .map(|v| v.instance.key())
+        .collect()
 }
 
 /// A Consul node left with no instance goes too.
