@@ -81,8 +81,6 @@ pub struct TableIndexes {
     /// Lower-cased service name → last change; kept after the service is
     /// gone so that its deregistration has an index too.
     pub service: HashMap<String, u64>,
-    /// Node name → last change (its entry, instances or checks).
-    pub node: HashMap<String, u64>,
 }
 
 /// Checks are grouped by what they belong to: a node (`service_id: None`)
@@ -105,7 +103,7 @@ pub struct State {
     /// (node, check id) → owner, to find a check by the ID the API uses.
     check_owner: HashMap<(String, String), CheckOwner>,
     /// lower-cased service name → its instances.
-    by_service: BTreeMap<String, BTreeSet<InstanceKey>>,
+    by_service: BTreeMap<String, SmallSet<InstanceKey>>,
     /// node name → its instances.
     by_node: HashMap<String, SmallSet<InstanceKey>>,
     kv: BTreeMap<String, KvEntry>,
@@ -155,8 +153,7 @@ impl State {
             t.service.insert(s.clone(), index);
             t.services = index;
         }
-        for n in &changes.nodes {
-            t.node.insert(n.clone(), index);
+        if !changes.nodes.is_empty() {
             t.nodes = index;
         }
         if changes.checks {
