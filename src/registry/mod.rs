@@ -147,6 +147,23 @@ impl State {
             .map(|(_, v)| v)
     }
 
+    /// Stores an instance and indexes it by service and node; returns its
+    /// lower-cased service name.
+    fn insert_instance(&mut self, inst: Instance) -> String {
+        let key = inst.key();
+        let lower = inst.name.to_ascii_lowercase();
+        self.by_service
+            .entry(lower.clone())
+            .or_default()
+            .insert(key.clone());
+        self.by_node
+            .entry(key.node.clone())
+            .or_default()
+            .insert(key.clone());
+        self.instances.insert(key, inst);
+        lower
+    }
+
     fn stamp(&mut self, changes: &Changes, index: u64) {
         let t = &mut self.tables;
         for s in &changes.services {
@@ -356,18 +373,7 @@ impl Txn<'_> {
             inst.create_index = self.next_index;
         }
         inst.modify_index = self.next_index;
-        let lower = inst.name.to_ascii_lowercase();
-        self.state
-            .by_service
-            .entry(lower.clone())
-            .or_default()
-            .insert(key.clone());
-        self.state
-            .by_node
-            .entry(key.node.clone())
-            .or_default()
-            .insert(key.clone());
-        self.state.instances.insert(key.clone(), inst);
+        let lower = self.state.insert_instance(inst);
         self.touched.instances.insert(key.clone());
         self.changes.services.insert(lower);
         self.changes.nodes.insert(key.node.clone());
@@ -599,21 +605,10 @@ impl Txn<'_> {
             self.touch_node(&name);
         }
         for i in saved.instances {
-            let key = i.key();
-            let lower = i.name.to_ascii_lowercase();
-            self.state
-                .by_service
-                .entry(lower.clone())
-                .or_default()
-                .insert(key.clone());
-            self.state
-                .by_node
-                .entry(key.node.clone())
-                .or_default()
-                .insert(key.clone());
-            self.state.instances.insert(key.clone(), i);
+            let node = i.node.clone();
+            let lower = self.state.insert_instance(i);
             self.changes.services.insert(lower);
-            self.changes.nodes.insert(key.node);
+            self.changes.nodes.insert(node);
         }
         for c in saved.checks {
             let owner = CheckOwner {
