@@ -321,6 +321,28 @@ async fn overload_sheds_queries_whose_clients_gave_up() {
     let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let q = query_bytes("web.service.consul.", RecordType::A, None);
     signal("-STOP");
+    // kill returns before the process has stopped; the queries must only
+    // go out once it has, or a still running thread answers them fresh.
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.filter_map(Result::ok).all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                == Some("T")
+        })
+    };
+    let start = Instant::now();
+    while !all_stopped() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for _ in 0..200 {
         flood.send_to(&q, srv.dns).unwrap();
     }
