@@ -11,9 +11,7 @@ mod common;
 use common::rss_mib;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,16 +80,7 @@ fn main() {
     }
     let checks = env_or("BENCH_CHECKS", 10_000);
     let seconds = env_or("BENCH_SECONDS", 30);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(TARGET_ENV, "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let target: SocketAddr = line.trim().parse().unwrap();
+    let (mut child, target) = common::spawn_peer(TARGET_ENV);
 
     rt.block_on(async {
         let signpost = Signpost::start(Config::ephemeral()).await.unwrap();

@@ -11,9 +11,8 @@ mod common;
 
 use common::rss_mib;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -88,17 +87,7 @@ fn main() {
         println!("sidecar: run with `cargo bench --bench sidecar`");
         return;
     }
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(UPSTREAM_ENV, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let upstream: SocketAddr = line.trim().parse().unwrap();
+    let (mut child, upstream) = common::spawn_peer(UPSTREAM_ENV);
 
     rt.block_on(async {
         let rss_before = rss_mib();

@@ -1,4 +1,7 @@
 //! Helpers shared by the benchmarks that measure a whole process.
+//! Each bench compiles this module on its own and uses only some of it.
+
+#![allow(dead_code)]
 
 /// Resident set size of this process, in MiB (Linux).
 pub fn rss_mib() -> f64 {
@@ -10,4 +13,23 @@ pub fn rss_mib() -> f64 {
         .and_then(|v| v.parse().ok())
         .expect("a VmRSS line");
     kb / 1024.0
+}
+
+/// Runs this bench binary again with `env` set (so it plays a peer in its
+/// own process, whose memory and CPU are not counted), and reads the
+/// address it prints first.
+pub fn spawn_peer(env: &str) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(env, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the peer");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the peer prints its address");
+    let addr = line.trim().parse().expect("an address");
+    (child, addr)
 }

@@ -461,14 +461,6 @@ impl CheckDef {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct RawTaggedAddress {
-    #[serde(rename = "Address", alias = "address", default)]
-    address: String,
-    #[serde(rename = "Port", alias = "port", default)]
-    port: u16,
-}
-
 /// The agent's service definition.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -486,7 +478,7 @@ struct RawService {
         alias = "tagged_addresses",
         deserialize_with = "de_null_default"
     )]
-    tagged_addresses: BTreeMap<String, RawTaggedAddress>,
+    tagged_addresses: BTreeMap<String, TaggedAddress>,
     #[serde(rename = "Meta", alias = "meta", deserialize_with = "de_null_default")]
     meta: Meta,
     #[serde(rename = "Port", alias = "port")]
@@ -602,19 +594,7 @@ impl TryFrom<RawService> for ServiceDef {
             port,
             meta: raw.meta,
             weights,
-            tagged_addresses: raw
-                .tagged_addresses
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        TaggedAddress {
-                            address: v.address,
-                            port: v.port,
-                        },
-                    )
-                })
-                .collect(),
+            tagged_addresses: raw.tagged_addresses,
             enable_tag_override: raw.enable_tag_override.unwrap_or(false),
             checks,
         })

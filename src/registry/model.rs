@@ -124,9 +124,10 @@ pub struct Instance {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaggedAddress {
-    #[serde(rename = "Address")]
+    // Consul writes these keys capitalised in some places and not in others.
+    #[serde(rename = "Address", alias = "address", default)]
     pub address: String,
-    #[serde(rename = "Port")]
+    #[serde(rename = "Port", alias = "port", default)]
     pub port: u16,
 }
 

@@ -112,7 +112,7 @@ struct CService {
     #[serde(default)]
     weights: Option<CWeights>,
     #[serde(default, deserialize_with = "null_default")]
-    tagged_addresses: BTreeMap<String, CTagged>,
+    tagged_addresses: BTreeMap<String, TaggedAddress>,
     #[serde(default)]
     enable_tag_override: bool,
 }
@@ -122,14 +122,6 @@ struct CService {
 struct CWeights {
     passing: i64,
     warning: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct CTagged {
-    #[serde(rename = "Address", alias = "address", default)]
-    address: String,
-    #[serde(rename = "Port", alias = "port", default)]
-    port: u16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -616,20 +608,7 @@ impl ConsulSync {
                     port: e.service.port,
                     meta: e.service.meta,
                     weights,
-                    tagged_addresses: e
-                        .service
-                        .tagged_addresses
-                        .into_iter()
-                        .map(|(k, v)| {
-                            (
-                                k,
-                                TaggedAddress {
-                                    address: v.address,
-                                    port: v.port,
-                                },
-                            )
-                        })
-                        .collect(),
+                    tagged_addresses: e.service.tagged_addresses,
                     enable_tag_override: e.service.enable_tag_override,
                     source: Source::Consul,
                     create_index: 0,
