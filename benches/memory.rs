@@ -6,7 +6,7 @@ mod common;
 
 use common::rss_mib;
 
-use signpost::registry::{Instance, Node, Source, Weights};
+use signpost::registry::{Check, CheckKind, Health, Instance, Node, Source, Weights};
 use signpost::{Config, Signpost};
 
 fn main() {
@@ -25,6 +25,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    // BENCH_CHECKS=1: a TTL check on every instance, as most deployments
+    // have; the health supervisor runs them (a task each).
+    let checks = std::env::var_os("BENCH_CHECKS").is_some();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let signpost = Signpost::start(Config::ephemeral()).await.unwrap();
@@ -56,6 +59,25 @@ fn main() {
                         create_index: 0,
                         modify_index: 0,
                     });
+                    if checks {
+                        t.upsert_check(Check {
+                            node: node.clone(),
+                            id: format!("service:s{s}-{i}"),
+                            name: format!("Service 's{s}' check"),
+                            status: Health::Passing,
+                            output: String::new(),
+                            notes: String::new(),
+                            service_id: Some(format!("s{s}-{i}")),
+                            service_name: format!("s{s}"),
+                            kind: CheckKind::Ttl {
+                                ttl: std::time::Duration::from_secs(30),
+                            },
+                            thresholds: Default::default(),
+                            source: Source::Api,
+                            create_index: 0,
+                            modify_index: 0,
+                        });
+                    }
                     t.upsert_instance(Instance {
                         node,
                         id: format!("s{s}-{i}"),
@@ -77,7 +99,8 @@ fn main() {
         let took = started.elapsed();
         let after = rss_mib();
         let total = services * per;
-        println!("memory: {total} instances ({services} services x {per}, 2 tags each, {per_node} per node)");
+        let with = if checks { ", a TTL check each" } else { "" };
+        println!("memory: {total} instances ({services} services x {per}, 2 tags each, {per_node} per node{with})");
         println!("  loaded in      {:.2} s ({} registry writes)", took.as_secs_f64(), services);
         println!("  RSS            {before:.1} MiB empty, {after:.1} MiB loaded");
         println!("  per instance   {:.2} KiB", (after - before) * 1024.0 / total as f64);

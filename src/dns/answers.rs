@@ -61,6 +61,11 @@ pub const SRV_TARGET_AT: usize = 18;
 /// Where the RDATA starts in a record with a 2-byte owner pointer.
 pub const RDATA_AT: usize = 12;
 
+/// A node's meta as TXT records, shared by the entries of its instances.
+/// `None` rather than an empty slice: an empty `Arc` still allocates, once
+/// per instance.
+pub type NodeTxt = Option<Arc<[Box<[u8]>]>>;
+
 /// One instance's ready-made records.
 #[derive(Debug)]
 pub struct Entry {
@@ -75,7 +80,7 @@ pub struct Entry {
     pub glue: bool,
     /// The node's meta as TXT records (type..RDATA), for the additional
     /// section of SRV answers whose target is the node.
-    pub node_txt: Arc<[Box<[u8]>]>,
+    pub node_txt: NodeTxt,
     /// Instances on the same target share one id, so glue is sent once.
     pub target_id: u32,
     /// SRV weight for its health state; also the weight of weighted order.
@@ -385,7 +390,7 @@ impl Answers {
         v: &InstanceView<'_>,
         ttl: u32,
         target_ids: &mut HashMap<Vec<u8>, u32>,
-        node_txt: &mut HashMap<String, Arc<[Box<[u8]>]>>,
+        node_txt: &mut HashMap<String, NodeTxt>,
     ) -> Option<Entry> {
         let node = v.node?;
         let inst = v.instance;
@@ -440,10 +445,13 @@ impl Answers {
             let node_ttl = self.config().dns.node_ttl;
             node_txt
                 .entry(node.name.clone())
-                .or_insert_with(|| txt_tails(&node.meta, node_ttl).into())
+                .or_insert_with(|| {
+                    let tails = txt_tails(&node.meta, node_ttl);
+                    (!tails.is_empty()).then(|| tails.into())
+                })
                 .clone()
         } else {
-            Arc::from(Vec::new())
+            None
         };
         Some(Entry {
             addr_rr,

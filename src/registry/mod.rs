@@ -97,15 +97,13 @@ pub struct CheckOwner {
 /// by [`Txn`]; nothing outside this module mutates it.
 #[derive(Debug, Default)]
 pub struct State {
-    nodes: BTreeMap<String, Node>,
-    instances: BTreeMap<InstanceKey, Instance>,
+    nodes: BTreeMap<String, Box<Node>>,
+    instances: BTreeMap<InstanceKey, Box<Instance>>,
     checks: HashMap<CheckOwner, SmallMap<String, Check>>,
     /// (node, check id) → owner, to find a check by the ID the API uses.
     check_owner: HashMap<(String, String), CheckOwner>,
     /// lower-cased service name → its instances.
     by_service: BTreeMap<String, SmallSet<InstanceKey>>,
-    /// node name → its instances.
-    by_node: HashMap<String, SmallSet<InstanceKey>>,
     kv: BTreeMap<String, KvEntry>,
     index: u64,
     tables: TableIndexes,
@@ -147,7 +145,7 @@ impl State {
             .map(|(_, v)| v)
     }
 
-    /// Stores an instance and indexes it by service and node; returns its
+    /// Stores an instance and indexes it by service; returns its
     /// lower-cased service name.
     fn insert_instance(&mut self, inst: Instance) -> String {
         let key = inst.key();
@@ -156,11 +154,7 @@ impl State {
             .entry(lower.clone())
             .or_default()
             .insert(key.clone());
-        self.by_node
-            .entry(key.node.clone())
-            .or_default()
-            .insert(key.clone());
-        self.instances.insert(key, inst);
+        self.instances.insert(key, Box::new(inst));
         lower
     }
 
@@ -182,28 +176,19 @@ impl State {
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(name)
+        self.nodes.get(name).map(|n| &**n)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
-    }
-
-    /// The node whose name matches case-insensitively, as DNS asks.
-    pub fn node_ci(&self, lower: &str) -> Option<&Node> {
-        self.nodes.get(lower).or_else(|| {
-            self.nodes
-                .values()
-                .find(|n| n.name.eq_ignore_ascii_case(lower))
-        })
+        self.nodes.values().map(|n| &**n)
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
-        self.instances.get(key)
+        self.instances.get(key).map(|i| &**i)
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
-        self.instances.values()
+        self.instances.values().map(|i| &**i)
     }
 
     /// Lower-cased names of every service with at least one instance.
@@ -226,18 +211,25 @@ impl State {
 
     /// Every instance on a node.
     pub fn node_instances<'a>(&'a self, node: &str) -> impl Iterator<Item = InstanceView<'a>> + 'a {
-        self.by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(move |k| self.view(k))
+        self.keys_on(node).filter_map(move |k| self.view(k))
+    }
+
+    /// The keys of a node's instances: keys sort by node first, so they are
+    /// one range of the instance map (no per-node index to keep in memory).
+    fn keys_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a InstanceKey> + 'a {
+        let node = node.to_string();
+        let from = InstanceKey::new(&node, "");
+        self.instances
+            .range(from..)
+            .map(|(k, _)| k)
+            .take_while(move |k| k.node == node)
     }
 
     pub fn view(&self, key: &InstanceKey) -> Option<InstanceView<'_>> {
         let instance = self.instances.get(key)?;
         Some(InstanceView {
             instance,
-            node: self.nodes.get(&key.node),
+            node: self.node(&key.node),
             health: self.health_of(key),
         })
     }
@@ -300,12 +292,8 @@ impl Txn<'_> {
         // every service with an instance on it.
         let names: Vec<String> = self
             .state
-            .by_node
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.state.instances.get(k))
-            .map(|i| i.name.to_ascii_lowercase())
+            .node_instances(name)
+            .map(|v| v.instance.name.to_ascii_lowercase())
             .collect();
         self.changes.services.extend(names);
     }
@@ -315,7 +303,7 @@ impl Txn<'_> {
         if let Some(old) = self.state.nodes.get(&node.name) {
             node.create_index = old.create_index;
             node.modify_index = old.modify_index;
-            if *old == node {
+            if **old == node {
                 return;
             }
         } else {
@@ -323,21 +311,14 @@ impl Txn<'_> {
         }
         node.modify_index = self.next_index;
         let name = node.name.clone();
-        self.state.nodes.insert(name.clone(), node);
+        self.state.nodes.insert(name.clone(), Box::new(node));
         self.touched.nodes.insert(name.clone());
         self.touch_node(&name);
     }
 
     /// Removes a node with its instances and checks.
     pub fn remove_node(&mut self, name: &str) -> bool {
-        let keys: Vec<InstanceKey> = self
-            .state
-            .by_node
-            .get(name)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let keys: Vec<InstanceKey> = self.state.keys_on(name).cloned().collect();
         for k in keys {
             self.remove_instance(&k);
         }
@@ -361,7 +342,7 @@ impl Txn<'_> {
         if let Some(old) = self.state.instances.get(&key) {
             inst.create_index = old.create_index;
             inst.modify_index = old.modify_index;
-            if *old == inst {
+            if **old == inst {
                 return;
             }
             if !old.name.eq_ignore_ascii_case(&inst.name) {
@@ -394,19 +375,13 @@ impl Txn<'_> {
         self.touched.instances.insert(key.clone());
         let lower = inst.name.to_ascii_lowercase();
         self.unindex_service(&lower, key);
-        if let Some(set) = self.state.by_node.get_mut(&key.node) {
-            set.remove(key);
-            if set.is_empty() {
-                self.state.by_node.remove(&key.node);
-            }
-        }
         self.remove_checks_of(&CheckOwner {
             node: key.node.clone(),
             service_id: Some(key.id.clone()),
         });
         self.changes.services.insert(lower);
         self.changes.nodes.insert(key.node.clone());
-        Some(inst)
+        Some(*inst)
     }
 
     fn remove_checks_of(&mut self, owner: &CheckOwner) {
@@ -601,7 +576,7 @@ impl Txn<'_> {
     pub fn restore(&mut self, saved: store::Saved) {
         for n in saved.nodes {
             let name = n.name.clone();
-            self.state.nodes.insert(name.clone(), n);
+            self.state.nodes.insert(name.clone(), Box::new(n));
             self.touch_node(&name);
         }
         for i in saved.instances {
@@ -647,7 +622,7 @@ impl Txn<'_> {
             .instances
             .values()
             .filter(|i| i.source == source && !keep_instances.contains(&i.key()))
-            .map(Instance::key)
+            .map(|i| i.key())
             .collect();
         for k in gone {
             self.remove_instance(&k);
@@ -667,7 +642,7 @@ impl Txn<'_> {
             .nodes
             .values()
             .filter(|n| n.source == source && !keep_nodes.contains(&n.name))
-            .filter(|n| !self.state.by_node.contains_key(&n.name))
+            .filter(|n| self.state.keys_on(&n.name).next().is_none())
             .map(|n| n.name.clone())
             .collect();
         for n in gone {
