@@ -12,6 +12,8 @@ pub mod probe;
 pub mod status;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,18 +159,18 @@ impl HealthChecks {
     }
 }
 
-fn specs(registry: &Registry) -> HashMap<CheckKey, Spec> {
+fn specs(registry: &Registry) -> HashMap<CheckKey, Arc<Spec>> {
     registry.read(|s| {
         s.checks()
             .filter(|c| c.source != Source::Consul && c.kind != CheckKind::Static)
             .map(|c| {
                 (
                     (c.node.clone(), c.id.clone()),
-                    Spec {
+                    Arc::new(Spec {
                         kind: c.kind.clone(),
                         thresholds: c.thresholds,
                         service_id: c.service_id.clone(),
-                    },
+                    }),
                 )
             })
             .collect()
@@ -177,7 +179,8 @@ fn specs(registry: &Registry) -> HashMap<CheckKey, Spec> {
 
 async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut changes = registry.subscribe();
-    let mut tasks: HashMap<CheckKey, (Spec, AbortHandle)> = HashMap::new();
+    // The spec is shared with the task: one copy per check, not two.
+    let mut tasks: HashMap<CheckKey, (Arc<Spec>, AbortHandle)> = HashMap::new();
     let mut set = JoinSet::new();
     let mut seen = None;
     loop {
@@ -200,7 +203,7 @@ async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch
                     Arc::clone(&registry),
                     Arc::clone(&shared),
                     key.clone(),
-                    spec.clone(),
+                    Arc::clone(&spec),
                 ));
                 tasks.insert(key, (spec, handle));
             }
@@ -214,15 +217,28 @@ async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch
     set.shutdown().await;
 }
 
-async fn run_check(registry: Arc<Registry>, shared: Arc<Shared>, key: CheckKey, spec: Spec) {
-    let _live = Live::new(&shared.running);
+/// A check's task. Boxed per kind: a TTL check waits on a timer and a
+/// notification, a periodic one also holds a probe in flight, and a task
+/// sized for the larger would cost every TTL check a kilobyte more.
+fn run_check(
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    key: CheckKey,
+    spec: Arc<Spec>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let reaper = Reaper::new(&spec);
-    match &spec.kind {
-        CheckKind::Ttl { ttl } => run_ttl(&registry, &shared, &key, *ttl, reaper).await,
+    match spec.kind {
+        CheckKind::Ttl { ttl } => Box::pin(async move {
+            let _live = Live::new(&shared.running);
+            run_ttl(&registry, &shared, &key, ttl, reaper).await
+        }),
         CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => {
-            run_periodic(&registry, &shared, &key, &spec, *interval, reaper).await
+            Box::pin(async move {
+                let _live = Live::new(&shared.running);
+                run_periodic(&registry, &shared, &key, &spec, interval, reaper).await
+            })
         }
-        CheckKind::Static => {}
+        CheckKind::Static => Box::pin(std::future::ready(())),
     }
 }
 
