@@ -61,10 +61,10 @@ pub const SRV_TARGET_AT: usize = 18;
 /// Where the RDATA starts in a record with a 2-byte owner pointer.
 pub const RDATA_AT: usize = 12;
 
-/// A node's meta as TXT records, shared by the entries of its instances.
-/// `None` rather than an empty slice: an empty `Arc` still allocates, once
-/// per instance.
-pub type NodeTxt = Option<Arc<[Box<[u8]>]>>;
+/// The `node_txt` of every instance whose node has no meta: an empty `Arc`
+/// still allocates, and there is one per instance.
+static NO_TXT: std::sync::LazyLock<Arc<[Box<[u8]>]>> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::new()));
 
 /// One instance's ready-made records.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ pub struct Entry {
     pub glue: bool,
     /// The node's meta as TXT records (type..RDATA), for the additional
     /// section of SRV answers whose target is the node.
-    pub node_txt: NodeTxt,
+    pub node_txt: Arc<[Box<[u8]>]>,
     /// Instances on the same target share one id, so glue is sent once.
     pub target_id: u32,
     /// SRV weight for its health state; also the weight of weighted order.
@@ -390,7 +390,7 @@ impl Answers {
         v: &InstanceView<'_>,
         ttl: u32,
         target_ids: &mut HashMap<Vec<u8>, u32>,
-        node_txt: &mut HashMap<String, NodeTxt>,
+        node_txt: &mut HashMap<String, Arc<[Box<[u8]>]>>,
     ) -> Option<Entry> {
         let node = v.node?;
         let inst = v.instance;
@@ -445,13 +445,13 @@ impl Answers {
             let node_ttl = self.config().dns.node_ttl;
             node_txt
                 .entry(node.name.clone())
-                .or_insert_with(|| {
-                    let tails = txt_tails(&node.meta, node_ttl);
-                    (!tails.is_empty()).then(|| tails.into())
+                .or_insert_with(|| match txt_tails(&node.meta, node_ttl) {
+                    t if t.is_empty() => Arc::clone(&NO_TXT),
+                    t => t.into(),
                 })
                 .clone()
         } else {
-            None
+            Arc::clone(&NO_TXT)
         };
         Some(Entry {
             addr_rr,

@@ -871,7 +871,7 @@ impl Handler {
                     }
                 }
             }
-            for txt in e.node_txt.iter().flat_map(|t| t.iter()) {
+            for txt in e.node_txt.iter() {
                 if !w.additional(&[owner, txt]) {
                     return;
                 }
