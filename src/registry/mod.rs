@@ -770,3 +770,78 @@ impl Registry {
         self.index_tx.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl ChangeListener for Quiet {
+        fn changed(&self, _: &State, _: &Changes) {}
+    }
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
+            meta: Meta::new(),
+            tagged_addresses: BTreeMap::new(),
+            source: Source::Api,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn instance(node: &str, id: &str) -> Instance {
+        Instance {
+            node: node.into(),
+            id: id.into(),
+            name: id.into(),
+            tags: vec![],
+            address: String::new(),
+            port: 80,
+            meta: Meta::new(),
+            weights: Weights::default(),
+            tagged_addresses: BTreeMap::new(),
+            enable_tag_override: false,
+            source: Source::Api,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    /// A node's instances are a range of the instance map; names that
+    /// extend one another ("web", "web-2", "web2") must not bleed into it.
+    #[test]
+    fn node_scoped_reads_and_removal_stay_on_their_node() {
+        let r = Registry::new(Arc::new(Quiet));
+        r.write(|t| {
+            for n in ["web", "web-2", "web2", "wea"] {
+                t.upsert_node(node(n));
+                t.upsert_instance(instance(n, &format!("{n}-a")));
+                t.upsert_instance(instance(n, "shared"));
+            }
+        });
+        let on = |n: &str| -> Vec<String> {
+            r.read(|s| s.node_instances(n).map(|v| v.instance.id.clone()).collect())
+        };
+        assert_eq!(on("web"), ["shared", "web-a"]);
+        assert_eq!(on("web2"), ["shared", "web2-a"]);
+        let changed = r.write(|t| {
+            t.upsert_node(Node {
+                address: "10.0.0.2".into(),
+                ..node("web")
+            });
+            t.changes.services.clone()
+        });
+        assert_eq!(changed, BTreeSet::from(["shared".into(), "web-a".into()]));
+        r.write(|t| assert!(t.remove_node("web")));
+        assert!(on("web").is_empty());
+        for n in ["web-2", "web2", "wea"] {
+            assert_eq!(on(n).len(), 2, "{n} lost instances");
+        }
+        let shared = r.read(|s| s.service_instances("shared").count());
+        assert_eq!(shared, 3);
+    }
+}
