@@ -112,6 +112,17 @@ pub struct State {
     check_defs: u64,
 }
 
+/// The keys of one source's entries. A resync starts from the keys the
+/// source has, strikes each one it writes again, and removes the rest: it
+/// needs no list of everything it wrote, and never touches another
+/// source's entries.
+#[derive(Debug, Default)]
+pub struct SourceKeys {
+    pub nodes: BTreeSet<String>,
+    pub instances: BTreeSet<InstanceKey>,
+    pub checks: BTreeSet<(String, String)>,
+}
+
 /// An instance as DNS and the health endpoints see it.
 #[derive(Debug, Clone, Copy)]
 pub struct InstanceView<'a> {
@@ -172,6 +183,27 @@ impl State {
         }
         if changes.kv {
             t.kv = index;
+        }
+    }
+
+    /// The keys of every entry that came from `source`.
+    pub fn keys_of(&self, source: Source) -> SourceKeys {
+        SourceKeys {
+            nodes: self
+                .nodes()
+                .filter(|n| n.source == source)
+                .map(|n| n.name.clone())
+                .collect(),
+            instances: self
+                .instances()
+                .filter(|i| i.source == source)
+                .map(Instance::key)
+                .collect(),
+            checks: self
+                .checks()
+                .filter(|c| c.source == source)
+                .map(|c| (c.node.clone(), c.id.clone()))
+                .collect(),
         }
     }
 
@@ -607,46 +639,29 @@ impl Txn<'_> {
         }
     }
 
-    /// Removes every node, instance and check of `source` that `keep` does
-    /// not name. Used by a source's resync so that it never touches the
-    /// entries of another source.
-    pub fn retain_source(
-        &mut self,
-        source: Source,
-        keep_nodes: &BTreeSet<String>,
-        keep_instances: &BTreeSet<InstanceKey>,
-        keep_checks: &BTreeSet<(String, String)>,
-    ) {
-        let gone: Vec<InstanceKey> = self
-            .state
-            .instances
-            .values()
-            .filter(|i| i.source == source && !keep_instances.contains(&i.key()))
-            .map(|i| i.key())
-            .collect();
-        for k in gone {
-            self.remove_instance(&k);
+    /// Removes the entries of `stale` that still belong to `source` (a
+    /// concurrent write may have claimed one for another source since), and
+    /// nodes of `source` among them once no instance is left on them.
+    pub fn remove_stale(&mut self, source: Source, stale: &SourceKeys) {
+        for k in &stale.instances {
+            if self.state.instance(k).is_some_and(|i| i.source == source) {
+                self.remove_instance(k);
+            }
         }
-        let gone: Vec<(String, String)> = self
-            .state
-            .checks()
-            .filter(|c| c.source == source)
-            .map(|c| (c.node.clone(), c.id.clone()))
-            .filter(|k| !keep_checks.contains(k))
-            .collect();
-        for (node, id) in gone {
-            self.remove_check(&node, &id);
+        for (node, id) in &stale.checks {
+            if self
+                .state
+                .check(node, id)
+                .is_some_and(|c| c.source == source)
+            {
+                self.remove_check(node, id);
+            }
         }
-        let gone: Vec<String> = self
-            .state
-            .nodes
-            .values()
-            .filter(|n| n.source == source && !keep_nodes.contains(&n.name))
-            .filter(|n| self.state.keys_on(&n.name).next().is_none())
-            .map(|n| n.name.clone())
-            .collect();
-        for n in gone {
-            self.remove_node(&n);
+        for n in &stale.nodes {
+            let ours = self.state.node(n).is_some_and(|n| n.source == source);
+            if ours && self.state.keys_on(n).next().is_none() {
+                self.remove_node(n);
+            }
         }
     }
 }

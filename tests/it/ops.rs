@@ -209,6 +209,27 @@ async fn sighup_reloads_good_files_and_keeps_serving_on_bad_ones() {
         "old data still served"
     );
     assert_eq!(a_ttl(srv.dns, "api.service.consul.").await, Some((1, 42)));
+
+    // Good again, with fewer files: what the files no longer define goes
+    // (an agent service, a catalog file's instances and nodes); the API's
+    // registration and the remaining files stay.
+    assert!(a_ttl(srv.dns, "db.service.consul.").await.is_some());
+    assert!(a_ttl(srv.dns, "db-node-1.node.consul.").await.is_some());
+    std::fs::remove_file(zones.join("broken.json")).unwrap();
+    std::fs::remove_file(zones.join("db.json")).unwrap();
+    hup(pid);
+    let start = Instant::now();
+    while a_ttl(srv.dns, "fresh.service.consul.").await.is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "removed definitions still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a_ttl(srv.dns, "db.service.consul.").await, None);
+    assert_eq!(a_ttl(srv.dns, "db-node-1.node.consul.").await, None);
+    assert_eq!(a_ttl(srv.dns, "web.service.consul.").await, Some((3, 42)));
+    assert_eq!(a_ttl(srv.dns, "api.service.consul.").await, Some((1, 42)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

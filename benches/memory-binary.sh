@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Resident memory of the real signpost binary holding 100,000 instances
+# (20,000 services x 5, two tags each, one node per instance), loaded from a
+# catalog-shape definition file, then (API=N) with N more registered over
+# HTTP into a --data-dir store. Loopback only.
+#
+#   benches/memory-binary.sh
+#   API=10000 benches/memory-binary.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+services=${SERVICES:-20000}
+
+cargo build --release --manifest-path "$root/Cargo.toml" --bin signpost
+mkdir -p "$work/zones" "$work/data"
+python3 - "$services" > "$work/zones/all.json" <<'EOF'
+import json, sys
+services = int(sys.argv[1])
+out = []
+for s in range(services):
+    for i in range(5):
+        n = s * 5 + i + 1
+        out.append({
+            "Node": f"n{n}",
+            "Address": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{max(n & 255, 1)}",
+            "Service": {"ID": f"s{s}-{i}", "Service": f"s{s}", "Tags": ["v1", "primary"], "Port": 8080},
+        })
+json.dump(out, sys.stdout)
+EOF
+
+"$root/target/release/signpost" --dns 127.0.0.1:0 --http 127.0.0.1:0 --zones "$work/zones" \
+  --data-dir "$work/data" --node bench --log-level info > "$work/log" 2>&1 &
+pid=$!
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$pid/status"; }
+# The HTTP address is logged at startup; the zones are loaded before it is.
+for _ in $(seq 300); do
+  http=$(grep -o 'serving HTTP on [0-9.:]*' "$work/log" | grep -o '[0-9.]*:[0-9]*$' || true)
+  [ -n "$http" ] && break
+  sleep 0.1
+done
+[ -n "$http" ] || { cat "$work/log"; echo "signpost did not start"; exit 1; }
+count=$(curl -s "http://$http/v1/catalog/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+sleep 2
+echo "$services x 5 instances from a definition file ($count services): RSS $(rss)"
+
+if [ "${API:-0}" -gt 0 ]; then
+  python3 - "$http" "$API" <<'EOF'
+import http.client, json, sys
+host, port = sys.argv[1].rsplit(":", 1)
+conn = http.client.HTTPConnection(host, int(port))
+for k in range(int(sys.argv[2])):
+    body = json.dumps({"Node": f"api{k}", "Address": "10.200.0.1",
+                       "Service": {"ID": f"a{k}", "Service": f"api{k // 5}", "Port": 80}})
+    conn.request("PUT", "/v1/catalog/register", body)
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+EOF
+  echo "and $API more registered over HTTP into the store: RSS $(rss)"
+fi
