@@ -6,6 +6,7 @@
 #
 #   benches/memory-binary.sh
 #   API=10000 benches/memory-binary.sh
+#   SERVICES=0 API=100000 benches/memory-binary.sh   # all through the API
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -58,4 +59,16 @@ for k in range(int(sys.argv[2])):
     assert r.status == 200, r.status
 EOF
   echo "and $API more registered over HTTP into the store: RSS $(rss)"
+  # Restart on the same store: everything comes back from it.
+  kill $pid; wait $pid 2>/dev/null || true
+  : > "$work/log"
+  "$root/target/release/signpost" --dns 127.0.0.1:0 --http 127.0.0.1:0 --zones "$work/zones" \
+    --data-dir "$work/data" --node bench --log-level info > "$work/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do
+    grep -q 'serving HTTP on' "$work/log" && break
+    sleep 0.1
+  done
+  sleep 2
+  echo "after a restart that restores them from the store: RSS $(rss)"
 fi

@@ -52,6 +52,9 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("registry entries serialize")
 }
 
+/// redb's page cache; see [`Store::open`].
+const STORE_CACHE_BYTES: usize = 8 << 20;
+
 fn pair_key(a: &str, b: &str) -> String {
     format!("{a}\0{b}")
 }
@@ -65,7 +68,15 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create data dir: {e}")))?;
-        let db = Database::create(&path).map_err(|e| fail(format!("cannot open store: {e}")))?;
+        // The registry in memory answers every read; the store is written
+        // through and read back only at start. redb's default 1 GiB page
+        // cache would keep a copy of the whole file resident (~70 MiB for
+        // 100,000 registrations) for nothing; a few MiB keep the upper
+        // B-tree pages of the write path.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| fail(format!("cannot open store: {e}")))?;
         let store = Store { db, path };
         // Create the tables up front so that reads never meet a missing one.
         store.run(|txn| {
