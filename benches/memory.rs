@@ -34,11 +34,7 @@ fn main() {
         // BENCH_REGISTRY_ONLY: the registry without answer sets, to see
         // which side the memory is on.
         let registry = if std::env::var_os("BENCH_REGISTRY_ONLY").is_some() {
-            struct Quiet;
-            impl signpost::registry::ChangeListener for Quiet {
-                fn changed(&self, _: &signpost::registry::State, _: &signpost::registry::Changes) {}
-            }
-            std::sync::Arc::new(signpost::registry::Registry::new(std::sync::Arc::new(Quiet)))
+            std::sync::Arc::new(signpost::registry::Registry::new(std::sync::Arc::new(())))
         } else {
             signpost.registry.clone()
         };

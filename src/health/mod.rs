@@ -438,15 +438,10 @@ async fn run_ttl(
 mod tests {
     use super::*;
     use crate::registry::definition::ServiceDef;
-    use crate::registry::{ChangeListener, Changes, Node, State};
-
-    struct Quiet;
-    impl ChangeListener for Quiet {
-        fn changed(&self, _: &State, _: &Changes) {}
-    }
+    use crate::registry::Node;
 
     fn registry_with(service: &str) -> Arc<Registry> {
-        let registry = Arc::new(Registry::new(Arc::new(Quiet)));
+        let registry = Arc::new(Registry::new(Arc::new(())));
         let def: ServiceDef = serde_json::from_str(service).unwrap();
         registry.write(|t| {
             t.upsert_node(Node {

@@ -32,6 +32,12 @@ pub trait ChangeListener: Send + Sync {
     fn changed(&self, state: &State, changes: &Changes);
 }
 
+/// No listener: a registry that nothing reads answers from (tests, the
+/// registry-only memory bench).
+impl ChangeListener for () {
+    fn changed(&self, _: &State, _: &Changes) {}
+}
+
 /// Names touched by one transaction: services lower-cased as DNS looks
 /// them up, nodes as registered.
 #[derive(Debug, Default, Clone)]
@@ -790,11 +796,6 @@ impl Registry {
 mod tests {
     use super::*;
 
-    struct Quiet;
-    impl ChangeListener for Quiet {
-        fn changed(&self, _: &State, _: &Changes) {}
-    }
-
     fn node(name: &str) -> Node {
         Node {
             name: name.into(),
@@ -830,7 +831,7 @@ mod tests {
     /// extend one another ("web", "web-2", "web2") must not bleed into it.
     #[test]
     fn node_scoped_reads_and_removal_stay_on_their_node() {
-        let r = Registry::new(Arc::new(Quiet));
+        let r = Registry::new(Arc::new(()));
         r.write(|t| {
             for n in ["web", "web-2", "web2", "wea"] {
                 t.upsert_node(node(n));
