@@ -301,7 +301,7 @@ impl Collector for DnsStats {
         encoder
             .encode_descriptor(
                 "dns_query_duration_seconds",
-                "Time to answer a query from memory (forwarded ones: until handed upstream)",
+                "Time from reading a query to its reply (forwarded ones: with the upstream's answer; UDP replies are sent and timed in batches)",
                 None,
                 MetricType::Histogram,
             )?

@@ -174,6 +174,11 @@ impl Settings {
     }
 }
 
+/// Name → answer set, hashed with foldhash: every query hashes a name, and
+/// std's SipHash cost as much as the rest of the lookup. foldhash is seeded
+/// at random per map, so names cannot be picked ahead of time to collide.
+type NameMap<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 pub struct Answers {
     /// Read once or twice per query (an arc-swap load takes no lock and
     /// no reference count); replaced by a reload.
@@ -183,10 +188,9 @@ pub struct Answers {
     /// threads read single entries while the registry listener replaces
     /// single entries: a reader holds a shard lock only long enough to
     /// clone the `Arc`, never across `.await` or while writing a reply.
-    services: DashMap<Box<str>, Arc<ServiceSet>>,
+    services: NameMap<Arc<ServiceSet>>,
     /// Lower-cased node name → its records (same locking rule).
-    nodes: DashMap<Box<str>, Arc<NodeSet>>,
-    /// Registered address → PTR records owned by the question (same rule).
+    nodes: NameMap<Arc<NodeSet>>,
     /// Registered address → the names pointing back at it. PTR records are
     /// encoded when asked for (PTR questions are rare; a ready-made set per
     /// address cost ~200 bytes a node). The listener writes, queries read;
@@ -285,8 +289,8 @@ impl Answers {
     pub fn new(cfg: AnswerConfig) -> Answers {
         Answers {
             settings: ArcSwap::from_pointee(Settings::new(cfg)),
-            services: DashMap::new(),
-            nodes: DashMap::new(),
+            services: NameMap::default(),
+            nodes: NameMap::default(),
             ptr_index: std::sync::RwLock::new(PtrIndex::default()),
             remote_dcs: Mutex::new(HashMap::new()),
         }

@@ -111,6 +111,8 @@ struct Ask {
     max: usize,
     /// Index of the domain the question used.
     domain: usize,
+    /// How A/AAAA answers are ordered (the `load_balancing` setting).
+    balance: Balance,
 }
 
 /// Sets larger than this are walked affinely rather than shuffled.
@@ -356,7 +358,9 @@ impl Handler {
             }
             Parsed::Query(q) => q,
         };
-        let dns = &self.answers.config().dns;
+        // One load of the settings for the whole query.
+        let settings = self.answers.config();
+        let dns = &settings.dns;
         // RA tells clients recursion is on offer: only with upstreams.
         let mut flags = Flags {
             authoritative: false,
@@ -384,8 +388,8 @@ impl Handler {
         if transport == Transport::Udp && q.edns.is_none() && dns.udp_answer_limit > 0 {
             max = max.min(dns.udp_answer_limit as usize);
         }
-        let domains = &self.answers.config().domains;
-        let Some((domain, head)) = domains
+        let Some((domain, head)) = settings
+            .domains
             .iter()
             .enumerate()
             .find_map(|(i, d)| labels.strip_domain(d).map(|h| (i, h)))
@@ -422,6 +426,7 @@ impl Handler {
             qtype: q.qtype,
             max,
             domain,
+            balance: dns.load_balancing,
         };
         let domain_at = HEADER_LEN + labels.offset(head);
         let found = self.lookup(&mut w, ask, classify(&labels, head), domain_at, scratch);
@@ -438,7 +443,7 @@ impl Handler {
         };
         if !matches!(found, Found::Answered) {
             let owner = pointer(domain_at).expect("question name is near the start");
-            w.authority(&[&owner, &self.answers.config().apex(domain).soa_tail]);
+            w.authority(&[&owner, &settings.apex(domain).soa_tail]);
         }
         flags.authoritative = true;
         w.finish(rcode, flags, payload);
@@ -797,7 +802,7 @@ impl Handler {
         let mode = if qtype == rtype::SRV {
             Balance::Weighted
         } else {
-            self.answers.config().dns.load_balancing
+            ask.balance
         };
         let draw = self.order(set, mode, s);
         let n = set.entries.len();

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Outcome, Scratch, Transport};
-use super::udp::{enable_timestamps, Batch};
+use super::udp::{enable_timestamps, Batch, Stamp};
 
 /// How often an idle UDP thread looks at the stop flag.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
@@ -219,17 +219,19 @@ fn udp_loop(
                 continue;
             }
         };
-        let now = std::time::SystemTime::now();
+        // Two clock reads a batch, none a datagram: the shed cutoff, and
+        // the start of the batch's latency (its replies all go out together).
+        let cutoff = Stamp::cutoff(std::time::SystemTime::now(), shed_after);
+        let started = std::time::Instant::now();
         batch.clear_replies();
         for i in 0..n {
-            let started = std::time::Instant::now();
-            let Some((datagram, out)) = batch.slot(i, now) else {
+            let Some((datagram, out)) = batch.slot(i, cutoff) else {
                 continue;
             };
             let peer = datagram.from;
             // Waited too long in the queue: its client has likely given
             // up; dropping it lets the fresh ones behind it through.
-            if datagram.waited.is_some_and(|w| w > shed_after) {
+            if datagram.stale {
                 handler.stats().shed.fetch_add(1, Ordering::Relaxed);
                 batch.cancel_reply();
                 continue;
@@ -238,7 +240,6 @@ fn udp_loop(
                 handler.handle(datagram.bytes, Transport::Udp, peer.ip(), out, &mut scratch);
             match outcome {
                 Outcome::Reply => {
-                    handler.stats().record(false, out, started.elapsed());
                     if query_log {
                         log_query(peer, "udp", out, started.elapsed());
                     }
@@ -272,6 +273,10 @@ fn udp_loop(
                     );
                 }
             }
+        }
+        let elapsed = started.elapsed();
+        for reply in batch.replies() {
+            handler.stats().record(false, reply, elapsed);
         }
         batch.send(&sock);
     }

@@ -50,8 +50,10 @@ pub struct Batch {
     cmsgs: Vec<[u8; CMSG_SPACE]>,
     iovecs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
+    /// Datagrams the last `receive` read: the headers to reset next time.
+    received: usize,
     /// Replies of this batch and their destinations.
-    pub replies: Vec<Vec<u8>>,
+    replies: Vec<Vec<u8>>,
     reply_to: Vec<usize>,
     out_iovecs: Vec<libc::iovec>,
     out_msgs: Vec<libc::mmsghdr>,
@@ -64,8 +66,26 @@ unsafe impl Send for Batch {}
 pub struct Datagram<'a> {
     pub bytes: &'a [u8],
     pub from: SocketAddr,
-    /// How long it waited in the socket's queue, when the kernel said.
-    pub waited: Option<Duration>,
+    /// It arrived before the batch's cutoff (see [`Stamp::cutoff`]): its
+    /// client has likely given up.
+    pub stale: bool,
+}
+
+/// A wall-clock time as the kernel stamps datagrams: (seconds,
+/// nanoseconds) since the epoch, so that stamps are compared, not converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(i64, i64);
+
+impl Stamp {
+    /// The time before which a datagram has waited longer than `limit` as
+    /// of `now`.
+    pub fn cutoff(now: SystemTime, limit: Duration) -> Stamp {
+        let t = now
+            .checked_sub(limit)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        Stamp(t.as_secs() as i64, i64::from(t.subsec_nanos()))
+    }
 }
 
 impl Default for Batch {
@@ -76,7 +96,7 @@ impl Default for Batch {
 
 impl Batch {
     pub fn new() -> Batch {
-        Batch {
+        let mut b = Batch {
             bufs: vec![[0u8; MAX_QUERY]; BATCH],
             // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C
             // structs for which all zeroes is a valid value.
@@ -84,30 +104,38 @@ impl Batch {
             cmsgs: vec![[0u8; CMSG_SPACE]; BATCH],
             iovecs: vec![unsafe { zeroed() }; BATCH],
             msgs: vec![unsafe { zeroed() }; BATCH],
+            received: BATCH,
             replies: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             reply_to: Vec::with_capacity(BATCH),
             out_iovecs: vec![unsafe { zeroed() }; BATCH],
             out_msgs: vec![unsafe { zeroed() }; BATCH],
+        };
+        // The headers point into the vectors' heap buffers, which never
+        // move or grow, so they are set once; `receive` only resets what
+        // the kernel writes back.
+        for i in 0..BATCH {
+            b.iovecs[i] = libc::iovec {
+                iov_base: b.bufs[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: MAX_QUERY,
+            };
+            let hdr = &mut b.msgs[i].msg_hdr;
+            hdr.msg_name = &mut b.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            hdr.msg_iov = &mut b.iovecs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = b.cmsgs[i].as_mut_ptr() as *mut libc::c_void;
         }
+        b
     }
 
     /// Waits for at least one datagram (or the socket's read timeout) and
     /// reads up to [`BATCH`]. Returns how many.
     pub fn receive(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: MAX_QUERY,
-            };
-            let hdr = &mut self.msgs[i].msg_hdr;
-            hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut self.iovecs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = self.cmsgs[i].as_mut_ptr() as *mut libc::c_void;
-            hdr.msg_controllen = CMSG_SPACE as _;
-            hdr.msg_flags = 0;
-            self.msgs[i].msg_len = 0;
+        // Only the headers of the last call's datagrams were written to.
+        for msg in &mut self.msgs[..self.received] {
+            msg.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_hdr.msg_controllen = CMSG_SPACE as _;
+            msg.msg_hdr.msg_flags = 0;
+            msg.msg_len = 0;
         }
         // SAFETY: every pointer in `msgs` points into buffers owned by
         // `self`, sized as declared, alive for the call.
@@ -121,8 +149,12 @@ impl Batch {
             )
         };
         if n < 0 {
+            // Nothing read, but reset all next time rather than trust that
+            // a failed call left every header alone.
+            self.received = BATCH;
             Err(io::Error::last_os_error())
         } else {
+            self.received = n as usize;
             Ok(n as usize)
         }
     }
@@ -130,21 +162,26 @@ impl Batch {
     /// Datagram `i` of the last [`receive`](Self::receive), with the
     /// buffer for its reply (sent by [`send`](Self::send) unless
     /// [`cancel_reply`](Self::cancel_reply) takes it back).
-    pub fn slot(&mut self, i: usize, now: SystemTime) -> Option<(Datagram<'_>, &mut Vec<u8>)> {
+    pub fn slot(&mut self, i: usize, cutoff: Stamp) -> Option<(Datagram<'_>, &mut Vec<u8>)> {
         let msg = &self.msgs[i];
         let len = (msg.msg_len as usize).min(MAX_QUERY);
         let from = sockaddr(&self.addrs[i], msg.msg_hdr.msg_namelen)?;
-        let waited = arrival(&msg.msg_hdr).and_then(|t| now.duration_since(t).ok());
+        let stale = arrival(&msg.msg_hdr).is_some_and(|t| t < cutoff);
         let k = self.reply_to.len();
         self.reply_to.push(i);
         Some((
             Datagram {
                 bytes: &self.bufs[i][..len],
                 from,
-                waited,
+                stale,
             },
             &mut self.replies[k],
         ))
+    }
+
+    /// The replies made so far in this batch.
+    pub fn replies(&self) -> &[Vec<u8>] {
+        &self.replies[..self.reply_to.len()]
     }
 
     /// Starts a batch of replies.
@@ -206,7 +243,7 @@ fn sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<So
 }
 
 /// The kernel's arrival stamp of a received message.
-fn arrival(hdr: &libc::msghdr) -> Option<SystemTime> {
+fn arrival(hdr: &libc::msghdr) -> Option<Stamp> {
     // SAFETY: walking the control buffer the kernel filled, with the libc
     // macros made for it.
     unsafe {
@@ -214,7 +251,7 @@ fn arrival(hdr: &libc::msghdr) -> Option<SystemTime> {
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                 let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                return Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                return Some(Stamp(ts.tv_sec as i64, ts.tv_nsec as i64));
             }
             c = libc::CMSG_NXTHDR(hdr, c);
         }
