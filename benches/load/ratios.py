@@ -20,22 +20,24 @@ metrics = [
     ("saturated UDP QPS", "sat", "qps", True),
     ("QPS at 50% of a core (quota50)", "quota50", "qps", True),
     ("QPS per server CPU-second", "sat", "ceiling", True),
-    ("p99 latency at 20k QPS (ms)", "rate20000", "p99", False),
+    ("p99 latency at 20k QPS (ms; a ratio below 1 is better)", "rate20000", "p99", False),
     ("lost queries at 20k QPS", "rate20000", "lost", False),
+    ("steal on the server core at 20k QPS (%)", "rate20000", "srv_steal", False),
 ]
 print("| measure | " + " | ".join(servers) + " | " + " | ".join(f"signpost / {s}" for s in servers if s != "signpost") + " |")
 print("|---" * (1 + len(servers) + len(servers) - 1) + "|")
 for label, mode, field, higher_better in metrics:
     vals = {s: med(s, mode, field) for s in servers}
-    if field == "p99":
-        vals = {s: (v * 1000 if v is not None else None) for s, v in vals.items()}
-    cells = [("-" if vals[s] is None else f"{vals[s]:,.1f}" if field != "lost" else f"{vals[s]:.0f}") for s in servers]
+    scale = {"p99": 1000, "srv_steal": 100}.get(field, 1)
+    vals = {s: (v * scale if v is not None else None) for s, v in vals.items()}
+    fmt = {"p99": "{:.2f}", "srv_steal": "{:.1f}", "lost": "{:.0f}"}.get(field, "{:,.1f}")
+    cells = ["-" if vals[s] is None else fmt.format(vals[s]) for s in servers]
     ratios = []
     for s in servers:
         if s == "signpost":
             continue
         a, b = vals.get("signpost"), vals[s]
-        if a is None or b is None or b == 0:
+        if a is None or b is None or b == 0 or field == "srv_steal":
             ratios.append("-")
         else:
             ratios.append(f"{a / b:.2f}")
