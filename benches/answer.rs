@@ -27,16 +27,7 @@ fn addr(n: usize) -> String {
 }
 
 fn node(name: String, address: String) -> Node {
-    Node {
-        name,
-        address,
-        datacenter: "dc1".into(),
-        meta: Default::default(),
-        tagged_addresses: Default::default(),
-        source: Source::File,
-        create_index: 0,
-        modify_index: 0,
-    }
+    Node::new(name, address, "dc1".into(), Source::File)
 }
 
 fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {

@@ -45,16 +45,9 @@ fn main() {
                 for i in 0..per {
                     let n = (s * per + i) / per_node + 1;
                     let node = format!("n{n}");
-                    t.upsert_node(Node {
-                        name: node.clone(),
-                        address: format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, (n & 255).max(1)),
-                        datacenter: "dc1".into(),
-                        meta: Default::default(),
-                        tagged_addresses: Default::default(),
-                        source: Source::Api,
-                        create_index: 0,
-                        modify_index: 0,
-                    });
+                    let address =
+                        format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, (n & 255).max(1));
+                    t.upsert_node(Node::new(node.clone(), address, "dc1".into(), Source::Api));
                     if checks {
                         t.upsert_check(Check {
                             node: node.clone(),

@@ -444,16 +444,12 @@ mod tests {
         let registry = Arc::new(Registry::new(Arc::new(())));
         let def: ServiceDef = serde_json::from_str(service).unwrap();
         registry.write(|t| {
-            t.upsert_node(Node {
-                name: "n".into(),
-                address: "127.0.0.1".into(),
-                datacenter: "dc1".into(),
-                meta: Default::default(),
-                tagged_addresses: Default::default(),
-                source: Source::Api,
-                create_index: 0,
-                modify_index: 0,
-            });
+            t.upsert_node(Node::new(
+                "n".into(),
+                "127.0.0.1".into(),
+                "dc1".into(),
+                Source::Api,
+            ));
             let (inst, checks) = def.into_parts("n", Source::Api);
             t.upsert_instance(inst);
             for c in checks {

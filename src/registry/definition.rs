@@ -759,18 +759,14 @@ impl CatalogRegistration {
     /// registry. Checks name their service by ServiceID; without one they
     /// are node-level.
     pub fn into_parts(self, default_dc: &str, source: Source) -> CatalogParts {
+        let datacenter = self
+            .datacenter
+            .unwrap_or_else(|| default_dc.to_string())
+            .to_ascii_lowercase();
         let node = Node {
-            name: self.node.clone(),
-            address: self.address,
-            datacenter: self
-                .datacenter
-                .unwrap_or_else(|| default_dc.to_string())
-                .to_ascii_lowercase(),
             meta: self.node_meta,
             tagged_addresses: self.tagged_addresses,
-            source,
-            create_index: 0,
-            modify_index: 0,
+            ..Node::new(self.node.clone(), self.address, datacenter, source)
         };
         let service = self.service.map(|s| s.into_parts(&self.node, source));
         let service_name = |id: &str| -> Option<String> {

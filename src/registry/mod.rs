@@ -797,16 +797,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str) -> Node {
-        Node {
-            name: name.into(),
-            address: "10.0.0.1".into(),
-            datacenter: "dc1".into(),
-            meta: Meta::new(),
-            tagged_addresses: BTreeMap::new(),
-            source: Source::Api,
-            create_index: 0,
-            modify_index: 0,
-        }
+        Node::new(name.into(), "10.0.0.1".into(), "dc1".into(), Source::Api)
     }
 
     fn instance(node: &str, id: &str) -> Instance {

@@ -96,6 +96,23 @@ pub struct Node {
     pub modify_index: u64,
 }
 
+impl Node {
+    /// A node with no meta or tagged addresses; the registry sets the
+    /// indexes when it is written.
+    pub fn new(name: String, address: String, datacenter: String, source: Source) -> Node {
+        Node {
+            name,
+            address,
+            datacenter,
+            meta: Meta::new(),
+            tagged_addresses: BTreeMap::new(),
+            source,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
 /// Identifies an instance: its node and its ID, unique on that node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceKey {

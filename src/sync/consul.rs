@@ -574,14 +574,9 @@ impl ConsulSync {
                     .is_none_or(|n| n.source == Source::Consul)
                 {
                     txn.upsert_node(Node {
-                        name: node_name.clone(),
-                        address: e.node.address,
-                        datacenter: node_dc,
                         meta: e.node.meta,
                         tagged_addresses: e.node.tagged_addresses,
-                        source: Source::Consul,
-                        create_index: 0,
-                        modify_index: 0,
+                        ..Node::new(node_name.clone(), e.node.address, node_dc, Source::Consul)
                     });
                 }
                 let key = InstanceKey::new(&node_name, &e.service.id);

@@ -261,16 +261,12 @@ impl Definitions {
     pub fn apply(self, registry: &Registry, own: &OwnNode) {
         let mut stale = registry.read(|s| s.keys_of(Source::File));
         registry.write(|txn| {
-            txn.upsert_node(Node {
-                name: own.name.clone(),
-                address: own.address.clone(),
-                datacenter: own.datacenter.clone(),
-                meta: Default::default(),
-                tagged_addresses: Default::default(),
-                source: Source::File,
-                create_index: 0,
-                modify_index: 0,
-            });
+            txn.upsert_node(Node::new(
+                own.name.clone(),
+                own.address.clone(),
+                own.datacenter.clone(),
+                Source::File,
+            ));
             stale.nodes.remove(&own.name);
         });
         in_batches(registry, self.services, |txn, (_, def)| {
