@@ -115,3 +115,4 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 }
 #[global_allocator]
 static ALLOC: Counting = Counting;
+signpost::configure_allocator!();

@@ -8,6 +8,7 @@
 //!                          health (checks)
 //! ```
 //!
+//! * [`alloc`]    — mimalloc's settings, shared by the binary and the memory bench.
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
@@ -18,6 +19,7 @@
 //!   the handler and the UDP/TCP listeners.
 //! * [`server`]   — starts and stops the whole thing.
 
+pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod dns;

@@ -7,21 +7,10 @@ use clap::Parser;
 use signpost::config::{Cli, Command, Config, Flags};
 use signpost::server::{load_zones, Signpost};
 
-/// mimalloc: the registry is many small strings and maps, for which it
-/// keeps resident memory well below glibc's malloc (262 vs 342 MiB for
-/// 100,000 instances, `cargo bench --bench memory`).
+/// mimalloc, set up as `signpost::alloc` says why.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Hands the pages freed after a bulk load (the parsed definitions, the
-/// transactions' bookkeeping) back to the OS now. mimalloc purges them
-/// lazily, on the owning thread's later allocations, and the main thread,
-/// which loads at start and on SIGHUP, sleeps in between.
-fn release_freed_memory() {
-    // SAFETY: mi_collect only walks mimalloc's own heaps; it takes no
-    // pointer and is safe to call at any time from any thread.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
+signpost::configure_allocator!();
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +42,7 @@ fn check(config: &Config) -> anyhow::Result<()> {
 async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut signpost = Signpost::start(config).await?;
-    release_freed_memory();
+    signpost::alloc::release_freed_memory();
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
@@ -68,7 +57,7 @@ async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
                 if let Err(e) = reloaded {
                     tracing::error!("reload failed, still serving the previous data: {e:#}");
                 }
-                release_freed_memory();
+                signpost::alloc::release_freed_memory();
             }
         }
     }
