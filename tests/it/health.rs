@@ -61,22 +61,6 @@ async fn register(srv: &TestServer, body: &str) {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// Polls `probe` every 50 ms until it returns true, for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if probe().await {
-            return;
-        }
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn health_status(srv: &TestServer, service: &str) -> Vec<String> {
     let j = http(
         "GET",

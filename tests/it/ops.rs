@@ -80,22 +80,14 @@ async fn metrics_move_with_real_traffic() {
     });
     let reg = format!(r#"{{"Name": "tcpsvc", "Check": {{"TCP": "{addr}", "Interval": "1s"}}}}"#);
     http("PUT", &srv.url("/v1/agent/service/register"), Some(&reg)).await;
-    let start = Instant::now();
-    loop {
+    eventually(Duration::from_secs(5), "a check run counted", || async {
         let m = parse_metrics(&http("GET", &srv.url("/metrics"), None).await.body);
-        if m.get("signpost_check_runs_total{result=\"passing\"}")
+        m.get("signpost_check_runs_total{result=\"passing\"}")
             .copied()
             .unwrap_or(0.0)
             >= 1.0
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no check run counted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     accept.abort();
     assert_eq!(http("GET", &srv.url("/health"), None).await.status, 200);
     assert_eq!(
@@ -160,14 +152,10 @@ async fn sighup_reloads_good_files_and_keeps_serving_on_bad_ones() {
     .unwrap();
     std::fs::write(&config, "[dns_config]\nservice_ttl = 42\n").unwrap();
     hup(pid);
-    let start = Instant::now();
-    while a_ttl(srv.dns, "fresh.service.consul.").await.is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "reload not applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), "reload applied", || async {
+        a_ttl(srv.dns, "fresh.service.consul.").await.is_some()
+    })
+    .await;
     assert_eq!(a_ttl(srv.dns, "fresh.service.consul.").await, Some((1, 42)));
     assert_eq!(a_ttl(srv.dns, "web.service.consul.").await, Some((3, 42)));
     assert_eq!(
@@ -185,24 +173,14 @@ async fn sighup_reloads_good_files_and_keeps_serving_on_bad_ones() {
     .unwrap();
     std::fs::remove_file(zones.join("new.json")).unwrap();
     hup(pid);
-    let start = Instant::now();
-    loop {
-        let logged = srv
-            .log
+    eventually(Duration::from_secs(5), "reload error logged", || async {
+        srv.log
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains("reload failed") && l.contains("broken.json:2:"));
-        if logged {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no reload error logged: {:?}",
-            srv.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .any(|l| l.contains("reload failed") && l.contains("broken.json:2:"))
+    })
+    .await;
     assert_eq!(
         a_ttl(srv.dns, "fresh.service.consul.").await,
         Some((1, 42)),
@@ -218,14 +196,12 @@ async fn sighup_reloads_good_files_and_keeps_serving_on_bad_ones() {
     std::fs::remove_file(zones.join("broken.json")).unwrap();
     std::fs::remove_file(zones.join("db.json")).unwrap();
     hup(pid);
-    let start = Instant::now();
-    while a_ttl(srv.dns, "fresh.service.consul.").await.is_some() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "removed definitions still served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "removed definitions gone",
+        || async { a_ttl(srv.dns, "fresh.service.consul.").await.is_none() },
+    )
+    .await;
     assert_eq!(a_ttl(srv.dns, "db.service.consul.").await, None);
     assert_eq!(a_ttl(srv.dns, "db-node-1.node.consul.").await, None);
     assert_eq!(a_ttl(srv.dns, "web.service.consul.").await, Some((3, 42)));
@@ -300,21 +276,21 @@ async fn query_log_is_opt_in_and_json_logs_are_json() {
         "json",
     ]);
     query(srv.dns, Via::Udp, "web.service.consul.", RecordType::A).await;
-    let start = Instant::now();
-    loop {
-        let lines = srv.log.lock().unwrap().clone();
-        if let Some(line) = lines.iter().find(|l| l.contains("web.service.consul")) {
-            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
-            assert_eq!(v["target"], "signpost::query");
-            assert_eq!(v["fields"]["question"], "web.service.consul. A");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no query log line: {lines:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let logged = || {
+        srv.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("web.service.consul"))
+            .cloned()
+    };
+    eventually(Duration::from_secs(5), "a query log line", || async {
+        logged().is_some()
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&logged().unwrap()).expect("a JSON log line");
+    assert_eq!(v["target"], "signpost::query");
+    assert_eq!(v["fields"]["question"], "web.service.consul. A");
 }
 
 /// Queries that waited in the queue past `shed_after_ms` are dropped, the

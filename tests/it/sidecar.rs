@@ -43,27 +43,15 @@ async fn sidecar(consul: &str) -> TestServer {
     .await
 }
 
-async fn eventually<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !probe().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "not within 10s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a change may take to reach signpost through the upstream.
+const SYNCED: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn follows_a_standalone_signpost() {
     let upstream = TestServer::start(Some(&shipped_zones())).await;
     let up = |p: &str| upstream.url(p);
     let srv = sidecar(&format!("http://{}", upstream.http)).await;
-    eventually("first sync", || async {
+    eventually(SYNCED, "first sync", || async {
         http("GET", &srv.url("/ready"), None).await.status == 200
     })
     .await;
@@ -97,22 +85,22 @@ async fn follows_a_standalone_signpost() {
     // A service added, a health flip, a service removed.
     let reg = r#"{"Name": "api", "ID": "api1", "Address": "10.7.0.1", "Port": 9000, "Check": {"CheckID": "t", "TTL": "1m", "Status": "passing"}}"#;
     http("PUT", &up("/v1/agent/service/register"), Some(reg)).await;
-    eventually("added", || async {
+    eventually(SYNCED, "added", || async {
         a_records(srv.dns, "api.service.consul.").await == ["10.7.0.1"]
     })
     .await;
     http("PUT", &up("/v1/agent/check/fail/t"), None).await;
-    eventually("critical", || async {
+    eventually(SYNCED, "critical", || async {
         a_records(srv.dns, "api.service.consul.").await.is_empty()
     })
     .await;
     http("PUT", &up("/v1/agent/check/pass/t"), None).await;
-    eventually("passing", || async {
+    eventually(SYNCED, "passing", || async {
         a_records(srv.dns, "api.service.consul.").await == ["10.7.0.1"]
     })
     .await;
     http("PUT", &up("/v1/agent/service/deregister/api1"), None).await;
-    eventually("removed", || async {
+    eventually(SYNCED, "removed", || async {
         ask(srv.dns, "api.service.consul.", RecordType::A)
             .await
             .metadata
@@ -307,7 +295,7 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
             vec![entry("far", "10.2.10.12", "redis", "redis", "passing")],
         );
     });
-    eventually("first sync", || async {
+    eventually(SYNCED, "first sync", || async {
         http("GET", &srv.url("/ready"), None).await.status == 200
     })
     .await;
@@ -328,7 +316,7 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
         c.services.get_mut(&("dc1".into(), "redis".into())).unwrap()[0] =
             entry("foobar", "10.1.10.12", "redis", "redis", "critical");
     });
-    eventually("critical", || async {
+    eventually(SYNCED, "critical", || async {
         a_records(srv.dns, "redis.service.consul.").await.is_empty()
     })
     .await;
@@ -344,11 +332,11 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
             vec![entry("n2", "10.1.10.20", "web1", "web", "passing")],
         );
     });
-    eventually("after the reset", || async {
+    eventually(SYNCED, "after the reset", || async {
         a_records(srv.dns, "redis.service.consul.").await == ["10.1.10.13"]
     })
     .await;
-    eventually("web added", || async {
+    eventually(SYNCED, "web added", || async {
         a_records(srv.dns, "web.service.consul.").await == ["10.1.10.20"]
     })
     .await;
@@ -410,11 +398,11 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
             vec![entry("foobar", "10.1.10.14", "redis", "redis", "passing")],
         );
     });
-    eventually("recovered", || async {
+    eventually(SYNCED, "recovered", || async {
         a_records(srv.dns, "redis.service.consul.").await == ["10.1.10.14"]
     })
     .await;
-    eventually("web gone", || async {
+    eventually(SYNCED, "web gone", || async {
         ask(srv.dns, "web.service.consul.", RecordType::A)
             .await
             .metadata
@@ -453,7 +441,7 @@ async fn syncs_1000_services_of_10_instances() {
     });
     let started = Instant::now();
     let srv = sidecar(&format!("http://{addr}")).await;
-    eventually("synced", || async {
+    eventually(SYNCED, "synced", || async {
         http("GET", &srv.url("/ready"), None).await.status == 200
     })
     .await;

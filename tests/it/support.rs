@@ -283,3 +283,17 @@ pub async fn a_records(server: SocketAddr, name: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Polls `probe` every 50 ms until it returns true; fails the test, saying
+/// `what`, once `limit` has passed.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
