@@ -258,3 +258,25 @@ fn arrival(hdr: &libc::msghdr) -> Option<Stamp> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(t: SystemTime) -> Stamp {
+        let d = t.duration_since(UNIX_EPOCH).unwrap();
+        Stamp(d.as_secs() as i64, i64::from(d.subsec_nanos()))
+    }
+
+    #[test]
+    fn a_stamp_is_stale_only_past_the_limit() {
+        // Nanoseconds just past a second boundary, so the cutoff borrows.
+        let now = UNIX_EPOCH + Duration::new(1_700_000_000, 100);
+        let cutoff = Stamp::cutoff(now, Duration::from_millis(1000));
+        assert!(stamp(now - Duration::from_millis(1001)) < cutoff);
+        assert!(stamp(now - Duration::from_millis(999)) > cutoff);
+        assert!(stamp(now - Duration::from_nanos(1_000_000_001)) < cutoff);
+        assert!(stamp(now - Duration::from_nanos(999_999_999)) > cutoff);
+        assert!(stamp(now) > cutoff);
+    }
+}
