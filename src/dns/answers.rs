@@ -180,7 +180,7 @@ impl Settings {
 type NameMap<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 pub struct Answers {
-    /// Read once or twice per query (an arc-swap load takes no lock and
+    /// Read once per query (an arc-swap load takes no lock and
     /// no reference count); replaced by a reload.
     settings: ArcSwap<Settings>,
     /// Lower-cased service name → its answer set; a service with no

@@ -10,13 +10,12 @@ use std::collections::BTreeSet;
 /// so that a service with 50,000 instances still inserts in log time.
 const FEW: usize = 32;
 
-/// Pushes with exact growth while small (the common case is one to five
-/// entries), doubling after that.
-fn push_tight<T>(v: &mut Vec<T>, value: T) {
+/// Makes room for one more entry, growing exactly while small (the common
+/// case is one to five entries) and by at most [`FEW`] after that.
+fn reserve_one<T>(v: &mut Vec<T>) {
     if v.len() == v.capacity() {
         v.reserve_exact(v.len().clamp(1, FEW));
     }
-    v.push(value);
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +55,8 @@ impl<K: PartialEq, V> SmallMap<K, V> {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => Some(std::mem::replace(v, value)),
             None => {
-                push_tight(&mut self.0, (key, value));
+                reserve_one(&mut self.0);
+                self.0.push((key, value));
                 None
             }
         }
@@ -110,9 +110,7 @@ impl<T: Ord> SmallSet<T> {
                     true
                 }
                 Err(i) => {
-                    if v.len() == v.capacity() {
-                        v.reserve_exact(v.len().clamp(1, FEW));
-                    }
+                    reserve_one(v);
                     v.insert(i, value);
                     true
                 }
