@@ -34,7 +34,7 @@ fn main() {
         // BENCH_REGISTRY_ONLY: the registry without answer sets, to see
         // which side the memory is on.
         let registry = if std::env::var_os("BENCH_REGISTRY_ONLY").is_some() {
-            std::sync::Arc::new(signpost::registry::Registry::new(std::sync::Arc::new(())))
+            signpost::registry::Registry::new(std::sync::Arc::new(()))
         } else {
             signpost.registry.clone()
         };

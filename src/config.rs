@@ -76,6 +76,13 @@ pub struct Flags {
     #[arg(long = "data-dir", value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
+    /// When the store in --data-dir cannot be read (damaged, empty, not a
+    /// signpost store), move it aside to `signpost.redb.damaged-<time>` and
+    /// start with an empty one instead of refusing to start. The damaged
+    /// file is kept, never deleted.
+    #[arg(long = "move-damaged-store", global = true)]
+    pub move_damaged_store: bool,
+
     /// The DNS domain signpost is authoritative for. [default: consul]
     #[arg(long, value_name = "DOMAIN", global = true)]
     pub domain: Option<String>,
@@ -304,6 +311,8 @@ pub struct Config {
     pub http: SocketAddr,
     pub zones: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    /// What to do with a store that cannot be read.
+    pub damaged_store: crate::registry::store::Damaged,
     pub domain: DomainName,
     pub alt_domain: Option<DomainName>,
     pub datacenter: String,
@@ -534,6 +543,7 @@ impl Config {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             zones: None,
             data_dir: None,
+            damaged_store: crate::registry::store::Damaged::Refuse,
             domain: DomainName::new(DEFAULT_DOMAIN).expect("default domain is valid"),
             alt_domain: None,
             datacenter: DEFAULT_DATACENTER.to_string(),
@@ -770,6 +780,11 @@ impl Config {
             http,
             zones: flags.zones.clone().or(file.zones),
             data_dir: flags.data_dir.clone().or(file.data_dir),
+            damaged_store: if flags.move_damaged_store {
+                crate::registry::store::Damaged::MoveAside
+            } else {
+                crate::registry::store::Damaged::Refuse
+            },
             domain,
             alt_domain,
             datacenter: datacenter.to_ascii_lowercase(),

@@ -67,23 +67,28 @@ impl Signpost {
     pub async fn start(config: Config) -> Result<Signpost, StartError> {
         let defs = load_zones(&config)?;
         let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
-        let store = match &config.data_dir {
-            Some(dir) => Some(Store::open(dir)?),
+        let registry = match &config.data_dir {
+            Some(dir) => {
+                let (mut store, mut saved) = Store::open_and_load(dir, config.damaged_store)?;
+                store.adopt_node(&config.node, &mut saved)?;
+                let index = saved.index;
+                let registry = Registry::with_store(answers.clone(), Some(store));
+                let restored = registry.restore(saved);
+                tracing::info!(
+                    entries = restored,
+                    index,
+                    "restored API registrations and KV from {}",
+                    dir.join(crate::registry::store::FILE_NAME).display()
+                );
+                registry
+            }
             None => {
                 tracing::warn!(
                     "no --data-dir: services registered through the HTTP API are kept in memory only and lost at restart"
                 );
-                None
+                Registry::new(answers.clone())
             }
         };
-        let registry = Arc::new(Registry::with_store(answers.clone(), store));
-        let restored = registry.restore()?;
-        if restored > 0 {
-            tracing::info!(
-                entries = restored,
-                "restored API registrations from the data dir"
-            );
-        }
         let own = OwnNode {
             name: config.node.clone(),
             address: config.node_address().to_string(),
@@ -249,5 +254,9 @@ impl Signpost {
         }
         self.health.shutdown().await;
         self.dns.shutdown().await;
+        // Every acknowledged write is on disk already; this lets queued
+        // ones finish and closes the store cleanly.
+        let registry = self.registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.close()).await;
     }
 }

@@ -62,43 +62,45 @@ pub async fn register_service(
     let replace = params.flag("replace-existing-checks");
     let explicit: Vec<bool> = def.checks.iter().map(|c| c.status.is_some()).collect();
     let node = api.node.clone();
-    api.registry.write_api(|txn| {
-        let key = InstanceKey::new(&node, &def.id);
-        if let Some(old) = txn.state().instance(&key) {
-            if old.source != Source::Api {
-                return Err(read_only(&format!("service {:?}", def.id), old.source));
-            }
-        }
-        let (inst, checks) = def.into_parts(&node, Source::Api);
-        for c in &checks {
-            if let Some(old) = txn.state().check(&node, &c.id) {
+    api.registry
+        .write_api(|txn| {
+            let key = InstanceKey::new(&node, &def.id);
+            if let Some(old) = txn.state().instance(&key) {
                 if old.source != Source::Api {
-                    return Err(read_only(&format!("check {:?}", c.id), old.source));
+                    return Err(read_only(&format!("service {:?}", def.id), old.source));
                 }
             }
-        }
-        if replace {
-            let keep: BTreeSet<&str> = checks.iter().map(|c| c.id.as_str()).collect();
-            let stale: Vec<String> = txn
-                .state()
-                .checks_of(&key)
-                .filter(|c| c.service_id.as_deref() == Some(key.id.as_str()))
-                .filter(|c| {
-                    !keep.contains(c.id.as_str()) && !c.id.starts_with("_service_maintenance:")
-                })
-                .map(|c| c.id.clone())
-                .collect();
-            for id in stale {
-                txn.remove_check(&node, &id);
+            let (inst, checks) = def.into_parts(&node, Source::Api);
+            for c in &checks {
+                if let Some(old) = txn.state().check(&node, &c.id) {
+                    if old.source != Source::Api {
+                        return Err(read_only(&format!("check {:?}", c.id), old.source));
+                    }
+                }
             }
-        }
-        txn.upsert_instance(inst);
-        for (mut c, explicit) in checks.into_iter().zip(explicit) {
-            keep_status_of(txn, &mut c, explicit);
-            txn.upsert_check(c);
-        }
-        Ok(())
-    })??;
+            if replace {
+                let keep: BTreeSet<&str> = checks.iter().map(|c| c.id.as_str()).collect();
+                let stale: Vec<String> = txn
+                    .state()
+                    .checks_of(&key)
+                    .filter(|c| c.service_id.as_deref() == Some(key.id.as_str()))
+                    .filter(|c| {
+                        !keep.contains(c.id.as_str()) && !c.id.starts_with("_service_maintenance:")
+                    })
+                    .map(|c| c.id.clone())
+                    .collect();
+                for id in stale {
+                    txn.remove_check(&node, &id);
+                }
+            }
+            txn.upsert_instance(inst);
+            for (mut c, explicit) in checks.into_iter().zip(explicit) {
+                keep_status_of(txn, &mut c, explicit);
+                txn.upsert_check(c);
+            }
+            Ok(())
+        })
+        .await??;
     Ok(ok(&api))
 }
 
@@ -119,7 +121,9 @@ pub async fn deregister_service(State(api): Shared, Path(id): Path<String>) -> A
     if source != Source::Api {
         return Err(read_only(&format!("service {id:?}"), source));
     }
-    api.registry.write_api(|txn| txn.remove_instance(&key))?;
+    api.registry
+        .write_api(|txn| txn.remove_instance(&key))
+        .await?;
     Ok(ok(&api))
 }
 
@@ -163,7 +167,7 @@ pub async fn maintenance(
         } else {
             txn.remove_check(&node, &check_id);
         }
-    })?;
+    }).await?;
     Ok(ok(&api))
 }
 
@@ -192,22 +196,24 @@ pub async fn register_check(State(api): Shared, body: Result<Bytes, BytesRejecti
         }
         None => None,
     };
-    api.registry.write_api(|txn| {
-        if let Some(old) = txn.state().check(&node, &id) {
-            if old.source != Source::Api {
-                return Err(read_only(&format!("check {id:?}"), old.source));
+    api.registry
+        .write_api(|txn| {
+            if let Some(old) = txn.state().check(&node, &id) {
+                if old.source != Source::Api {
+                    return Err(read_only(&format!("check {id:?}"), old.source));
+                }
             }
-        }
-        let mut check = def.into_check(
-            &node,
-            service.as_ref().map(|(i, n)| (i.as_str(), n.as_str())),
-            id.clone(),
-            Source::Api,
-        );
-        keep_status_of(txn, &mut check, explicit);
-        txn.upsert_check(check);
-        Ok(())
-    })??;
+            let mut check = def.into_check(
+                &node,
+                service.as_ref().map(|(i, n)| (i.as_str(), n.as_str())),
+                id.clone(),
+                Source::Api,
+            );
+            keep_status_of(txn, &mut check, explicit);
+            txn.upsert_check(check);
+            Ok(())
+        })
+        .await??;
     Ok(ok(&api))
 }
 
@@ -223,12 +229,18 @@ pub async fn deregister_check(State(api): Shared, Path(id): Path<String>) -> Api
         return Err(read_only(&format!("check {id:?}"), check.source));
     }
     api.registry
-        .write_api(|txn| txn.remove_check(&check.node, &id))?;
+        .write_api(|txn| txn.remove_check(&check.node, &id))
+        .await?;
     Ok(ok(&api))
 }
 
 /// Sets a TTL check's status, as `/v1/agent/check/{pass,warn,fail,update}`.
-pub fn set_ttl_status(api: &Api, id: &str, status: Health, output: &str) -> Result<(), ApiError> {
+pub async fn set_ttl_status(
+    api: &Api,
+    id: &str,
+    status: Health,
+    output: &str,
+) -> Result<(), ApiError> {
     let check = own_check(api, id)?;
     if !matches!(check.kind, CheckKind::Ttl { .. }) {
         return Err(ApiError::bad_request(format!(
@@ -237,13 +249,14 @@ pub fn set_ttl_status(api: &Api, id: &str, status: Health, output: &str) -> Resu
     }
     api.health.touch_ttl(&check.node, id);
     api.registry
-        .write_api(|txn| txn.set_check_status(&check.node, id, status, output))?;
+        .write_api(|txn| txn.set_check_status(&check.node, id, status, output))
+        .await?;
     Ok(())
 }
 
 async fn ttl(api: Arc<Api>, id: String, q: Option<String>, status: Health) -> ApiResult {
     let params = Params::parse(q.as_deref());
-    set_ttl_status(&api, &id, status, params.get("note").unwrap_or(""))?;
+    set_ttl_status(&api, &id, status, params.get("note").unwrap_or("")).await?;
     Ok(ok(&api))
 }
 
@@ -281,7 +294,7 @@ pub async fn update_check(
             ))
         })?,
     };
-    set_ttl_status(&api, &id, status, &u.output)?;
+    set_ttl_status(&api, &id, status, &u.output).await?;
     Ok(ok(&api))
 }
 

@@ -46,44 +46,46 @@ pub async fn register(State(api): Shared, body: Result<Bytes, BytesRejection>) -
         service,
         checks,
     } = reg.into_parts(&api.datacenter, Source::Api);
-    api.registry.write_api(|txn| {
-        let state = txn.state();
-        let existing = state.node(&node.name);
-        if existing.is_some_and(|n| n.source != Source::Api) {
-            return Err(read_only(format!("node {:?}", node.name)));
-        }
-        if let Some((inst, _)) = &service {
-            if state
-                .instance(&inst.key())
-                .is_some_and(|i| i.source != Source::Api)
-            {
-                return Err(read_only(format!("service {:?}", inst.id)));
+    api.registry
+        .write_api(|txn| {
+            let state = txn.state();
+            let existing = state.node(&node.name);
+            if existing.is_some_and(|n| n.source != Source::Api) {
+                return Err(read_only(format!("node {:?}", node.name)));
             }
-        }
-        let service_checks = service.iter().flat_map(|(_, c)| c);
-        if let Some(c) = checks.iter().chain(service_checks).find(|c| {
-            state
-                .check(&c.node, &c.id)
-                .is_some_and(|o| o.source != Source::Api)
-        }) {
-            return Err(read_only(format!("check {:?}", c.id)));
-        }
-        if existing.is_none() || !skip_node_update {
-            txn.upsert_node(node);
-        }
-        if let Some((inst, inst_checks)) = service {
-            txn.upsert_instance(inst);
-            for (mut c, explicit) in inst_checks.into_iter().zip(service_explicit) {
+            if let Some((inst, _)) = &service {
+                if state
+                    .instance(&inst.key())
+                    .is_some_and(|i| i.source != Source::Api)
+                {
+                    return Err(read_only(format!("service {:?}", inst.id)));
+                }
+            }
+            let service_checks = service.iter().flat_map(|(_, c)| c);
+            if let Some(c) = checks.iter().chain(service_checks).find(|c| {
+                state
+                    .check(&c.node, &c.id)
+                    .is_some_and(|o| o.source != Source::Api)
+            }) {
+                return Err(read_only(format!("check {:?}", c.id)));
+            }
+            if existing.is_none() || !skip_node_update {
+                txn.upsert_node(node);
+            }
+            if let Some((inst, inst_checks)) = service {
+                txn.upsert_instance(inst);
+                for (mut c, explicit) in inst_checks.into_iter().zip(service_explicit) {
+                    keep_status_of(txn, &mut c, explicit);
+                    txn.upsert_check(c);
+                }
+            }
+            for (mut c, explicit) in checks.into_iter().zip(explicit) {
                 keep_status_of(txn, &mut c, explicit);
                 txn.upsert_check(c);
             }
-        }
-        for (mut c, explicit) in checks.into_iter().zip(explicit) {
-            keep_status_of(txn, &mut c, explicit);
-            txn.upsert_check(c);
-        }
-        Ok(())
-    })??;
+            Ok(())
+        })
+        .await??;
     Ok(reply(api.registry.index(), &true))
 }
 
@@ -102,33 +104,35 @@ pub async fn deregister(State(api): Shared, body: Result<Bytes, BytesRejection>)
     if d.node.is_empty() {
         return Err(ApiError::bad_request("Missing node name"));
     }
-    api.registry.write_api(|txn| {
-        let state = txn.state();
-        if let Some(id) = d.service_id.as_deref().filter(|s| !s.is_empty()) {
-            let key = InstanceKey::new(&d.node, id);
-            if state
-                .instance(&key)
-                .is_some_and(|i| i.source != Source::Api)
-            {
-                return Err(read_only(format!("service {id:?}")));
+    api.registry
+        .write_api(|txn| {
+            let state = txn.state();
+            if let Some(id) = d.service_id.as_deref().filter(|s| !s.is_empty()) {
+                let key = InstanceKey::new(&d.node, id);
+                if state
+                    .instance(&key)
+                    .is_some_and(|i| i.source != Source::Api)
+                {
+                    return Err(read_only(format!("service {id:?}")));
+                }
+                txn.remove_instance(&key);
+            } else if let Some(id) = d.check_id.as_deref().filter(|s| !s.is_empty()) {
+                if state
+                    .check(&d.node, id)
+                    .is_some_and(|c| c.source != Source::Api)
+                {
+                    return Err(read_only(format!("check {id:?}")));
+                }
+                txn.remove_check(&d.node, id);
+            } else {
+                if state.node(&d.node).is_some_and(|n| n.source != Source::Api) {
+                    return Err(read_only(format!("node {:?}", d.node)));
+                }
+                txn.remove_node(&d.node);
             }
-            txn.remove_instance(&key);
-        } else if let Some(id) = d.check_id.as_deref().filter(|s| !s.is_empty()) {
-            if state
-                .check(&d.node, id)
-                .is_some_and(|c| c.source != Source::Api)
-            {
-                return Err(read_only(format!("check {id:?}")));
-            }
-            txn.remove_check(&d.node, id);
-        } else {
-            if state.node(&d.node).is_some_and(|n| n.source != Source::Api) {
-                return Err(read_only(format!("node {:?}", d.node)));
-            }
-            txn.remove_node(&d.node);
-        }
-        Ok(())
-    })??;
+            Ok(())
+        })
+        .await??;
     Ok(reply(api.registry.index(), &true))
 }
 
@@ -152,14 +156,10 @@ pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     .await
 }
 
-/// The index of one service's entries (or of all services when it never
-/// existed).
+/// The index of one service's entries (or of all services when it is gone
+/// or never existed).
 pub fn service_index(s: &Registry, name: &str) -> u64 {
-    let t = s.tables();
-    t.service
-        .get(&name.to_ascii_lowercase())
-        .copied()
-        .unwrap_or(t.services)
+    s.tables().service(&name.to_ascii_lowercase())
 }
 
 /// Whether an instance carries every tag asked for (case-insensitively).

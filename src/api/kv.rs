@@ -131,7 +131,8 @@ pub async fn put(
     let cas = params.u64("cas")?;
     let done = api
         .registry
-        .write_api(|txn| txn.kv_put(&key, value.to_vec(), flags, cas))?;
+        .write_api(|txn| txn.kv_put(&key, value.to_vec(), flags, cas))
+        .await?;
     Ok(reply(api.registry.index(), &done))
 }
 
@@ -144,15 +145,19 @@ pub async fn delete(
     let key = key_of(path);
     let cas = params.u64("cas")?;
     let done = if params.flag("recurse") {
-        api.registry.write_api(|txn| {
-            txn.kv_delete_tree(&key);
-            true
-        })?
+        api.registry
+            .write_api(|txn| {
+                txn.kv_delete_tree(&key);
+                true
+            })
+            .await?
     } else {
         if key.is_empty() {
             return Err(ApiError::bad_request("Missing key name"));
         }
-        api.registry.write_api(|txn| txn.kv_delete(&key, cas))?
+        api.registry
+            .write_api(|txn| txn.kv_delete(&key, cas))
+            .await?
     };
     Ok(reply(api.registry.index(), &done))
 }

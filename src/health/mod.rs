@@ -283,7 +283,7 @@ impl Reaper {
         Some(self.critical_since? + self.after?)
     }
 
-    fn reap(&self, registry: &Registry, key: &CheckKey) {
+    async fn reap(&self, registry: &Registry, key: &CheckKey) {
         let Some(sid) = &self.service_id else { return };
         let instance = InstanceKey::new(&key.0, sid);
         tracing::info!(
@@ -291,7 +291,7 @@ impl Reaper {
             "deregistering a service critical for longer than {}",
             format_duration(self.after.unwrap_or_default())
         );
-        if let Err(e) = registry.write_api(|t| t.remove_instance(&instance)) {
+        if let Err(e) = registry.write_api(|t| t.remove_instance(&instance)).await {
             tracing::error!("cannot deregister {sid}: {e}");
         }
     }
@@ -357,7 +357,7 @@ async fn run_periodic(
             registry.write(|t| t.set_check_status(&key.0, &key.1, status, &output));
         }
         if reaper.due(registry, key) {
-            reaper.reap(registry, key);
+            reaper.reap(registry, key).await;
             return;
         }
     }
@@ -428,7 +428,7 @@ async fn run_ttl(
             }
         }
         if reaper.due(registry, key) {
-            reaper.reap(registry, key);
+            reaper.reap(registry, key).await;
             return;
         }
     }
@@ -441,7 +441,7 @@ mod tests {
     use crate::registry::Node;
 
     fn registry_with(service: &str) -> Arc<Registry> {
-        let registry = Arc::new(Registry::new(Arc::new(())));
+        let registry = Registry::new(Arc::new(()));
         let def: ServiceDef = serde_json::from_str(service).unwrap();
         registry.write(|t| {
             t.upsert_node(Node::new(

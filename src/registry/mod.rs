@@ -7,27 +7,30 @@
 //! watchers of the index wake. All of that happens before `write` returns,
 //! so a write is visible in DNS by the time its caller acknowledges it.
 
+mod commit;
 pub mod definition;
 pub mod model;
 pub mod small;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use tokio::sync::watch;
+use imbl::{OrdMap, OrdSet};
 
-use small::{SmallMap, SmallSet};
+use small::SmallMap;
 
+pub use commit::{Registry, StoreStatus};
 pub use model::{
     Check, CheckKind, Health, Instance, InstanceKey, KvEntry, Meta, Node, Source, TaggedAddress,
     Thresholds, Weights,
 };
 pub use store::{Store, StoreError};
 
-/// Told of every committed change, synchronously, while the registry is
-/// locked: it sees the new state and the names that changed. It must be
-/// quick (it holds up writers) and must not call back into the registry.
+/// Told of every change as it becomes visible, synchronously, while the
+/// writers' lock is held: it sees the new state and the names that changed.
+/// It must be quick (it holds up writers) and must not call back into the
+/// registry.
 pub trait ChangeListener: Send + Sync {
     fn changed(&self, state: &State, changes: &Changes);
 }
@@ -53,6 +56,14 @@ pub struct Changes {
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && self.nodes.is_empty() && !self.checks && !self.kv
+    }
+
+    /// Adds another transaction's changes (a batch is published at once).
+    pub fn merge(&mut self, other: Changes) {
+        self.services.extend(other.services);
+        self.nodes.extend(other.nodes);
+        self.checks |= other.checks;
+        self.kv |= other.kv;
     }
 }
 
@@ -84,9 +95,25 @@ pub struct TableIndexes {
     pub nodes: u64,
     pub checks: u64,
     pub kv: u64,
-    /// Lower-cased service name → last change; kept after the service is
-    /// gone so that its deregistration has an index too.
-    pub service: HashMap<String, u64>,
+    /// Lower-cased service name → last change, for services that have
+    /// instances. A service that is gone has no entry (an entry per name
+    /// ever registered would leak): its reads take `services`, which moved
+    /// when it went, so a blocking query on it still wakes for its
+    /// deregistration.
+    service: imbl::HashMap<String, u64>,
+}
+
+impl TableIndexes {
+    /// The index of one service's entries (lower-cased name): its own while
+    /// it exists, the services table's once it is gone or if it never was.
+    pub fn service(&self, lower: &str) -> u64 {
+        self.service.get(lower).copied().unwrap_or(self.services)
+    }
+
+    /// How many services have an index of their own (for leak tests).
+    pub fn service_entries(&self) -> usize {
+        self.service.len()
+    }
 }
 
 /// Checks are grouped by what they belong to: a node (`service_id: None`)
@@ -101,16 +128,26 @@ pub struct CheckOwner {
 
 /// The registry's contents and their indexes. Every index is kept in step
 /// by [`Txn`]; nothing outside this module mutates it.
-#[derive(Debug, Default)]
+///
+/// Every map is a persistent one (`imbl`): cloning a `State` costs a few
+/// reference counts, and a write to the clone copies only the paths it
+/// changes. That is what lets a write be applied to a copy, made durable,
+/// and only then shown to readers (see [`commit`]). Values sit behind `Arc`
+/// so that copying a path never deep-copies an entry.
+#[derive(Debug, Default, Clone)]
 pub struct State {
-    nodes: BTreeMap<String, Box<Node>>,
-    instances: BTreeMap<InstanceKey, Box<Instance>>,
-    checks: HashMap<CheckOwner, SmallMap<String, Check>>,
+    nodes: OrdMap<String, Arc<Node>>,
+    instances: OrdMap<InstanceKey, Arc<Instance>>,
+    checks: imbl::HashMap<CheckOwner, Arc<SmallMap<String, Check>>>,
     /// (node, check id) → owner, to find a check by the ID the API uses.
-    check_owner: HashMap<(String, String), CheckOwner>,
-    /// lower-cased service name → its instances.
-    by_service: BTreeMap<String, SmallSet<InstanceKey>>,
-    kv: BTreeMap<String, KvEntry>,
+    check_owner: imbl::HashMap<(String, String), CheckOwner>,
+    /// (lower-cased service name, instance): one flat ordered set, so that a
+    /// service's instances are a range and adding one to a service with
+    /// 50,000 copies a path, not the service's whole list.
+    by_service: OrdSet<(String, InstanceKey)>,
+    /// Lower-cased service name → how many instances it has.
+    services: OrdMap<String, u32>,
+    kv: OrdMap<String, Arc<KvEntry>>,
     index: u64,
     tables: TableIndexes,
     /// Moves when a check is added, removed or redefined, never on a status
@@ -151,7 +188,7 @@ impl State {
     }
 
     pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
-        self.kv.get(key)
+        self.kv.get(key).map(|e| &**e)
     }
 
     /// KV entries whose key starts with `prefix`, in key order.
@@ -159,7 +196,7 @@ impl State {
         self.kv
             .range(prefix.to_string()..)
             .take_while(move |(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v)
+            .map(|(_, v)| &**v)
     }
 
     /// Stores an instance and indexes it by service; returns its
@@ -167,18 +204,40 @@ impl State {
     fn insert_instance(&mut self, inst: Instance) -> String {
         let key = inst.key();
         let lower = inst.name.to_ascii_lowercase();
-        self.by_service
-            .entry(lower.clone())
-            .or_default()
-            .insert(key.clone());
-        self.instances.insert(key, Box::new(inst));
+        if self
+            .by_service
+            .insert((lower.clone(), key.clone()))
+            .is_none()
+        {
+            *self.services.entry(lower.clone()).or_default() += 1;
+        }
+        self.instances.insert(key, Arc::new(inst));
         lower
+    }
+
+    fn unindex_service(&mut self, lower: &str, key: &InstanceKey) {
+        if self
+            .by_service
+            .remove(&(lower.to_string(), key.clone()))
+            .is_some()
+        {
+            if let Some(n) = self.services.get_mut(lower) {
+                *n -= 1;
+                if *n == 0 {
+                    self.services.remove(lower);
+                }
+            }
+        }
     }
 
     fn stamp(&mut self, changes: &Changes, index: u64) {
         let t = &mut self.tables;
         for s in &changes.services {
-            t.service.insert(s.clone(), index);
+            if self.services.contains_key(s) {
+                t.service.insert(s.clone(), index);
+            } else {
+                t.service.remove(s);
+            }
             t.services = index;
         }
         if !changes.nodes.is_empty() {
@@ -231,7 +290,7 @@ impl State {
 
     /// Lower-cased names of every service with at least one instance.
     pub fn service_names(&self) -> impl Iterator<Item = &str> {
-        self.by_service.keys().map(String::as_str)
+        self.services.keys().map(String::as_str)
     }
 
     /// Every instance of a service (by lower-cased name), with its node and
@@ -240,11 +299,11 @@ impl State {
         &'a self,
         lower_name: &str,
     ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        let name = lower_name.to_string();
         self.by_service
-            .get(lower_name)
-            .into_iter()
-            .flatten()
-            .filter_map(move |k| self.view(k))
+            .range((name.clone(), InstanceKey::new("", ""))..)
+            .take_while(move |(n, _)| *n == name)
+            .filter_map(move |(_, k)| self.view(k))
     }
 
     /// Every instance on a node.
@@ -349,7 +408,7 @@ impl Txn<'_> {
         }
         node.modify_index = self.next_index;
         let name = node.name.clone();
-        self.state.nodes.insert(name.clone(), Box::new(node));
+        self.state.nodes.insert(name.clone(), Arc::new(node));
         self.touched.nodes.insert(name.clone());
         self.touch_node(&name);
     }
@@ -385,7 +444,7 @@ impl Txn<'_> {
             }
             if !old.name.eq_ignore_ascii_case(&inst.name) {
                 let old_name = old.name.to_ascii_lowercase();
-                self.unindex_service(&old_name, &key);
+                self.state.unindex_service(&old_name, &key);
                 self.changes.services.insert(old_name);
             }
         } else {
@@ -398,28 +457,19 @@ impl Txn<'_> {
         self.changes.nodes.insert(key.node.clone());
     }
 
-    fn unindex_service(&mut self, lower: &str, key: &InstanceKey) {
-        if let Some(set) = self.state.by_service.get_mut(lower) {
-            set.remove(key);
-            if set.is_empty() {
-                self.state.by_service.remove(lower);
-            }
-        }
-    }
-
     /// Removes an instance and its checks.
     pub fn remove_instance(&mut self, key: &InstanceKey) -> Option<Instance> {
         let inst = self.state.instances.remove(key)?;
         self.touched.instances.insert(key.clone());
         let lower = inst.name.to_ascii_lowercase();
-        self.unindex_service(&lower, key);
+        self.state.unindex_service(&lower, key);
         self.remove_checks_of(&CheckOwner {
             node: key.node.clone(),
             service_id: Some(key.id.clone()),
         });
         self.changes.services.insert(lower);
         self.changes.nodes.insert(key.node.clone());
-        Some(*inst)
+        Some(Arc::unwrap_or_clone(inst))
     }
 
     fn remove_checks_of(&mut self, owner: &CheckOwner) {
@@ -494,10 +544,8 @@ impl Txn<'_> {
         }
         self.touched.checks.insert(id_key.clone());
         self.state.check_owner.insert(id_key, owner.clone());
-        self.state
-            .checks
-            .entry(owner.clone())
-            .or_default()
+        self.state.checks.entry(owner.clone()).or_default();
+        Arc::make_mut(self.state.checks.get_mut(&owner).expect("just added"))
             .insert(check.id.clone(), check);
         self.touch_owner(&owner);
     }
@@ -507,7 +555,7 @@ impl Txn<'_> {
         let owner = self.state.check_owner.remove(&key)?;
         self.touched.checks.insert(key);
         self.state.check_defs += 1;
-        let map = self.state.checks.get_mut(&owner)?;
+        let map = Arc::make_mut(self.state.checks.get_mut(&owner)?);
         let check = map.remove(id);
         if map.is_empty() {
             self.state.checks.remove(&owner);
@@ -530,7 +578,7 @@ impl Txn<'_> {
             .state
             .checks
             .get_mut(&owner)
-            .and_then(|m| m.get_mut(id))
+            .and_then(|m| Arc::make_mut(m).get_mut(id))
         else {
             return false;
         };
@@ -560,13 +608,13 @@ impl Txn<'_> {
         let create_index = old.map(|e| e.create_index).unwrap_or(self.next_index);
         self.state.kv.insert(
             key.to_string(),
-            KvEntry {
+            Arc::new(KvEntry {
                 key: key.to_string(),
                 value,
                 flags,
                 create_index,
                 modify_index: self.next_index,
-            },
+            }),
         );
         self.touched.kv.insert(key.to_string());
         self.changes.kv = true;
@@ -604,7 +652,7 @@ impl Txn<'_> {
     /// Marks every service and node changed, so the listener rebuilds all
     /// of them (after its settings changed on reload).
     pub fn touch_all(&mut self) {
-        let services: Vec<String> = self.state.by_service.keys().cloned().collect();
+        let services: Vec<String> = self.state.services.keys().cloned().collect();
         let nodes: Vec<String> = self.state.nodes.keys().cloned().collect();
         self.changes.services.extend(services);
         self.changes.nodes.extend(nodes);
@@ -614,7 +662,7 @@ impl Txn<'_> {
     pub fn restore(&mut self, saved: store::Saved) {
         for n in saved.nodes {
             let name = n.name.clone();
-            self.state.nodes.insert(name.clone(), Box::new(n));
+            self.state.nodes.insert(name.clone(), Arc::new(n));
             self.touch_node(&name);
         }
         for i in saved.instances {
@@ -631,17 +679,72 @@ impl Txn<'_> {
             self.state
                 .check_owner
                 .insert((c.node.clone(), c.id.clone()), owner.clone());
-            self.state
-                .checks
-                .entry(owner.clone())
-                .or_default()
+            Arc::make_mut(self.state.checks.entry(owner.clone()).or_default())
                 .insert(c.id.clone(), c);
             self.state.check_defs += 1;
             self.touch_owner(&owner);
         }
         for e in saved.kv {
-            self.state.kv.insert(e.key.clone(), e);
+            self.state.kv.insert(e.key.clone(), Arc::new(e));
             self.changes.kv = true;
+        }
+    }
+
+    /// Makes the keys in `touched` what they are in `from`: a write that
+    /// needs no disk, put back on a tip that a refused batch took back (see
+    /// `commit`). An entry whose node or instance is not here is left out:
+    /// it belonged to the refused writes.
+    pub fn replay(&mut self, from: &State, touched: &Touched) {
+        for name in &touched.nodes {
+            if let Some(n) = from.node(name) {
+                self.upsert_node(n.clone());
+            }
+        }
+        for key in &touched.instances {
+            if let Some(i) = from.instance(key) {
+                if self.state.nodes.contains_key(&key.node) {
+                    self.upsert_instance(i.clone());
+                }
+            }
+        }
+        for (node, id) in &touched.checks {
+            match from.check(node, id) {
+                Some(c) => {
+                    let owner_here = match &c.service_id {
+                        Some(sid) => self
+                            .state
+                            .instances
+                            .contains_key(&InstanceKey::new(node, sid)),
+                        None => self.state.nodes.contains_key(node),
+                    };
+                    if owner_here {
+                        self.upsert_check(c.clone());
+                    }
+                }
+                None => {
+                    self.remove_check(node, id);
+                }
+            }
+        }
+        for key in &touched.instances {
+            if from.instance(key).is_none() {
+                self.remove_instance(key);
+            }
+        }
+        for name in &touched.nodes {
+            if from.node(name).is_none() {
+                self.remove_node(name);
+            }
+        }
+        for key in &touched.kv {
+            match from.kv_get(key) {
+                Some(e) => {
+                    self.kv_put(key, e.value.clone(), e.flags, None);
+                }
+                None => {
+                    self.kv_delete(key, None);
+                }
+            }
         }
     }
 
@@ -672,129 +775,10 @@ impl Txn<'_> {
     }
 }
 
-/// The registry. Cheap to share: clone the `Arc` around it.
-pub struct Registry {
-    /// One lock for all indexes: a write updates several at once and must
-    /// never be seen half-done. Held only for in-memory work and the store's
-    /// commit, never across an `.await`; the DNS path never takes it (it
-    /// reads the answer sets the listener keeps).
-    state: Mutex<State>,
-    listener: Arc<dyn ChangeListener>,
-    /// Where API writes are made durable; `None` keeps them in memory only.
-    store: Option<Store>,
-    /// The change index, for blocking queries and anything else that waits
-    /// for "something changed" without polling.
-    index_tx: watch::Sender<u64>,
-}
-
-impl Registry {
-    pub fn new(listener: Arc<dyn ChangeListener>) -> Registry {
-        Self::with_store(listener, None)
-    }
-
-    /// A registry whose API writes are kept in `store`.
-    pub fn with_store(listener: Arc<dyn ChangeListener>, store: Option<Store>) -> Registry {
-        let (index_tx, _) = watch::channel(0);
-        Registry {
-            state: Mutex::new(State::default()),
-            listener,
-            store,
-            index_tx,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic inside a transaction cannot leave indexes half-updated in
-        // a way later reads trip over worse than refusing to serve, and a
-        // DNS server that stops answering is worse: keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Reads what the store holds back into the registry, at the index it
-    /// had reached. Call once, before anything else writes.
-    pub fn restore(&self) -> Result<usize, StoreError> {
-        let Some(store) = &self.store else {
-            return Ok(0);
-        };
-        let saved = store.load()?;
-        let count = saved.nodes.len() + saved.instances.len() + saved.checks.len() + saved.kv.len();
-        let index = saved.index;
-        self.commit(false, |txn| txn.restore(saved), Some(index))?;
-        Ok(count)
-    }
-
-    fn commit<R>(
-        &self,
-        durable: bool,
-        f: impl FnOnce(&mut Txn<'_>) -> R,
-        at_least: Option<u64>,
-    ) -> Result<R, StoreError> {
-        let mut state = self.lock();
-        let next_index = state.index.max(at_least.unwrap_or(0)) + 1;
-        let mut txn = Txn {
-            state: &mut state,
-            changes: Changes::default(),
-            touched: Touched::default(),
-            next_index,
-        };
-        let out = f(&mut txn);
-        let changes = std::mem::take(&mut txn.changes);
-        let touched = std::mem::take(&mut txn.touched);
-        if changes.is_empty() {
-            return Ok(out);
-        }
-        state.index = next_index;
-        state.stamp(&changes, next_index);
-        if durable && !touched.is_empty() {
-            if let Some(store) = &self.store {
-                // Made durable before anyone can see it: a reader never acts
-                // on a write that a crash could take back.
-                store.commit(&state, &touched)?;
-            }
-        }
-        self.listener.changed(&state, &changes);
-        self.index_tx.send_replace(next_index);
-        Ok(out)
-    }
-
-    /// Runs `f` as one transaction. When it changed anything, the index
-    /// moves by one, the listener rebuilds what changed and watchers wake,
-    /// all before this returns. Not written to the store: for sources whose
-    /// truth lives elsewhere (files, Consul) and for health updates.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
-        self.commit(false, f, None)
-            .expect("a write that is not stored cannot fail")
-    }
-
-    /// As [`write`](Self::write), and the API entries it touched are in the
-    /// store before it returns.
-    pub fn write_api<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> Result<R, StoreError> {
-        self.commit(true, f, None)
-    }
-
-    /// Whether API writes outlive the process.
-    pub fn is_durable(&self) -> bool {
-        self.store.is_some()
-    }
-
-    /// Reads the state under the lock. Keep `f` short and synchronous.
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.lock())
-    }
-
-    pub fn index(&self) -> u64 {
-        *self.index_tx.borrow()
-    }
-
-    /// A receiver that wakes whenever the index moves.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.index_tx.subscribe()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn node(name: &str) -> Node {
         Node::new(name.into(), "10.0.0.1".into(), "dc1".into(), Source::Api)

@@ -24,17 +24,38 @@ const KV_META: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("kv
 /// a restart.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// `node`: the node that signpost's own agent registrations belong to,
+/// recorded at first start (see [`Store::adopt_node`]).
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
+
 pub const FILE_NAME: &str = "signpost.redb";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct StoreError {
     path: PathBuf,
     reason: String,
 }
 
+impl StoreError {
+    /// The committer thread is gone (signpost is shutting down).
+    pub fn stopped() -> StoreError {
+        StoreError {
+            path: PathBuf::from(FILE_NAME),
+            reason: "the store is closed (shutting down)".into(),
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// The store. The database handle is dropped after a failed write and
+/// opened again before the next one: redb refuses every write after an I/O
+/// error until the handle is reopened ("previous I/O error").
 pub struct Store {
-    db: Database,
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -48,6 +69,68 @@ pub struct Saved {
     pub kv: Vec<KvEntry>,
 }
 
+/// One write's changes to the store, serialized when the write was
+/// applied: `None` removes the key.
+#[derive(Debug, Default)]
+pub struct Rows {
+    index: u64,
+    nodes: Vec<(String, Option<Vec<u8>>)>,
+    instances: Vec<(String, Option<Vec<u8>>)>,
+    checks: Vec<(String, Option<Vec<u8>>)>,
+    kv: Vec<(String, Option<(Vec<u8>, (u64, u64, u64))>)>,
+}
+
+impl Rows {
+    /// The API entries among `touched` as `state` has them, and removals
+    /// of the others (an entry that another source took over is forgotten).
+    pub fn of(state: &State, touched: &Touched) -> Rows {
+        Rows {
+            index: state.index(),
+            nodes: touched
+                .nodes
+                .iter()
+                .map(|name| {
+                    let row = state.node(name).filter(|n| n.source == Source::Api);
+                    (name.clone(), row.map(json))
+                })
+                .collect(),
+            instances: touched
+                .instances
+                .iter()
+                .map(|key| {
+                    let row = state.instance(key).filter(|i| i.source == Source::Api);
+                    (pair_key(&key.node, &key.id), row.map(json))
+                })
+                .collect(),
+            checks: touched
+                .checks
+                .iter()
+                .map(|(node, id)| {
+                    let row = state.check(node, id).filter(|c| c.source == Source::Api);
+                    (pair_key(node, id), row.map(json))
+                })
+                .collect(),
+            kv: touched
+                .kv
+                .iter()
+                .map(|key| {
+                    let row = state
+                        .kv_get(key)
+                        .map(|e| (e.value.clone(), (e.flags, e.create_index, e.modify_index)));
+                    (key.clone(), row)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.instances.is_empty()
+            && self.checks.is_empty()
+            && self.kv.is_empty()
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("registry entries serialize")
 }
@@ -59,36 +142,111 @@ fn pair_key(a: &str, b: &str) -> String {
     format!("{a}\0{b}")
 }
 
+/// What to do with a store that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damaged {
+    /// Stop with the file and the reason.
+    Refuse,
+    /// Rename the file to `signpost.redb.damaged-<unix time>` and start
+    /// with an empty store.
+    MoveAside,
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store in `dir` and reads it back whole. A
+    /// store that cannot be read (empty file, bad header, failed integrity
+    /// check, a panic inside redb) stops startup with the file and the
+    /// reason, or with [`Damaged::MoveAside`] is moved aside, never deleted.
+    pub fn open_and_load(dir: &Path, damaged: Damaged) -> Result<(Store, Saved), StoreError> {
         let path = dir.join(FILE_NAME);
         let fail = |reason: String| StoreError {
             path: path.clone(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create data dir: {e}")))?;
+        let first = Self::try_open_and_load(&path);
+        let reason = match first {
+            Ok(done) => return Ok(done),
+            Err(reason) => reason,
+        };
+        match damaged {
+            Damaged::Refuse => Err(fail(format!(
+                "{reason}; the store is damaged or not a signpost store. Start with \
+                 --move-damaged-store to move it aside and start empty (it is kept, never \
+                 deleted), or restore it from a backup"
+            ))),
+            Damaged::MoveAside => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = path.with_file_name(format!("{FILE_NAME}.damaged-{secs}"));
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    fail(format!(
+                        "{reason}; cannot move it aside to {}: {e}",
+                        aside.display()
+                    ))
+                })?;
+                tracing::error!(
+                    "store {} is damaged ({reason}); moved it aside to {} and starting with an empty store",
+                    path.display(),
+                    aside.display()
+                );
+                Self::try_open_and_load(&path).map_err(fail)
+            }
+        }
+    }
+
+    fn try_open_and_load(path: &Path) -> Result<(Store, Saved), String> {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.len() == 0 {
+                return Err("the file is empty (0 bytes)".into());
+            }
+        }
+        // redb has been seen to panic on some corrupted pages; that is a
+        // damaged store, not a crash.
+        let path = path.to_path_buf();
+        std::panic::catch_unwind(move || -> Result<(Store, Saved), String> {
+            let mut db = Self::open_db(&path).map_err(|e| format!("cannot open: {e}"))?;
+            let repaired = !db
+                .check_integrity()
+                .map_err(|e| format!("integrity check failed: {e}"))?;
+            if repaired {
+                tracing::warn!(
+                    "store {} was not closed cleanly and has been repaired; writes not yet committed when it stopped are lost",
+                    path.display()
+                );
+            }
+            let mut store = Store { db: Some(db), path };
+            store.create_tables().map_err(|e| e.reason)?;
+            let saved = store.load_inner().map_err(|e| format!("cannot read: {e}"))?;
+            Ok((store, saved))
+        })
+        .unwrap_or_else(|p| Err(format!("the store is corrupted (redb: {})", panic_text(p))))
+    }
+
+    fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
         // The registry in memory answers every read; the store is written
         // through and read back only at start. redb's default 1 GiB page
         // cache would keep a copy of the whole file resident (~70 MiB for
         // 100,000 registrations) for nothing; a few MiB keep the upper
         // B-tree pages of the write path.
-        let db = redb::Builder::new()
+        let shown = path.display().to_string();
+        redb::Builder::new()
             .set_cache_size(STORE_CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| fail(format!("cannot open store: {e}")))?;
-        let store = Store { db, path };
-        // Create the tables up front so that reads never meet a missing one.
-        store.run(|txn| {
-            txn.open_table(NODES)?;
-            txn.open_table(INSTANCES)?;
-            txn.open_table(CHECKS)?;
-            txn.open_table(KV_VALUES)?;
-            txn.open_table(KV_META)?;
-            txn.open_table(META)?;
-            Ok(())
-        })?;
-        Ok(store)
+            .set_repair_callback(move |session| {
+                if session.progress() == 0.0 {
+                    tracing::warn!("repairing store {shown} (it was not closed cleanly)");
+                }
+            })
+            .create(path)
     }
 
     fn error(&self, reason: impl std::fmt::Display) -> StoreError {
@@ -98,21 +256,54 @@ impl Store {
         }
     }
 
-    fn run(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        f(&txn).map_err(|e| self.error(e))?;
-        txn.commit().map_err(|e| self.error(e))
+    /// The open database, opening it again after a failure.
+    fn db(&mut self) -> Result<&Database, StoreError> {
+        if self.db.is_none() {
+            let db = std::panic::catch_unwind(|| Self::open_db(&self.path))
+                .map_err(|p| self.error(format!("cannot reopen: {}", panic_text(p))))?
+                .map_err(|e| self.error(format!("cannot reopen: {e}")))?;
+            self.db = Some(db);
+        }
+        Ok(self.db.as_ref().expect("just opened"))
     }
 
-    pub fn load(&self) -> Result<Saved, StoreError> {
-        self.load_inner().map_err(|e| self.error(e))
+    /// Drops the database handle after a failed write, so that the next
+    /// write reopens it.
+    pub fn reset(&mut self) {
+        self.db = None;
+    }
+
+    fn run(
+        &mut self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let result = (|| {
+            let txn = db.begin_write()?;
+            f(&txn)?;
+            txn.commit()?;
+            Ok::<(), redb::Error>(())
+        })();
+        result.map_err(|e| self.error(e))
+    }
+
+    fn create_tables(&mut self) -> Result<(), StoreError> {
+        // Up front, so that reads never meet a missing table.
+        self.run(|txn| {
+            txn.open_table(NODES)?;
+            txn.open_table(INSTANCES)?;
+            txn.open_table(CHECKS)?;
+            txn.open_table(KV_VALUES)?;
+            txn.open_table(KV_META)?;
+            txn.open_table(META)?;
+            txn.open_table(IDENTITY)?;
+            Ok(())
+        })
     }
 
     fn load_inner(&self) -> Result<Saved, Box<dyn std::error::Error>> {
-        let txn = self.db.begin_read()?;
+        let db = self.db.as_ref().ok_or("the store is not open")?;
+        let txn = db.begin_read()?;
         let mut saved = Saved {
             index: txn
                 .open_table(META)?
@@ -152,48 +343,111 @@ impl Store {
         Ok(saved)
     }
 
-    /// Writes the API entries among `touched` as `state` has them now, and
-    /// forgets the others; on disk when this returns.
-    pub fn commit(&self, state: &State, touched: &Touched) -> Result<(), StoreError> {
+    /// The node recorded as signpost's own, if any.
+    pub fn recorded_node(&self) -> Result<Option<String>, StoreError> {
+        let read = || -> Result<Option<String>, redb::Error> {
+            let db = self.db.as_ref().expect("open");
+            let txn = db.begin_read()?;
+            let t = txn.open_table(IDENTITY)?;
+            Ok(t.get("node")?.map(|v| v.value().to_string()))
+        };
+        read().map_err(|e| self.error(e))
+    }
+
+    /// Records `node` as signpost's own and, when another node was recorded,
+    /// moves the API entries of `saved` that were on it to `node`, in one
+    /// transaction: agent registrations follow signpost when its node name
+    /// changes (a renamed host, a recreated container). Returns how many
+    /// instances and checks moved; `saved` is changed to match.
+    pub fn adopt_node(
+        &mut self,
+        node: &str,
+        saved: &mut Saved,
+    ) -> Result<(usize, usize), StoreError> {
+        let old = self.recorded_node()?;
+        let old = match old {
+            Some(old) if old == node => return Ok((0, 0)),
+            other => other,
+        };
+        let mut moved = (0, 0);
+        self.run(|txn| {
+            if let Some(old) = &old {
+                let mut instances = txn.open_table(INSTANCES)?;
+                for i in saved.instances.iter_mut().filter(|i| &i.node == old) {
+                    instances.remove(pair_key(old, &i.id).as_str())?;
+                    i.node = node.to_string();
+                    instances.insert(pair_key(node, &i.id).as_str(), json(i).as_slice())?;
+                    moved.0 += 1;
+                }
+                let mut checks = txn.open_table(CHECKS)?;
+                for c in saved.checks.iter_mut().filter(|c| &c.node == old) {
+                    checks.remove(pair_key(old, &c.id).as_str())?;
+                    c.node = node.to_string();
+                    checks.insert(pair_key(node, &c.id).as_str(), json(c).as_slice())?;
+                    moved.1 += 1;
+                }
+            }
+            txn.open_table(IDENTITY)?.insert("node", node)?;
+            Ok(())
+        })?;
+        if let Some(old) = old {
+            tracing::warn!(
+                instances = moved.0,
+                checks = moved.1,
+                "node name changed from {old:?} to {node:?} since the last start: moved the agent registrations of {old:?} to {node:?}"
+            );
+        }
+        Ok(moved)
+    }
+
+    /// Writes a batch of writes' rows in one transaction: on disk when this
+    /// returns, or none of it is.
+    pub fn write(&mut self, batch: &[&Rows]) -> Result<(), StoreError> {
         self.run(|txn| {
             let mut nodes = txn.open_table(NODES)?;
-            for name in &touched.nodes {
-                match state.node(name).filter(|n| n.source == Source::Api) {
-                    Some(n) => nodes.insert(name.as_str(), json(n).as_slice())?,
-                    None => nodes.remove(name.as_str())?,
-                };
-            }
             let mut instances = txn.open_table(INSTANCES)?;
-            for key in &touched.instances {
-                let k = pair_key(&key.node, &key.id);
-                match state.instance(key).filter(|i| i.source == Source::Api) {
-                    Some(i) => instances.insert(k.as_str(), json(i).as_slice())?,
-                    None => instances.remove(k.as_str())?,
-                };
-            }
             let mut checks = txn.open_table(CHECKS)?;
-            for (node, id) in &touched.checks {
-                let k = pair_key(node, id);
-                match state.check(node, id).filter(|c| c.source == Source::Api) {
-                    Some(c) => checks.insert(k.as_str(), json(c).as_slice())?,
-                    None => checks.remove(k.as_str())?,
-                };
-            }
             let mut values = txn.open_table(KV_VALUES)?;
             let mut meta = txn.open_table(KV_META)?;
-            for key in &touched.kv {
-                match state.kv_get(key) {
-                    Some(e) => {
-                        values.insert(key.as_str(), e.value.as_slice())?;
-                        meta.insert(key.as_str(), (e.flags, e.create_index, e.modify_index))?;
+            let mut index = 0;
+            for rows in batch {
+                index = index.max(rows.index);
+                for (table, list) in [
+                    (&mut nodes, &rows.nodes),
+                    (&mut instances, &rows.instances),
+                    (&mut checks, &rows.checks),
+                ] {
+                    for (key, row) in list {
+                        match row {
+                            Some(v) => table.insert(key.as_str(), v.as_slice())?,
+                            None => table.remove(key.as_str())?,
+                        };
                     }
-                    None => {
-                        values.remove(key.as_str())?;
-                        meta.remove(key.as_str())?;
+                }
+                for (key, row) in &rows.kv {
+                    match row {
+                        Some((v, m)) => {
+                            values.insert(key.as_str(), v.as_slice())?;
+                            meta.insert(key.as_str(), *m)?;
+                        }
+                        None => {
+                            values.remove(key.as_str())?;
+                            meta.remove(key.as_str())?;
+                        }
                     }
                 }
             }
-            txn.open_table(META)?.insert("index", state.index())?;
+            txn.open_table(META)?.insert("index", index)?;
+            Ok(())
+        })
+    }
+
+    /// A write that changes nothing, to see whether the store takes writes.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        self.run(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let index = meta.get("index")?.map(|v| v.value()).unwrap_or(0);
+            meta.insert("index", index)?;
             Ok(())
         })
     }

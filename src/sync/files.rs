@@ -259,7 +259,7 @@ impl Definitions {
     /// of its bookkeeping in fragmented pages for good. Nothing defined is
     /// ever missing in between: removals come last.
     pub fn apply(self, registry: &Registry, own: &OwnNode) {
-        let mut stale = registry.read(|s| s.keys_of(Source::File));
+        let mut stale = registry.read_latest(|s| s.keys_of(Source::File));
         registry.write(|txn| {
             txn.upsert_node(Node::new(
                 own.name.clone(),

@@ -1,0 +1,531 @@
+//! The write path: validate → persist → apply → notify, and never half.
+//!
+//! A write runs its transaction on the *tip*, a copy of the state that
+//! holds every write so far (cheap: [`State`] is made of persistent maps).
+//! Readers see *visible*, which only ever holds writes that are on disk.
+//! A write the HTTP API must make durable is queued with the rows it
+//! changed; the committer thread takes everything queued, writes it in one
+//! redb transaction (one fsync for every writer waiting: group commit), and
+//! then makes the tip as of that batch visible, rebuilds the DNS answers
+//! for what changed and wakes watchers, before any writer in the batch is
+//! answered. The disk is never touched under a lock that readers or the
+//! DNS path take.
+//!
+//! When the store refuses a batch, nothing of it ever becomes visible: the
+//! tip goes back to the visible state, every durable write since (they were
+//! built on the refused ones) is refused with the same reason, and writes
+//! that need no disk (health, zones/, Consul) are put back by their keys.
+//! The committer then reopens the store and tries again on the next write,
+//! or every few seconds until it can write again.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{oneshot, watch};
+
+use super::store::{Rows, Store, StoreError};
+use super::{ChangeListener, Changes, State, Touched, Txn};
+
+/// How long the committer waits before probing a failed store again when
+/// no write asks it to.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether the store accepts writes; read by `/ready`, `/metrics` and the
+/// status endpoint. Atomics and a small mutex: written by the committer
+/// thread, read from anywhere, never held across anything slow.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    degraded: AtomicBool,
+    /// Batches the store refused, ever.
+    pub failed_batches: AtomicU64,
+    /// Writes refused because the store failed, ever.
+    pub refused_writes: AtomicU64,
+    /// Batches written, and the writes they carried (their ratio is the
+    /// group-commit factor).
+    pub batches: AtomicU64,
+    pub batched_writes: AtomicU64,
+    /// The reason of the failure that started the degraded state.
+    reason: Mutex<Option<String>>,
+}
+
+impl StoreStatus {
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Why the store is degraded, while it is.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// A write applied to the tip that readers cannot see yet.
+struct Pending {
+    /// What to write to the store; `None` for writes that need no disk.
+    rows: Option<Rows>,
+    changes: Changes,
+    /// Its keys, to put a write that needs no disk back after a refused
+    /// batch took the tip back.
+    touched: Touched,
+    /// The tip right after this write (a cheap copy).
+    after: State,
+    reply: Option<Reply>,
+}
+
+/// The writers' side, under one mutex held only for in-memory work.
+struct Writer {
+    tip: State,
+    /// Applied to `tip`, oldest first, not yet taken by the committer.
+    queued: VecDeque<Pending>,
+    /// Taken by the committer and being written now.
+    in_flight: bool,
+    stopping: bool,
+}
+
+impl Writer {
+    /// Nothing applied to the tip is waiting to become visible.
+    fn settled(&self) -> bool {
+        self.queued.is_empty() && !self.in_flight
+    }
+}
+
+/// The registry. Cheap to share: clone the `Arc` around it.
+pub struct Registry {
+    /// What readers see: only what is on disk (or needs no disk). An
+    /// `ArcSwap` so that a read never takes a lock and never waits for a
+    /// writer or the disk.
+    visible: ArcSwap<State>,
+    /// The tip and the queue. A std mutex: held for in-memory work only
+    /// (one transaction, or publishing a batch), never across `.await` or a
+    /// disk write.
+    writer: Mutex<Writer>,
+    /// Wakes the committer when something is queued.
+    queued: Condvar,
+    listener: Arc<dyn ChangeListener>,
+    /// The visible change index, for blocking queries and anything else
+    /// that waits for "something changed" without polling.
+    index_tx: watch::Sender<u64>,
+    durable: bool,
+    status: Arc<StoreStatus>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Registry {
+    /// A registry that keeps everything in memory.
+    pub fn new(listener: Arc<dyn ChangeListener>) -> Arc<Registry> {
+        Self::build(listener, false)
+    }
+
+    /// A registry whose API writes are made durable in `store` before they
+    /// are visible. Starts the committer thread that owns the store.
+    pub fn with_store(listener: Arc<dyn ChangeListener>, store: Option<Store>) -> Arc<Registry> {
+        let Some(store) = store else {
+            return Self::new(listener);
+        };
+        let registry = Self::build(listener, true);
+        let weak = Arc::downgrade(&registry);
+        let handle = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || commit_loop(weak, store))
+            .expect("cannot start the store thread");
+        *registry.committer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        registry
+    }
+
+    fn build(listener: Arc<dyn ChangeListener>, durable: bool) -> Arc<Registry> {
+        let (index_tx, _) = watch::channel(0);
+        Arc::new(Registry {
+            visible: ArcSwap::from_pointee(State::default()),
+            writer: Mutex::new(Writer {
+                tip: State::default(),
+                queued: VecDeque::new(),
+                in_flight: false,
+                stopping: false,
+            }),
+            queued: Condvar::new(),
+            listener,
+            index_tx,
+            durable,
+            status: Arc::new(StoreStatus::default()),
+            committer: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic inside a transaction may leave the tip half-changed; the
+        // visible state is untouched, and a DNS server that stops taking
+        // writes is worse than one that goes on: keep going.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the tip. Returns its output, what it changed and which
+    /// keys it touched; the tip's index has moved when anything changed.
+    fn apply<R>(w: &mut Writer, f: impl FnOnce(&mut Txn<'_>) -> R) -> (R, Changes, Touched) {
+        let next_index = w.tip.index + 1;
+        let mut txn = Txn {
+            state: &mut w.tip,
+            changes: Changes::default(),
+            touched: Touched::default(),
+            next_index,
+        };
+        let out = f(&mut txn);
+        let changes = std::mem::take(&mut txn.changes);
+        let touched = std::mem::take(&mut txn.touched);
+        if !changes.is_empty() {
+            w.tip.index = next_index;
+            w.tip.stamp(&changes, next_index);
+        }
+        (out, changes, touched)
+    }
+
+    /// Shows `state` to readers, rebuilds the answers for `changes` and
+    /// wakes watchers. Called with the writers' lock held, so publications
+    /// happen in index order.
+    fn publish(&self, state: State, changes: &Changes) {
+        let index = state.index;
+        let state = Arc::new(state);
+        self.visible.store(state.clone());
+        self.listener.changed(&state, changes);
+        self.index_tx.send_replace(index);
+    }
+
+    /// Runs `f` as one transaction that needs no disk (zones/, Consul,
+    /// health). When it changed anything the index moves by one; it is
+    /// visible, in DNS and to watchers when this returns, unless durable
+    /// writes are on their way to the disk: then it becomes visible with
+    /// them, within one disk flush, in order.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
+        let mut w = self.lock();
+        let (out, changes, touched) = Self::apply(&mut w, f);
+        if changes.is_empty() {
+            return out;
+        }
+        if w.settled() {
+            let state = w.tip.clone();
+            self.publish(state, &changes);
+        } else {
+            let after = w.tip.clone();
+            w.queued.push_back(Pending {
+                rows: None,
+                changes,
+                touched,
+                after,
+                reply: None,
+            });
+            self.queued.notify_one();
+        }
+        out
+    }
+
+    /// As [`write`](Self::write), and the API entries it touched are on
+    /// disk before it is visible and before this returns. When the store
+    /// refuses it, it was never visible and nothing changed.
+    pub async fn write_api<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> Result<R, StoreError> {
+        if !self.durable {
+            return Ok(self.write(f));
+        }
+        let rx = {
+            let mut w = self.lock();
+            let (out, changes, touched) = Self::apply(&mut w, f);
+            // A write that changed nothing still waits for the writes
+            // before it: what it read of them must not be acknowledged
+            // before they are on disk.
+            if changes.is_empty() && w.settled() {
+                return Ok(out);
+            }
+            let rows = (!touched.is_empty()).then(|| Rows::of(&w.tip, &touched));
+            let (tx, rx) = oneshot::channel();
+            let after = w.tip.clone();
+            w.queued.push_back(Pending {
+                rows: Some(rows.unwrap_or_default()),
+                changes,
+                touched,
+                after,
+                reply: Some(tx),
+            });
+            self.queued.notify_one();
+            (out, rx)
+        };
+        let (out, rx) = rx;
+        match rx.await {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::stopped()),
+        }
+    }
+
+    /// As [`write_api`](Self::write_api), from code that is not async
+    /// (startup, tests). Blocks the calling thread.
+    pub fn write_api_blocking<R>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> R,
+    ) -> Result<R, StoreError> {
+        futures_lite_block_on(self.write_api(f))
+    }
+
+    /// Puts back entries read from the store as they were, indexes and all,
+    /// at the index the store had reached. Call once, before anything else
+    /// writes.
+    pub fn restore(&self, saved: super::store::Saved) -> usize {
+        let count = saved.nodes.len() + saved.instances.len() + saved.checks.len() + saved.kv.len();
+        let mut w = self.lock();
+        w.tip.index = w.tip.index.max(saved.index);
+        let (_, changes, _) = Self::apply(&mut w, |txn| txn.restore(saved));
+        if !changes.is_empty() {
+            let state = w.tip.clone();
+            self.publish(state, &changes);
+        }
+        count
+    }
+
+    /// Whether API writes outlive the process.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The store's health, for readiness and metrics.
+    pub fn store_status(&self) -> &Arc<StoreStatus> {
+        &self.status
+    }
+
+    /// Reads the visible state. Never waits for a writer or the disk.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.visible.load())
+    }
+
+    /// A snapshot of the visible state to keep (for a long read).
+    pub fn snapshot(&self) -> Arc<State> {
+        self.visible.load_full()
+    }
+
+    /// Reads the tip: every write so far, including those still on their
+    /// way to the disk. For a writer that must see the writes before its
+    /// own (a source computing what it no longer has); holds up writers
+    /// while `f` runs.
+    pub fn read_latest<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock().tip)
+    }
+
+    pub fn index(&self) -> u64 {
+        *self.index_tx.borrow()
+    }
+
+    /// A receiver that wakes whenever the visible index moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index_tx.subscribe()
+    }
+
+    /// Waits for queued writes to be written and stops the committer.
+    pub fn close(&self) {
+        self.lock().stopping = true;
+        self.queued.notify_all();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs a future to completion on this thread; for the few callers of
+/// `write_api` outside the runtime. The future only waits on a oneshot that
+/// the committer thread fills, so parking until woken is enough.
+fn futures_lite_block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// The committer thread: takes what is queued, writes it, publishes it.
+/// Holds only a weak reference, so that a dropped registry ends it.
+fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
+    let mut failing_since: Option<(Instant, u64)> = None;
+    loop {
+        let Some(reg) = registry.upgrade() else {
+            return;
+        };
+        let batch: Vec<Pending> = {
+            let mut w = reg.lock();
+            while w.queued.is_empty() && !w.stopping {
+                let wait = if failing_since.is_some() {
+                    PROBE_EVERY
+                } else {
+                    // Wake now and then to notice a dropped registry.
+                    Duration::from_secs(1)
+                };
+                let (guard, timeout) = reg
+                    .queued
+                    .wait_timeout(w, wait)
+                    .unwrap_or_else(|e| e.into_inner());
+                w = guard;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            if w.queued.is_empty() {
+                if w.stopping {
+                    return;
+                }
+                drop(w);
+                if failing_since.is_some() {
+                    probe(&reg, &mut store, &mut failing_since);
+                }
+                continue;
+            }
+            w.in_flight = true;
+            w.queued.drain(..).collect()
+        };
+        let rows: Vec<&Rows> = batch.iter().filter_map(|p| p.rows.as_ref()).collect();
+        let written = if rows.iter().all(|r| r.is_empty()) {
+            Ok(())
+        } else {
+            store.write(&rows)
+        };
+        let writes = rows.len() as u64;
+        match written {
+            Ok(()) => {
+                if writes > 0 {
+                    reg.status.batches.fetch_add(1, Ordering::Relaxed);
+                    reg.status
+                        .batched_writes
+                        .fetch_add(writes, Ordering::Relaxed);
+                    recovered(&reg, &mut failing_since);
+                }
+                let mut w = reg.lock();
+                let mut changes = Changes::default();
+                let mut last = None;
+                let mut replies = Vec::new();
+                for p in batch {
+                    changes.merge(p.changes);
+                    last = Some(p.after);
+                    replies.extend(p.reply);
+                }
+                if let Some(state) = last {
+                    if !changes.is_empty() {
+                        reg.publish(state, &changes);
+                    }
+                }
+                w.in_flight = false;
+                drop(w);
+                for r in replies {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                failed(&reg, &e, &mut failing_since);
+                refuse(&reg, batch, &e);
+                store.reset();
+            }
+        }
+    }
+}
+
+/// A refused batch: the tip goes back to what readers see, writes that
+/// need no disk are put back on it, and every durable write since the
+/// visible state is refused.
+fn refuse(reg: &Registry, batch: Vec<Pending>, e: &StoreError) {
+    let mut w = reg.lock();
+    let later: Vec<Pending> = w.queued.drain(..).collect();
+    let mut tip = State::clone(&reg.visible.load());
+    let mut changes = Changes::default();
+    let mut replies = Vec::new();
+    for p in batch.into_iter().chain(later) {
+        match p.reply {
+            Some(r) => replies.push(r),
+            None => {
+                let next_index = tip.index + 1;
+                let mut txn = Txn {
+                    state: &mut tip,
+                    changes: Changes::default(),
+                    touched: Touched::default(),
+                    next_index,
+                };
+                txn.replay(&p.after, &p.touched);
+                let c = std::mem::take(&mut txn.changes);
+                if !c.is_empty() {
+                    tip.index = next_index;
+                    tip.stamp(&c, next_index);
+                    changes.merge(c);
+                }
+            }
+        }
+    }
+    w.tip = tip.clone();
+    if !changes.is_empty() {
+        reg.publish(tip, &changes);
+    }
+    w.in_flight = false;
+    drop(w);
+    reg.status
+        .refused_writes
+        .fetch_add(replies.len() as u64, Ordering::Relaxed);
+    for r in replies {
+        let _ = r.send(Err(e.clone()));
+    }
+}
+
+fn failed(reg: &Registry, e: &StoreError, since: &mut Option<(Instant, u64)>) {
+    reg.status.failed_batches.fetch_add(1, Ordering::Relaxed);
+    match since {
+        Some((_, n)) => {
+            *n += 1;
+            tracing::debug!("store still refusing writes: {e}");
+        }
+        None => {
+            tracing::error!(
+                "store refused a write; refusing API writes until it accepts them again (reads and DNS go on): {e}"
+            );
+            *since = Some((Instant::now(), 1));
+            reg.status.degraded.store(true, Ordering::Relaxed);
+            *reg.status.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+    }
+}
+
+fn recovered(reg: &Registry, since: &mut Option<(Instant, u64)>) {
+    if let Some((at, n)) = since.take() {
+        tracing::warn!(
+            failed_batches = n,
+            "store accepts writes again after {:.1}s degraded",
+            at.elapsed().as_secs_f64()
+        );
+        reg.status.degraded.store(false, Ordering::Relaxed);
+        *reg.status.reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// While degraded and idle: see whether the store takes a write again, so
+/// that `/ready` recovers without waiting for a client to try.
+fn probe(reg: &Registry, store: &mut Store, since: &mut Option<(Instant, u64)>) {
+    match store.probe() {
+        Ok(()) => recovered(reg, since),
+        Err(e) => {
+            tracing::debug!("store probe failed: {e}");
+            store.reset();
+        }
+    }
+}
