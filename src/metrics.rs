@@ -331,3 +331,59 @@ impl Collector for DnsStats {
         Ok(())
     }
 }
+
+/// The store's health and group commit, read from the registry's
+/// [`StoreStatus`](crate::registry::StoreStatus) at scrape time.
+#[derive(Debug)]
+struct StoreCollector(Arc<crate::registry::StoreStatus>);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let degraded = i64::from(s.is_degraded());
+        encoder
+            .encode_descriptor(
+                "store_degraded",
+                "1 while the store in --data-dir refuses writes (API writes get 5xx; reads and DNS go on)",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&degraded)?;
+        for (name, help, value) in [
+            (
+                "store_failed_batches",
+                "Batches of writes the store refused",
+                &s.failed_batches,
+            ),
+            (
+                "store_refused_writes",
+                "API writes refused because the store refused them",
+                &s.refused_writes,
+            ),
+            (
+                "store_batches",
+                "Batches written to the store (one fsync each)",
+                &s.batches,
+            ),
+            (
+                "store_batched_writes",
+                "API writes carried by those batches (writes per batch: the group-commit factor)",
+                &s.batched_writes,
+            ),
+        ] {
+            let v = value.load(Ordering::Relaxed);
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds the store's metrics (with `--data-dir`).
+    pub fn watch_store(&mut self, status: Arc<crate::registry::StoreStatus>) {
+        self.registry
+            .register_collector(Box::new(StoreCollector(status)));
+    }
+}

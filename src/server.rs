@@ -22,15 +22,15 @@ use crate::sync::files::{self, Definitions, FileError, OwnNode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Zones(#[from] FileError),
-    #[error("{0}")]
+    #[error(transparent)]
     StaticZone(#[from] ZoneError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Consul(#[from] SyncError),
-    #[error("{0}")]
+    #[error(transparent)]
     Listen(#[from] std::io::Error),
 }
 
@@ -110,7 +110,11 @@ impl Signpost {
                 config.dns_config.udp_payload_max,
             ))
         });
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        if registry.is_durable() {
+            metrics.watch_store(registry.store_status().clone());
+        }
+        let metrics = Arc::new(metrics);
         let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
         let consul = match &config.consul {
             Some(c) => {

@@ -17,9 +17,19 @@ pub async fn live() -> &'static str {
     "ok\n"
 }
 
-/// Ready to answer DNS truthfully: zones are loaded (they are, once the
-/// listener runs) and, in sidecar mode, the first full sync is done.
+/// Ready to answer DNS truthfully and take writes: zones are loaded (they
+/// are, once the listener runs), in sidecar mode the first full sync is
+/// done, and the store (with --data-dir) accepts writes.
 pub async fn ready(State(api): Shared) -> Response {
+    let store = api.registry.store_status();
+    if store.is_degraded() {
+        let reason = store.reason().unwrap_or_default().replace('\n', " ");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store refuses writes (DNS and reads go on): {reason}\n"),
+        )
+            .into_response();
+    }
     match &api.consul {
         Some(c) if !c.is_synced() => (
             StatusCode::SERVICE_UNAVAILABLE,

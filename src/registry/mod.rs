@@ -835,4 +835,37 @@ mod tests {
         let shared = r.read(|s| s.service_instances("shared").count());
         assert_eq!(shared, 3);
     }
+
+    /// Names come and go for good (a container per deploy): after 200,000
+    /// registrations and deregistrations of new names, nothing of them is
+    /// left in any map, yet the services index has moved for each.
+    #[test]
+    fn names_that_are_gone_leave_nothing_behind() {
+        let r = Registry::new(Arc::new(()));
+        r.write(|t| t.upsert_node(node("n")));
+        let sizes = |s: &State| {
+            (
+                s.nodes.len(),
+                s.instances.len(),
+                s.by_service.len(),
+                s.services.len(),
+                s.tables.service_entries(),
+                s.checks.len(),
+                s.check_owner.len(),
+            )
+        };
+        let start = r.read(sizes);
+        for i in 0..200_000 {
+            let id = format!("svc-{i}");
+            r.write(|t| t.upsert_instance(instance("n", &id)));
+            r.write(|t| t.remove_instance(&InstanceKey::new("n", &id)));
+        }
+        assert_eq!(r.read(sizes), start);
+        let after = r.read(|s| (s.tables().services, s.tables().service("svc-7")));
+        assert_eq!(after.0, r.index(), "the last deregistration moved it");
+        assert_eq!(
+            after.1, after.0,
+            "a gone service answers with the services index"
+        );
+    }
 }

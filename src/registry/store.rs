@@ -77,8 +77,11 @@ pub struct Rows {
     nodes: Vec<(String, Option<Vec<u8>>)>,
     instances: Vec<(String, Option<Vec<u8>>)>,
     checks: Vec<(String, Option<Vec<u8>>)>,
-    kv: Vec<(String, Option<(Vec<u8>, (u64, u64, u64))>)>,
+    kv: Vec<(String, Option<KvRow>)>,
 }
+
+/// A KV row: the value, and (flags, CreateIndex, ModifyIndex).
+type KvRow = (Vec<u8>, (u64, u64, u64));
 
 impl Rows {
     /// The API entries among `touched` as `state` has them, and removals

@@ -11,4 +11,5 @@ mod ops;
 mod properties;
 mod resolver;
 mod sidecar;
+mod store;
 mod zones;
