@@ -72,11 +72,11 @@ struct Pending {
     /// What to write to the store; `None` for writes that need no disk.
     rows: Option<Rows>,
     changes: Changes,
-    /// Its keys, to put a write that needs no disk back after a refused
-    /// batch took the tip back.
-    touched: Touched,
-    /// The tip right after this write (a cheap copy).
-    after: State,
+    /// A write that needs no disk: its keys and the tip right after it, to
+    /// put it back after a refused batch took the tip back. Durable writes
+    /// keep no copy: a copy per write would make the next write copy its
+    /// paths again, and the disk, not memory, is what they wait for.
+    replay: Option<(Touched, State)>,
     reply: Option<Reply>,
 }
 
@@ -216,8 +216,7 @@ impl Registry {
             w.queued.push_back(Pending {
                 rows: None,
                 changes,
-                touched,
-                after,
+                replay: Some((touched, after)),
                 reply: None,
             });
             self.queued.notify_one();
@@ -243,12 +242,10 @@ impl Registry {
             }
             let rows = (!touched.is_empty()).then(|| Rows::of(&w.tip, &touched));
             let (tx, rx) = oneshot::channel();
-            let after = w.tip.clone();
             w.queued.push_back(Pending {
                 rows: Some(rows.unwrap_or_default()),
                 changes,
-                touched,
-                after,
+                replay: None,
                 reply: Some(tx),
             });
             self.queued.notify_one();
@@ -368,7 +365,9 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
         let Some(reg) = registry.upgrade() else {
             return;
         };
-        let batch: Vec<Pending> = {
+        // The batch and the tip right after it: taken together under the
+        // lock, so the tip holds exactly the writes of the batch.
+        let (batch, after): (Vec<Pending>, State) = {
             let mut w = reg.lock();
             while w.queued.is_empty() && !w.stopping {
                 let wait = if failing_since.is_some() {
@@ -397,7 +396,7 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
                 continue;
             }
             w.in_flight = true;
-            w.queued.drain(..).collect()
+            (w.queued.drain(..).collect(), w.tip.clone())
         };
         let rows: Vec<&Rows> = batch.iter().filter_map(|p| p.rows.as_ref()).collect();
         let written = if rows.iter().all(|r| r.is_empty()) {
@@ -417,17 +416,13 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
                 }
                 let mut w = reg.lock();
                 let mut changes = Changes::default();
-                let mut last = None;
                 let mut replies = Vec::new();
                 for p in batch {
                     changes.merge(p.changes);
-                    last = Some(p.after);
                     replies.extend(p.reply);
                 }
-                if let Some(state) = last {
-                    if !changes.is_empty() {
-                        reg.publish(state, &changes);
-                    }
+                if !changes.is_empty() {
+                    reg.publish(after, &changes);
                 }
                 w.in_flight = false;
                 drop(w);
@@ -454,9 +449,9 @@ fn refuse(reg: &Registry, batch: Vec<Pending>, e: &StoreError) {
     let mut changes = Changes::default();
     let mut replies = Vec::new();
     for p in batch.into_iter().chain(later) {
-        match p.reply {
-            Some(r) => replies.push(r),
-            None => {
+        replies.extend(p.reply);
+        if let Some((touched, after)) = p.replay {
+            {
                 let next_index = tip.index + 1;
                 let mut txn = Txn {
                     state: &mut tip,
@@ -464,7 +459,7 @@ fn refuse(reg: &Registry, batch: Vec<Pending>, e: &StoreError) {
                     touched: Touched::default(),
                     next_index,
                 };
-                txn.replay(&p.after, &p.touched);
+                txn.replay(&after, &touched);
                 let c = std::mem::take(&mut txn.changes);
                 if !c.is_empty() {
                     tip.index = next_index;
