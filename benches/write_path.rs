@@ -161,7 +161,7 @@ fn main() {
                     assert!(r.status().is_success(), "write refused: {}", r.status());
                     lat.lock().unwrap().push(t.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
-                    if i % 50 == 0 {
+                    if i.is_multiple_of(50) {
                         let fqdn = format!("{name}.service.consul.");
                         let ok = tokio::task::spawn_blocking(move || in_dns(dns, &fqdn))
                             .await
