@@ -12,6 +12,20 @@ use signpost::server::{load_zones, Signpost};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 signpost::configure_allocator!();
 
+/// SIGHUP's default action kills the process, and `systemctl reload` may
+/// send one right after a start: it is ignored from before `main` (an ELF
+/// constructor) until the runtime's handler takes over in `run`, which
+/// queues it while loading.
+extern "C" fn ignore_hangup_until_ready() {
+    // SAFETY: sets a signal's disposition to SIG_IGN; runs before any
+    // other thread exists.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+}
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static IGNORE_HANGUP: extern "C" fn() = ignore_hangup_until_ready;
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
@@ -41,11 +55,26 @@ fn check(config: &Config) -> anyhow::Result<()> {
 
 async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut signpost = Signpost::start(config).await?;
-    signpost::alloc::release_freed_memory();
+    // Handlers first, loading after: a SIGHUP while loading (systemctl
+    // reload right after a start) is queued and applied once serving, a
+    // SIGTERM stops the start cleanly.
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let start = Signpost::start(config);
+    tokio::pin!(start);
+    let mut signpost = tokio::select! {
+        s = &mut start => s?,
+        _ = term.recv() => {
+            tracing::info!("SIGTERM during startup: stopped before serving");
+            return Ok(());
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT during startup: stopped before serving");
+            return Ok(());
+        }
+    };
+    signpost::alloc::release_freed_memory();
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -67,6 +96,28 @@ async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit: every DNS TCP
+/// and HTTP connection is a descriptor, and 1,024 runs out under load.
+/// Logged once logging is up (see `run`).
+fn raise_fd_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if lim.rlim_cur != before && libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Some((before, before));
+        }
+        Some((before, lim.rlim_cur))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.opts) {
@@ -80,6 +131,11 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&config),
         None => {
             init_logging(&config);
+            if let Some((before, now)) = raise_fd_limit() {
+                tracing::info!(
+                    "open file limit: {now} (soft limit was {before}; the hard limit caps it)"
+                );
+            }
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")
                 .and_then(|rt| rt.block_on(run(config, cli.opts)))

@@ -139,7 +139,12 @@ pub async fn maintenance(
             .parse::<bool>()
             .map_err(|_| ApiError::bad_request(format!("Invalid value for enable: {v:?}")))?,
     };
-    let (_, _, name) = own_instance(&api, &id)?;
+    let (_, source, name) = own_instance(&api, &id)?;
+    // Maintenance takes an instance out of DNS: a change to it, refused for
+    // entries that zones/, Consul or Docker own.
+    if source != Source::Api {
+        return Err(read_only(&format!("service {id:?}"), source));
+    }
     let check_id = maintenance_check_id(&id);
     let node = api.node.clone();
     let reason = params.get("reason").unwrap_or("").to_string();
@@ -186,12 +191,20 @@ pub async fn register_check(State(api): Shared, body: Result<Bytes, BytesRejecti
     let service = match def.service_id.clone() {
         Some(sid) => {
             let key = InstanceKey::new(&node, &sid);
-            let name = api
+            let (name, source) = api
                 .registry
-                .read(|s| s.instance(&key).map(|i| i.name.clone()))
+                .read(|s| s.instance(&key).map(|i| (i.name.clone(), i.source)))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("ServiceID {sid:?} does not exist"))
                 })?;
+            // A check on an instance decides whether DNS answers it: a
+            // change to the instance, refused for read-only sources.
+            if source != Source::Api {
+                return Err(read_only(
+                    &format!("service {sid:?}, which the check would attach to,"),
+                    source,
+                ));
+            }
             Some((sid, name))
         }
         None => None,

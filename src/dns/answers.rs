@@ -407,9 +407,15 @@ impl Answers {
         let dc = node.datacenter.as_str();
         let on_node = inst.address.is_empty() || inst.address == node.address;
         let targets: Vec<Name> = match ip {
-            Some(_) if on_node => (0..self.config().domains.len())
-                .map(|d| self.in_domain(d, &[&node.name, "node", dc]))
-                .collect::<Option<_>>()?,
+            Some(_) if on_node => {
+                // A node name with dots (`t2.320`, as Consul allows) is
+                // several labels of the target, not one.
+                let mut prefix: Vec<&str> = node.name.split('.').collect();
+                prefix.extend(["node", dc]);
+                (0..self.config().domains.len())
+                    .map(|d| self.in_domain(d, &prefix))
+                    .collect::<Option<_>>()?
+            }
             Some(ip) => (0..self.config().domains.len())
                 .map(|d| self.in_domain(d, &[&addr_hex(ip), "addr", dc]))
                 .collect::<Option<_>>()?,

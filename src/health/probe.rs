@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::registry::Health;
 
 /// Consul's default cap on a check's kept output.
-pub const MAX_OUTPUT: usize = 4096;
+pub use crate::registry::model::CHECK_OUTPUT_MAX as MAX_OUTPUT;
 
 /// Clients shared by every HTTP check, so connections to a target are
 /// reused from one run to the next.
@@ -40,17 +40,7 @@ impl Default for HttpClients {
     }
 }
 
-/// Cuts `s` to at most [`MAX_OUTPUT`] bytes on a character boundary.
-pub fn cap(mut s: String) -> String {
-    if s.len() > MAX_OUTPUT {
-        let mut end = MAX_OUTPUT;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
+pub use crate::registry::model::cap_output as cap;
 
 pub struct HttpCheck<'a> {
     pub url: &'a str,

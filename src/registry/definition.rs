@@ -694,20 +694,33 @@ pub struct CatalogRegistration {
     pub skip_node_update: bool,
 }
 
-/// Consul accepts almost any node name (`t2.320` in its own docs); one with
-/// a dot or other characters outside a DNS label cannot be looked up as
-/// `<node>.node.consul`, but its instances still answer.
+/// Consul accepts almost any node name (`t2.320` in its own docs). DNS
+/// answers name the node (`<node>.node.<dc>.<domain>` as an SRV target), so
+/// each dot-separated part must fit a DNS label (1 to 63 octets) and the
+/// whole a DNS name with that suffix (200 octets): a name that cannot be
+/// answered is refused, never accepted and then missing from DNS.
 pub fn check_node_name(node: &str) -> Result<(), String> {
     if node.is_empty() {
         return Err("missing Node".into());
     }
-    if node.len() > 253
-        || node
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+    if node
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '/')
     {
         return Err(format!(
-            "node {node:?} must be at most 253 characters without spaces, control characters or '/'"
+            "node {node:?} must not contain spaces, control characters or '/'"
+        ));
+    }
+    if node.len() > 200 {
+        return Err(format!(
+            "node name is {} octets; at most 200 fit in a DNS name such as <node>.node.<dc>.consul",
+            node.len()
+        ));
+    }
+    if let Some(label) = node.split('.').find(|l| l.is_empty() || l.len() > 63) {
+        return Err(format!(
+            "node {node:?}: each dot-separated part must be 1 to 63 octets to be a DNS label (found one of {})",
+            label.len()
         ));
     }
     Ok(())

@@ -507,6 +507,9 @@ impl Txn<'_> {
     /// Adds or replaces a check (by node and ID). A check with the same ID
     /// under another owner moves.
     pub fn upsert_check(&mut self, mut check: Check) {
+        if check.output.len() > model::CHECK_OUTPUT_MAX {
+            check.output = model::cap_output(std::mem::take(&mut check.output));
+        }
         let owner = CheckOwner {
             node: check.node.clone(),
             service_id: check.service_id.clone(),
@@ -566,6 +569,11 @@ impl Txn<'_> {
 
     /// Sets a check's status and output; false when there is no such check.
     pub fn set_check_status(&mut self, node: &str, id: &str, status: Health, output: &str) -> bool {
+        let output = if output.len() > model::CHECK_OUTPUT_MAX {
+            &model::cap_output(output.to_string())
+        } else {
+            output
+        };
         let Some(owner) = self
             .state
             .check_owner

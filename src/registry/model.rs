@@ -238,3 +238,19 @@ pub struct KvEntry {
     pub create_index: u64,
     pub modify_index: u64,
 }
+
+/// The most a check's output keeps, from any path (probes, TTL updates,
+/// registrations, Consul), as Consul's default `check_output_max_size`.
+pub const CHECK_OUTPUT_MAX: usize = 4096;
+
+/// Cuts `s` to at most [`CHECK_OUTPUT_MAX`] bytes on a character boundary.
+pub fn cap_output(mut s: String) -> String {
+    if s.len() > CHECK_OUTPUT_MAX {
+        let mut end = CHECK_OUTPUT_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

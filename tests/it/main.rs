@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod dns_queries;
 mod health;
+mod limits;
 mod ops;
 mod properties;
 mod resolver;
