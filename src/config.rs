@@ -213,6 +213,8 @@ pub struct FileConfig {
     allow_recursion: Option<Vec<String>>,
     /// Forwarded answers kept at most. [default: 10000]
     recursor_cache_size: Option<usize>,
+    recursor_max_in_flight: Option<usize>,
+    recursor_max_in_flight_per_client: Option<usize>,
     #[serde(default)]
     dns_config: DnsFileConfig,
 }
@@ -350,6 +352,10 @@ pub struct Recursors {
     pub random: bool,
     pub allow: Vec<ipnet::IpNet>,
     pub cache_size: usize,
+    /// Forwarded queries in flight at most, and from one client address;
+    /// past either the oldest is shed.
+    pub max_in_flight: usize,
+    pub max_in_flight_per_client: usize,
 }
 
 impl Default for Recursors {
@@ -363,6 +369,8 @@ impl Default for Recursors {
                 .map(|c| c.parse().expect("default CIDRs parse"))
                 .collect(),
             cache_size: 10_000,
+            max_in_flight: 1024,
+            max_in_flight_per_client: 256,
         }
     }
 }
@@ -729,6 +737,8 @@ impl Config {
             random,
             allow,
             cache_size: file.recursor_cache_size.unwrap_or(10_000),
+            max_in_flight: file.recursor_max_in_flight.unwrap_or(1024).max(1),
+            max_in_flight_per_client: file.recursor_max_in_flight_per_client.unwrap_or(256).max(1),
         };
         let consul = match consul_url {
             None => None,

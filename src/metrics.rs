@@ -387,3 +387,63 @@ impl Metrics {
             .register_collector(Box::new(StoreCollector(status)));
     }
 }
+
+/// Forwarding's bounds, read from the [`Forwarder`](crate::dns::forward::Forwarder)
+/// at scrape time.
+struct ForwardCollector(Arc<crate::dns::forward::Forwarder>);
+
+impl std::fmt::Debug for ForwardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardCollector")
+    }
+}
+
+impl Collector for ForwardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let f = &self.0;
+        let in_flight = f.in_flight() as i64;
+        encoder
+            .encode_descriptor(
+                "forward_in_flight",
+                "Forwarded queries waiting for an upstream now",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&in_flight)?;
+        for (name, help, v) in [
+            (
+                "forward_shed",
+                "Forwarded queries dropped unanswered to admit newer ones (in-flight limit, total or per client)",
+                f.shed(),
+            ),
+            (
+                "forward_coalesced",
+                "Forwarded questions that shared an identical question's upstream query",
+                f.stats.coalesced.load(Ordering::Relaxed),
+            ),
+            (
+                "forward_upstreams_down",
+                "Forwarded questions answered SERVFAIL at once because every upstream was marked down",
+                f.stats.upstreams_down.load(Ordering::Relaxed),
+            ),
+            (
+                "forward_marked_down",
+                "Times an upstream was marked down after a failure or a timeout",
+                f.stats.marked_down.load(Ordering::Relaxed),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds forwarding's metrics (with upstream recursors).
+    pub fn watch_forwarder(&mut self, forwarder: Arc<crate::dns::forward::Forwarder>) {
+        self.registry
+            .register_collector(Box::new(ForwardCollector(forwarder)));
+    }
+}

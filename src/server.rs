@@ -114,6 +114,9 @@ impl Signpost {
         if registry.is_durable() {
             metrics.watch_store(registry.store_status().clone());
         }
+        if let Some(f) = &forwarder {
+            metrics.watch_forwarder(f.clone());
+        }
         let metrics = Arc::new(metrics);
         let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
         let consul = match &config.consul {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::answers::{Answers, Entry, RecordSet, RDATA_AT, SRV_TARGET_AT};
+use super::forward::admission::Ticket;
 use super::forward::Forwarder;
 use super::name::{classify, Labels, Lookup};
 use super::wire::{
@@ -262,7 +263,10 @@ impl Handler {
         let mut out = Vec::new();
         match self.handle(query, transport, client, &mut out, &mut Scratch::default()) {
             Outcome::Reply => out,
-            Outcome::Forward => self.forward(query, transport).await,
+            Outcome::Forward => match self.admit_forward(query, client) {
+                Ok(t) => self.forward(query, transport, t).await,
+                Err(reply) => reply,
+            },
             Outcome::Drop => Vec::new(),
             Outcome::Remote => {
                 let w = ResponseWriter::new(&mut out, &q, self.budget(transport, q.edns));
@@ -313,17 +317,33 @@ impl Handler {
         }
     }
 
-    /// Resolves a query `handle` said to forward; the reply to send.
-    pub async fn forward(&self, query: &[u8], transport: Transport) -> Vec<u8> {
+    /// Takes a place in flight for a query `handle` said to forward, before
+    /// any task is spawned for it: `Err` carries the reply to send at once
+    /// (SERVFAIL while every upstream is down).
+    pub fn admit_forward(&self, query: &[u8], client: IpAddr) -> Result<Ticket, Vec<u8>> {
+        let Some(f) = &self.forwarder else {
+            return Err(Vec::new());
+        };
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        f.admit(client).ok_or_else(|| {
+            self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            f.servfail(query)
+        })
+    }
+
+    /// Resolves an admitted query; the reply to send (empty when it was
+    /// shed for a newer one).
+    pub async fn forward(&self, query: &[u8], transport: Transport, ticket: Ticket) -> Vec<u8> {
         let Parsed::Query(q) = parse_query(query) else {
             return Vec::new();
         };
         let budget = self.budget(transport, q.edns);
         match &self.forwarder {
             Some(f) => {
-                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                let reply = f.forward(query, transport, budget).await;
-                if reply
+                let reply = f.forward(query, transport, budget, ticket).await;
+                if reply.is_empty() {
+                    self.stats.shed.fetch_add(1, Ordering::Relaxed);
+                } else if reply
                     .get(3)
                     .is_some_and(|b| b & 0x0F == Rcode::ServFail as u8)
                 {
@@ -333,6 +353,11 @@ impl Handler {
             }
             None => Vec::new(),
         }
+    }
+
+    /// The forwarder, for its metrics.
+    pub fn forwarder(&self) -> Option<&Arc<Forwarder>> {
+        self.forwarder.as_ref()
     }
 
     /// Answers one query from memory, or says to drop or forward it.

@@ -251,15 +251,32 @@ fn udp_loop(
                 // Upstream answers take milliseconds: resolve on the runtime
                 // and keep this thread answering from memory meanwhile.
                 outcome @ (Outcome::Forward | Outcome::Remote) => {
+                    // Admitted here, before a task exists: a flood of
+                    // forwarded names costs bounded memory, and while every
+                    // upstream is down it is answered from this thread.
+                    let ticket = if outcome == Outcome::Forward {
+                        match handler.admit_forward(datagram.bytes, peer.ip()) {
+                            Ok(t) => Some(t),
+                            Err(reply) => {
+                                handler.stats().record(false, &reply, started.elapsed());
+                                batch.cancel_reply();
+                                if !reply.is_empty() {
+                                    let _ = sock.send_to(&reply, peer);
+                                }
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     let query = datagram.bytes.to_vec();
                     batch.cancel_reply();
                     let (handler, sock) = (Arc::clone(&handler), Arc::clone(&sock));
                     in_flight.spawn_on(
                         async move {
-                            let reply = if outcome == Outcome::Forward {
-                                handler.forward(&query, Transport::Udp).await
-                            } else {
-                                handler.remote(&query, Transport::Udp, peer.ip()).await
+                            let reply = match ticket {
+                                Some(t) => handler.forward(&query, Transport::Udp, t).await,
+                                None => handler.remote(&query, Transport::Udp, peer.ip()).await,
                             };
                             handler.stats().record(false, &reply, started.elapsed());
                             if query_log {
@@ -347,7 +364,12 @@ async fn tcp_conn(
         match handler.handle(&buf, Transport::Tcp, peer.ip(), &mut out, &mut scratch) {
             Outcome::Reply => {}
             Outcome::Drop => out.clear(),
-            Outcome::Forward => out = handler.forward(&buf, Transport::Tcp).await,
+            Outcome::Forward => {
+                out = match handler.admit_forward(&buf, peer.ip()) {
+                    Ok(t) => handler.forward(&buf, Transport::Tcp, t).await,
+                    Err(reply) => reply,
+                }
+            }
             Outcome::Remote => out = handler.remote(&buf, Transport::Tcp, peer.ip()).await,
         }
         handler.stats().record(true, &out, started.elapsed());

@@ -192,3 +192,157 @@ fn signals_at_startup_are_safe() {
         assert_eq!(status.code(), Some(0), "SIGTERM exits cleanly");
     }
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// A port free on loopback for both UDP and TCP now.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One client floods random names to forward for `secs` (at most 400,000
+/// datagrams) while `during` runs; returns what `during` returned and the
+/// peak RSS of `pid` sampled meanwhile.
+async fn flood<T, F: std::future::Future<Output = T>>(
+    dns: std::net::SocketAddr,
+    pid: u32,
+    secs: f64,
+    during: F,
+) -> (T, f64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+        let mut sent = 0u32;
+        while sent < 400_000
+            && std::time::Instant::now() < until
+            && !flag.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let name = format!("r{}.flood.example.", fastrand::u64(..));
+            let _ = sock.send_to(&query_bytes(&name, RecordType::A, None), dns);
+            sent += 1;
+        }
+        sent
+    });
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(0f64));
+    let p = peak.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            let r = rss_mib(pid);
+            {
+                let mut m = p.lock().unwrap();
+                *m = m.max(r);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let out = during.await;
+    let sent = tokio::task::spawn_blocking(move || sender.join().unwrap())
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sampler.abort();
+    let peak = *peak.lock().unwrap();
+    eprintln!("flood: {sent} datagrams, peak RSS {peak:.1} MiB");
+    (out, peak)
+}
+
+/// Forwarding under a flood of random names, with the upstream's port
+/// closed and then with an upstream that never answers: memory stays within
+/// 64 MiB of idle, signpost's own names are answered throughout, and once
+/// an upstream answers on that port again, forwarding resumes within a
+/// second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_stays_bounded_with_a_dead_or_silent_upstream() {
+    let zones = ZoneDir::new(&[(
+        "web.json",
+        r#"{"service": {"name": "web", "address": "10.0.0.1", "port": 80}}"#,
+    )]);
+    for silent in [false, true] {
+        let port = free_port();
+        let upstream = format!("127.0.0.1:{port}");
+        // The silent upstream: a socket that reads and never answers.
+        let _silent = silent.then(|| std::net::UdpSocket::bind(&upstream).unwrap());
+        let srv = crate::cli::run_binary(&[
+            "--zones",
+            zones.path().to_str().unwrap(),
+            "--recursor",
+            &upstream,
+            "--recursor-timeout",
+            "1s",
+        ]);
+        let pid = srv.child.id();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = rss_mib(pid);
+        let dns = srv.dns;
+        let (own_answers, peak) = flood(dns, pid, 4.0, async move {
+            let mut answered = 0;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let m = query(dns, Via::Tcp, "web.service.consul.", RecordType::A).await;
+                if m.answers.len() == 1 {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+        .await;
+        assert_eq!(
+            own_answers, 20,
+            "own names answered during the flood (silent: {silent})"
+        );
+        assert!(
+            peak - idle < 64.0,
+            "RSS grew from {idle:.1} to {peak:.1} MiB (silent: {silent})"
+        );
+        let metrics = http("GET", &format!("http://{}/metrics", srv.http), None)
+            .await
+            .body;
+        assert!(
+            metrics.contains("signpost_forward_marked_down_total"),
+            "{metrics}"
+        );
+        drop(_silent);
+
+        // The upstream comes back on that port: a signpost serving a zone.
+        let upstream_zones = ZoneDir::new(&[(
+            "flood.example.zone",
+            "$ORIGIN flood.example.\n$TTL 60\n@ IN SOA ns hm ( 1 3600 600 86400 30 )\n@ IN NS ns\nns IN A 192.0.2.53\nback IN A 192.0.2.7\n",
+        )]);
+        let up = TestServer::start_with(Some(upstream_zones.path()), |c| {
+            c.dns = vec![upstream.parse().unwrap()];
+        })
+        .await;
+        let back = std::time::Instant::now();
+        eventually(Duration::from_secs(3), "forwarding resumes", || async {
+            let m = query(dns, Via::Udp, "back.flood.example.", RecordType::A).await;
+            m.answers.len() == 1
+        })
+        .await;
+        let resumed = back.elapsed();
+        eprintln!("forwarding resumed {resumed:?} after the upstream came back (silent: {silent})");
+        assert!(
+            resumed < Duration::from_millis(1500),
+            "resumed after {resumed:?}"
+        );
+        up.stop().await;
+    }
+}

@@ -5,26 +5,42 @@
 //!
 //! Only clients inside the allowed ranges get this; signpost listening on a
 //! public address never becomes an open resolver.
+//!
+//! Bounded under abuse (a container in a retry loop, a dead upstream):
+//! * [`admission`] caps the queries in flight, in total and per client,
+//!   shedding the oldest;
+//! * identical questions in flight share one upstream query;
+//! * an upstream that fails or times out is marked down and skipped (its
+//!   questions get SERVFAIL at once when no upstream is up, RFC 9520), and
+//!   probed in the background until it answers again, every 250 ms growing
+//!   to 1 s, so forwarding resumes within a second of its return.
 
+pub mod admission;
+
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, ResponseCode};
 use hickory_proto::rr::RData;
 use lru::LruCache;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio::time::Instant;
+
+use admission::{Admission, Ticket};
 
 use super::handler::Transport;
 use super::wire::{parse_query, Flags, Parsed, Rcode, ResponseWriter};
 use crate::config::Recursors;
 
-/// Forwarded queries in flight at most; beyond, SERVFAIL at once.
-const MAX_IN_FLIGHT: usize = 1024;
+/// The first and the longest wait between probes of a down upstream.
+const PROBE_FIRST: Duration = Duration::from_millis(250);
+const PROBE_MAX: Duration = Duration::from_secs(1);
 /// The longest a forwarded answer is cached, whatever its TTL.
 const MAX_CACHE_TTL: u32 = 86_400;
 
@@ -35,6 +51,28 @@ struct CacheKey {
     qtype: u16,
     qclass: u16,
     dnssec_ok: bool,
+}
+
+/// An upstream question in flight, shared by everyone asking it: the
+/// answer (None: every upstream failed) once there is one.
+type Shared = watch::Receiver<Option<Option<Arc<Message>>>>;
+
+/// Whether an upstream answers. std Mutex: a few loads and stores.
+#[derive(Default)]
+struct UpstreamState {
+    /// Since when it is down; `None` while up.
+    down_since: Option<std::time::Instant>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Questions answered by another client's identical query in flight.
+    pub coalesced: AtomicU64,
+    /// Questions answered SERVFAIL at once because every upstream was down.
+    pub upstreams_down: AtomicU64,
+    /// Times an upstream was marked down.
+    pub marked_down: AtomicU64,
 }
 
 struct Cached {
@@ -52,7 +90,29 @@ pub struct Forwarder {
     payload: u16,
     /// std Mutex: held only for a lookup or an insert, never across .await.
     cache: Mutex<LruCache<CacheKey, Cached>>,
-    in_flight: Semaphore,
+    admission: Arc<Admission>,
+    /// Questions being resolved upstream now, by (question, over TCP).
+    /// std Mutex: held for one lookup or insert.
+    resolving: Mutex<HashMap<(CacheKey, bool), Shared>>,
+    health: Vec<Mutex<UpstreamState>>,
+    pub stats: ForwardStats,
+}
+
+/// Takes a shared question out of `resolving` when its leader is done or
+/// cancelled (the followers then see the channel close: SERVFAIL).
+struct Leader<'a> {
+    forwarder: &'a Forwarder,
+    key: (CacheKey, bool),
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.forwarder
+            .resolving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 fn cache_key(raw: &[u8]) -> Option<CacheKey> {
@@ -103,7 +163,95 @@ impl Forwarder {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cfg.cache_size.max(1)).expect("at least one"),
             )),
-            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            admission: Admission::new(cfg.max_in_flight, cfg.max_in_flight_per_client),
+            resolving: Mutex::new(HashMap::new()),
+            health: cfg.upstreams.iter().map(|_| Mutex::default()).collect(),
+            stats: ForwardStats::default(),
+        }
+    }
+
+    /// Takes a place in flight for a query from `client` (see
+    /// [`admission`]); `None` when every upstream is down, and the query
+    /// should be answered with [`servfail`](Self::servfail) at once.
+    pub fn admit(&self, client: IpAddr) -> Option<Ticket> {
+        if !self.any_up() {
+            self.stats.upstreams_down.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.admission.admit(client)
+    }
+
+    /// Queries cancelled to admit newer ones, or refused while shed ones
+    /// had not ended.
+    pub fn shed(&self) -> u64 {
+        self.admission.shed.load(Ordering::Relaxed) + self.admission.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.admission.in_flight()
+    }
+
+    fn is_up(&self, i: usize) -> bool {
+        self.health[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .down_since
+            .is_none()
+    }
+
+    fn any_up(&self) -> bool {
+        (0..self.upstreams.len()).any(|i| self.is_up(i))
+    }
+
+    /// Marks upstream `i` down and starts its prober, unless it is down
+    /// already.
+    fn mark_down(self: &Arc<Self>, i: usize, why: &str) {
+        {
+            let mut h = self.health[i].lock().unwrap_or_else(|e| e.into_inner());
+            if h.down_since.is_some() {
+                return;
+            }
+            h.down_since = Some(std::time::Instant::now());
+        }
+        self.stats.marked_down.fetch_add(1, Ordering::Relaxed);
+        let upstream = self.upstreams[i];
+        tracing::warn!("upstream {upstream} marked down ({why}); probing it in the background");
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.probe(i).await });
+    }
+
+    /// Asks a down upstream for the root's NS until it answers; then it is
+    /// up again. The prober holds only a weak interest: it ends when the
+    /// upstream answers.
+    async fn probe(self: Arc<Self>, i: usize) {
+        let upstream = self.upstreams[i];
+        let mut wait = PROBE_FIRST;
+        let mut q = Message::query();
+        q.add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::root(),
+            hickory_proto::rr::RecordType::NS,
+        ));
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(PROBE_MAX);
+            let id = fastrand::u16(..);
+            q.metadata.id = id;
+            let Ok(bytes) = q.to_vec() else { return };
+            let answered = tokio::time::timeout(
+                self.timeout.min(PROBE_MAX),
+                exchange_udp(upstream, &bytes, id),
+            )
+            .await;
+            if matches!(answered, Ok(Ok(_))) {
+                let mut h = self.health[i].lock().unwrap_or_else(|e| e.into_inner());
+                let since = h.down_since.take();
+                drop(h);
+                tracing::warn!(
+                    "upstream {upstream} answers again after {:.1}s down",
+                    since.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0)
+                );
+                return;
+            }
         }
     }
 
@@ -147,12 +295,65 @@ impl Forwarder {
     }
 
     /// Resolves a query upstream; always returns a reply for the client
-    /// (SERVFAIL when every upstream failed).
-    pub async fn forward(&self, raw: &[u8], transport: Transport, budget: usize) -> Vec<u8> {
-        let Ok(_slot) = self.in_flight.try_acquire() else {
-            return self.servfail(raw);
+    /// (SERVFAIL when every upstream failed), or an empty one when the
+    /// query was shed for a newer one (`ticket` cancelled).
+    pub async fn forward(
+        self: &Arc<Self>,
+        raw: &[u8],
+        transport: Transport,
+        budget: usize,
+        ticket: Ticket,
+    ) -> Vec<u8> {
+        tokio::select! {
+            m = self.resolve(raw, transport) => match m {
+                Some(m) => self
+                    .reply(Message::clone(&m), raw, budget, 0)
+                    .unwrap_or_else(|| self.servfail(raw)),
+                None => self.servfail(raw),
+            },
+            _ = ticket.cancelled.cancelled() => Vec::new(),
+        }
+    }
+
+    /// The upstream answer to `raw`'s question, shared with everyone who
+    /// asks the same question while it is in flight.
+    async fn resolve(self: &Arc<Self>, raw: &[u8], transport: Transport) -> Option<Arc<Message>> {
+        let key = (cache_key(raw)?, transport == Transport::Tcp);
+        // Either a receiver to wait on (someone asks already) or the
+        // sender of a new shared question; the lock is gone before any
+        // `.await`.
+        let joined: Result<Shared, watch::Sender<_>> = {
+            let mut resolving = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+            match resolving.get(&key) {
+                Some(rx) => Ok(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    resolving.insert(key.clone(), rx);
+                    Err(tx)
+                }
+            }
         };
-        let mut order = self.upstreams.clone();
+        let tx = match joined {
+            Ok(mut rx) => {
+                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                return match rx.wait_for(|v| v.is_some()).await {
+                    Ok(v) => v.clone().flatten(),
+                    Err(_) => None,
+                };
+            }
+            Err(tx) => tx,
+        };
+        let _leader = Leader {
+            forwarder: self,
+            key,
+        };
+        let answer = self.ask_upstreams(raw, transport).await.map(Arc::new);
+        let _ = tx.send(Some(answer.clone()));
+        answer
+    }
+
+    async fn ask_upstreams(self: &Arc<Self>, raw: &[u8], transport: Transport) -> Option<Message> {
+        let mut order: Vec<usize> = (0..self.upstreams.len()).collect();
         if self.random {
             fastrand::shuffle(&mut order);
         }
@@ -161,10 +362,12 @@ impl Forwarder {
         let id = fastrand::u16(..);
         let mut query = raw.to_vec();
         query[..2].copy_from_slice(&id.to_be_bytes());
-        let Ok(asked) = Message::from_vec(raw) else {
-            return self.servfail(raw);
-        };
-        for upstream in order {
+        let asked = Message::from_vec(raw).ok()?;
+        for i in order {
+            if !self.is_up(i) {
+                continue;
+            }
+            let upstream = self.upstreams[i];
             let exchange = async {
                 match transport {
                     Transport::Udp => exchange_udp(upstream, &query, id).await,
@@ -174,11 +377,11 @@ impl Forwarder {
             let bytes = match tokio::time::timeout(self.timeout, exchange).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {
-                    tracing::debug!("upstream {upstream} failed: {e}");
+                    self.mark_down(i, &e.to_string());
                     continue;
                 }
                 Err(_) => {
-                    tracing::debug!("upstream {upstream} timed out");
+                    self.mark_down(i, &format!("no answer within {:?}", self.timeout));
                     continue;
                 }
             };
@@ -206,11 +409,9 @@ impl Forwarder {
                     },
                 );
             }
-            if let Some(reply) = self.reply(m, raw, budget, 0) {
-                return reply;
-            }
+            return Some(m);
         }
-        self.servfail(raw)
+        None
     }
 
     /// An upstream or cached answer readied for the client: its ID and
@@ -247,7 +448,7 @@ impl Forwarder {
         m.to_vec().ok()
     }
 
-    fn servfail(&self, raw: &[u8]) -> Vec<u8> {
+    pub fn servfail(&self, raw: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         if let Parsed::Query(q) = parse_query(raw) {
             let w = ResponseWriter::new(&mut out, &q, 512);
@@ -279,9 +480,16 @@ async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> io::Result
     // A connected socket only hears from the upstream asked.
     sock.connect(upstream).await?;
     sock.send(query).await?;
-    let mut buf = vec![0u8; 65535];
+    // The buffer exists only once there is something to read: a thousand
+    // questions waiting on a silent upstream hold no 64 KiB each.
     loop {
-        let n = sock.recv(&mut buf).await?;
+        sock.readable().await?;
+        let mut buf = vec![0u8; 65535];
+        let n = match sock.try_recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         if n >= 12 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 {
             buf.truncate(n);
             return Ok(buf);
