@@ -199,6 +199,12 @@ pub struct FileConfig {
     log_format: Option<String>,
     http_token: Option<String>,
     http_token_file: Option<PathBuf>,
+    http_token_for_reads: Option<bool>,
+    http_max_connections: Option<usize>,
+    http_max_connections_per_client: Option<usize>,
+    http_header_timeout: Option<Seconds>,
+    http_body_timeout: Option<Seconds>,
+    http_idle_timeout: Option<Seconds>,
     http_allow_unauthenticated: Option<bool>,
     consul: Option<String>,
     consul_token: Option<String>,
@@ -263,7 +269,46 @@ enum Seconds {
     Text(String),
 }
 
+/// The HTTP listener's bounds (see `api::serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// For a request's headers to arrive (slow clients are cut).
+    pub header_timeout: std::time::Duration,
+    /// For a request's body to arrive.
+    pub body_timeout: std::time::Duration,
+    /// A keep-alive connection with no request and no I/O for this long is
+    /// closed (a blocking query in flight is not idle).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 4096,
+            max_connections_per_client: 512,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(90),
+        }
+    }
+}
+
 impl Seconds {
+    /// As a duration above zero, for `what`.
+    fn duration(&self, what: &str) -> Result<std::time::Duration, String> {
+        let d = match self {
+            Seconds::Number(n) => std::time::Duration::from_secs((*n).into()),
+            Seconds::Text(t) => crate::registry::definition::parse_duration(t)
+                .map_err(|e| format!("{what}: {e}"))?,
+        };
+        if d.is_zero() {
+            return Err(format!("{what}: must be above zero"));
+        }
+        Ok(d)
+    }
+
     fn get(&self, what: &str) -> Result<u32, String> {
         match self {
             Seconds::Number(n) => Ok(*n),
@@ -324,6 +369,10 @@ pub struct Config {
     pub log_json: bool,
     /// Required on HTTP writes when set.
     pub http_token: Option<String>,
+    /// Reads (KV, catalog, health, agent) need the token too, as Consul's
+    /// ACL default policy `deny`; `/health`, `/ready`, `/metrics` stay open.
+    pub http_token_for_reads: bool,
+    pub http_limits: HttpLimits,
     pub recursors: Recursors,
     /// Sidecar mode when set.
     pub consul: Option<ConsulConfig>,
@@ -560,6 +609,8 @@ impl Config {
             query_log: false,
             log_json: false,
             http_token: None,
+            http_token_for_reads: false,
+            http_limits: HttpLimits::default(),
             recursors: Recursors::default(),
             consul: None,
             dns_config: DnsConfig::default(),
@@ -682,6 +733,29 @@ impl Config {
             .map(|t| parse_upstream(t))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        let hd = HttpLimits::default();
+        let http_limits = HttpLimits {
+            max_connections: file
+                .http_max_connections
+                .unwrap_or(hd.max_connections)
+                .max(1),
+            max_connections_per_client: file
+                .http_max_connections_per_client
+                .unwrap_or(hd.max_connections_per_client)
+                .max(1),
+            header_timeout: match &file.http_header_timeout {
+                Some(t) => t.duration("http_header_timeout").map_err(invalid)?,
+                None => hd.header_timeout,
+            },
+            body_timeout: match &file.http_body_timeout {
+                Some(t) => t.duration("http_body_timeout").map_err(invalid)?,
+                None => hd.body_timeout,
+            },
+            idle_timeout: match &file.http_idle_timeout {
+                Some(t) => t.duration("http_idle_timeout").map_err(invalid)?,
+                None => hd.idle_timeout,
+            },
+        };
         let timeout = match (&flags.recursor_timeout, &file.recursor_timeout) {
             (Some(t), _) => Seconds::Text(t.clone()),
             (None, Some(t)) => t.clone(),
@@ -807,6 +881,8 @@ impl Config {
             query_log,
             log_json,
             http_token,
+            http_token_for_reads: file.http_token_for_reads.unwrap_or(false),
+            http_limits,
             recursors,
             consul,
             dns_config: DnsConfig {

@@ -31,6 +31,8 @@ pub struct StatusLabel {
 pub struct Metrics {
     registry: Registry,
     pub dns: Arc<DnsStats>,
+    /// The HTTP listener's refusals and timeouts.
+    pub http: Arc<crate::api::serve::HttpStats>,
     /// Health check runs by result.
     pub check_runs: Family<ResultLabel, Counter>,
     /// Set at scrape time from the registry.
@@ -91,6 +93,8 @@ impl Metrics {
         );
         let dns = Arc::new(DnsStats::default());
         registry.register_collector(Box::new(Arc::clone(&dns)));
+        let http = Arc::new(crate::api::serve::HttpStats::default());
+        registry.register_collector(Box::new(HttpCollector(Arc::clone(&http))));
         let check_runs = Family::<ResultLabel, Counter>::default();
         registry.register(
             "check_runs",
@@ -124,6 +128,7 @@ impl Metrics {
         Metrics {
             registry,
             dns,
+            http,
             check_runs,
             services,
             instances,
@@ -445,5 +450,107 @@ impl Metrics {
     pub fn watch_forwarder(&mut self, forwarder: Arc<crate::dns::forward::Forwarder>) {
         self.registry
             .register_collector(Box::new(ForwardCollector(forwarder)));
+    }
+}
+
+/// The HTTP listener's bounds, read at scrape time.
+#[derive(Debug)]
+struct HttpCollector(Arc<crate::api::serve::HttpStats>);
+
+impl Collector for HttpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        let open = h.open.load(Ordering::Relaxed) as i64;
+        encoder
+            .encode_descriptor(
+                "http_connections",
+                "HTTP connections open now",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&open)?;
+        for (name, help, v) in [
+            (
+                "http_refused_connection_limit",
+                "HTTP connections closed at once: the total connection limit was reached",
+                &h.refused_total,
+            ),
+            (
+                "http_refused_per_client",
+                "HTTP connections closed at once: the client's connection limit was reached",
+                &h.refused_per_client,
+            ),
+            (
+                "http_timed_out",
+                "HTTP connections cut: headers not sent in time, or idle past the idle timeout",
+                &h.timed_out,
+            ),
+            (
+                "http_accept_errors",
+                "Failed accepts (out of file descriptors, memory); each backs off 100 ms",
+                &h.accept_errors,
+            ),
+        ] {
+            let v = v.load(Ordering::Relaxed);
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// DNS over TCP's connection table, read at scrape time.
+struct TcpCollector(Arc<crate::dns::tcp::TcpConns>);
+
+impl std::fmt::Debug for TcpCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TcpCollector")
+    }
+}
+
+impl Collector for TcpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.0.stats;
+        let open = t.open.load(Ordering::Relaxed) as i64;
+        encoder
+            .encode_descriptor(
+                "dns_tcp_connections",
+                "DNS over TCP connections open now",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&open)?;
+        for (name, help, v) in [
+            (
+                "dns_tcp_evicted_idle",
+                "Idle DNS TCP connections closed to admit a new one at the connection limit",
+                &t.evicted_idle,
+            ),
+            (
+                "dns_tcp_refused",
+                "New DNS TCP connections closed: the client was at its limit, or every connection was busy",
+                &t.refused,
+            ),
+            (
+                "dns_tcp_accept_errors",
+                "Failed DNS TCP accepts (out of file descriptors); each backs off 100 ms",
+                &t.accept_errors,
+            ),
+        ] {
+            let v = v.load(Ordering::Relaxed);
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds DNS over TCP's connection metrics.
+    pub fn watch_tcp(&mut self, conns: Arc<crate::dns::tcp::TcpConns>) {
+        self.registry
+            .register_collector(Box::new(TcpCollector(conns)));
     }
 }

@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
 use crate::api::{self, Api};
 use crate::config::Config;
 use crate::dns::answers::{AnswerConfig, Answers};
@@ -50,7 +48,7 @@ pub struct Signpost {
     handler: Arc<Handler>,
     dns: DnsServer,
     http_addr: SocketAddr,
-    http_stop: oneshot::Sender<()>,
+    http_stop: tokio::sync::watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
 }
 
@@ -117,6 +115,8 @@ impl Signpost {
         if let Some(f) = &forwarder {
             metrics.watch_forwarder(f.clone());
         }
+        let tcp_conns = crate::dns::tcp::TcpConns::new();
+        metrics.watch_tcp(tcp_conns.clone());
         let metrics = Arc::new(metrics);
         let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
         let consul = match &config.consul {
@@ -139,7 +139,7 @@ impl Signpost {
             handler = handler.with_remote(Arc::new(Sidecar(sync.clone())));
         }
         let handler = Arc::new(handler);
-        let dns = DnsServer::start(&config.dns, handler.clone(), config.query_log)?;
+        let dns = DnsServer::start(&config.dns, handler.clone(), tcp_conns, config.query_log)?;
         for addr in dns.local_addrs() {
             tracing::info!("serving DNS on {addr} (udp, tcp) for {}.", config.domain);
         }
@@ -158,19 +158,21 @@ impl Signpost {
             node_address: config.node_address(),
             datacenter: config.datacenter.clone(),
             token: config.http_token.clone(),
+            token_for_reads: config.http_token_for_reads,
+            body_timeout: config.http_limits.body_timeout,
             health: health.clone(),
             metrics: metrics.clone(),
             consul: consul.clone(),
         }));
-        let (http_stop, stopped) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("http server failed: {e}");
-            }
-        });
+        let (http_stop, stopped) = tokio::sync::watch::channel(false);
+        let http_task = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            config.http_limits,
+            metrics.http.clone(),
+            stopped,
+            HTTP_DRAIN,
+        ));
         tracing::info!("serving HTTP on {http_addr}");
         Ok(Signpost {
             config,
@@ -248,7 +250,7 @@ impl Signpost {
     /// Stops the listeners, letting in-flight queries and requests finish
     /// (blocking HTTP queries get a few seconds, then are cut off).
     pub async fn shutdown(self) {
-        let _ = self.http_stop.send(());
+        let _ = self.http_stop.send(true);
         let mut http_task = self.http_task;
         if tokio::time::timeout(HTTP_DRAIN, &mut http_task)
             .await

@@ -11,6 +11,7 @@ mod catalog;
 mod health;
 mod kv;
 mod ops;
+pub mod serve;
 mod shapes;
 
 use std::net::IpAddr;
@@ -44,6 +45,10 @@ pub struct Api {
     pub node_address: IpAddr,
     pub datacenter: String,
     pub token: Option<String>,
+    /// Reads need the token too (ACL default policy `deny`).
+    pub token_for_reads: bool,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
     /// For TTL refreshes.
     pub health: Arc<crate::health::HealthChecks>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -278,17 +283,52 @@ fn token_ok(api: &Api, headers: &HeaderMap, params: &Params) -> bool {
     })
 }
 
-/// Writes (anything but GET and HEAD) need the token when one is set.
+/// Writes (anything but GET and HEAD) need the token when one is set;
+/// reads too with `http_token_for_reads`, except liveness, readiness and
+/// metrics, which probes and scrapers must reach.
 async fn require_token(AxState(api): Shared, req: Request, next: Next) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let open_path = matches!(req.uri().path(), "/health" | "/ready" | "/metrics");
+    if read && (!api.token_for_reads || open_path) {
         return next.run(req).await;
     }
     let params = Params::parse(req.uri().query());
     if token_ok(&api, req.headers(), &params) {
         next.run(req).await
+    } else if read {
+        ApiError::forbidden("Permission denied: a valid token is required for reads")
+            .into_response()
     } else {
         ApiError::forbidden("Permission denied: a valid token is required for writes")
             .into_response()
+    }
+}
+
+/// Reads a request's body within the body timeout, so that a client that
+/// sends headers and then trickles (or never sends) its body is cut: 408.
+async fn read_body_in_time(AxState(api): Shared, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "request body not received within {}s",
+                api.body_timeout.as_secs()
+            ),
+        }
+        .into_response(),
+        Ok(Err(_)) => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body too large or cut off: the limit is {MAX_BODY} bytes"),
+        }
+        .into_response(),
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
     }
 }
 
@@ -337,6 +377,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/metrics", get(ops::metrics))
         .nest("/v1", v1)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            read_body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(api.clone(), require_token))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)

@@ -4,13 +4,15 @@
 //! the registry feeds, `wire` reads queries and writes responses within the
 //! size budget, `zones` serves static zone files, `forward` sends other
 //! names upstream, `handler` ties them together, `server` runs UDP and TCP
-//! (`udp`: the batched receive/send and load shedding).
+//! (`udp`: the batched receive/send and load shedding; `tcp`: connections
+//! and their limits).
 
 pub mod answers;
 pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod server;
+pub mod tcp;
 pub mod udp;
 pub mod wire;
 pub mod zones;

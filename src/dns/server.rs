@@ -14,9 +14,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Outcome, Scratch, Transport};
@@ -24,11 +23,6 @@ use super::udp::{enable_timestamps, Batch, Stamp};
 
 /// How often an idle UDP thread looks at the stop flag.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
-/// A TCP connection with no query for this long is closed (RFC 7766 asks
-/// servers to time idle connections out).
-const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Open TCP connections beyond this are closed at once.
-const TCP_MAX_CONNECTIONS: usize = 1024;
 /// Tries at finding a port free for both UDP and TCP when asked for port 0.
 const PORT_TRIES: usize = 20;
 
@@ -38,6 +32,8 @@ pub struct DnsServer {
     stop_tcp: watch::Sender<bool>,
     udp_threads: Vec<JoinHandle<()>>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// DNS over TCP's connection table, shared by every listener address.
+    pub tcp_conns: Arc<super::tcp::TcpConns>,
     /// UDP queries being resolved upstream; shutdown waits for them.
     udp_in_flight: TaskTracker,
 }
@@ -93,6 +89,7 @@ impl DnsServer {
     pub fn start(
         addrs: &[SocketAddr],
         handler: Arc<Handler>,
+        tcp_conns: Arc<super::tcp::TcpConns>,
         query_log: bool,
     ) -> io::Result<DnsServer> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -106,9 +103,10 @@ impl DnsServer {
             stop_tcp,
             udp_threads: Vec::new(),
             tcp_tasks: Vec::new(),
+            tcp_conns,
             udp_in_flight: TaskTracker::new(),
         };
-        let conns = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+        let conns = Arc::clone(&server.tcp_conns);
         for &addr in addrs {
             let (first, tcp) = bind_pair(addr).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen for DNS on {addr}: {e}"))
@@ -139,7 +137,7 @@ impl DnsServer {
                 server.udp_threads.push(t);
             }
             let listener = TcpListener::from_std(tcp)?;
-            server.tcp_tasks.push(tokio::spawn(tcp_accept(
+            server.tcp_tasks.push(tokio::spawn(super::tcp::accept_loop(
                 listener,
                 Arc::clone(&handler),
                 Arc::clone(&conns),
@@ -177,7 +175,12 @@ impl DnsServer {
 }
 
 /// One line per query, for `--query-log`.
-fn log_query(peer: SocketAddr, transport: &str, reply: &[u8], elapsed: std::time::Duration) {
+pub(crate) fn log_query(
+    peer: SocketAddr,
+    transport: &str,
+    reply: &[u8],
+    elapsed: std::time::Duration,
+) {
     let name = super::wire::question_text(reply).unwrap_or_else(|| "-".into());
     let rcode = reply.get(3).map(|b| b & 0x0F).unwrap_or(0);
     let answers = reply
@@ -296,94 +299,5 @@ fn udp_loop(
             handler.stats().record(false, reply, elapsed);
         }
         batch.send(&sock);
-    }
-}
-
-async fn tcp_accept(
-    listener: TcpListener,
-    handler: Arc<Handler>,
-    conns: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    query_log: bool,
-) {
-    let mut conn_tasks = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
-                    // Over the limit: closing at once beats queueing.
-                    continue;
-                };
-                let handler = Arc::clone(&handler);
-                let stop = stop.clone();
-                conn_tasks.spawn(async move {
-                    tcp_conn(stream, &handler, stop, query_log).await;
-                    drop(permit);
-                });
-            }
-            Some(_) = conn_tasks.join_next(), if !conn_tasks.is_empty() => {}
-        }
-    }
-    // In-flight queries finish (each connection stops after its current
-    // answer), bounded by the idle timeout.
-    while conn_tasks.join_next().await.is_some() {}
-}
-
-async fn tcp_conn(
-    mut stream: TcpStream,
-    handler: &Handler,
-    mut stop: watch::Receiver<bool>,
-    query_log: bool,
-) {
-    let _ = stream.set_nodelay(true);
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
-    let mut buf = Vec::new();
-    let mut out = Vec::with_capacity(4096);
-    let mut scratch = Scratch::default();
-    loop {
-        let mut len = [0u8; 2];
-        let read = tokio::select! {
-            r = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)) => r,
-            _ = stop.changed() => return,
-        };
-        if !matches!(read, Ok(Ok(_))) {
-            return;
-        }
-        buf.resize(u16::from_be_bytes(len) as usize, 0);
-        if !matches!(
-            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        let started = std::time::Instant::now();
-        match handler.handle(&buf, Transport::Tcp, peer.ip(), &mut out, &mut scratch) {
-            Outcome::Reply => {}
-            Outcome::Drop => out.clear(),
-            Outcome::Forward => {
-                out = match handler.admit_forward(&buf, peer.ip()) {
-                    Ok(t) => handler.forward(&buf, Transport::Tcp, t).await,
-                    Err(reply) => reply,
-                }
-            }
-            Outcome::Remote => out = handler.remote(&buf, Transport::Tcp, peer.ip()).await,
-        }
-        handler.stats().record(true, &out, started.elapsed());
-        if query_log {
-            log_query(peer, "tcp", &out, started.elapsed());
-        }
-        if out.is_empty() {
-            continue;
-        }
-        let mut framed = Vec::with_capacity(out.len() + 2);
-        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&out);
-        if stream.write_all(&framed).await.is_err() {
-            return;
-        }
     }
 }

@@ -346,3 +346,387 @@ async fn forwarding_stays_bounded_with_a_dead_or_silent_upstream() {
         up.stop().await;
     }
 }
+
+/// Reads from `s` until EOF or `limit`; true when the server closed it.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `GET /health` from another loopback address (another client).
+async fn health_from_elsewhere(srv: &TestServer) -> u16 {
+    let client = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    client
+        .get(srv.url("/health"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Slow clients are cut: headers not sent within the header timeout, a
+/// body not sent within the body timeout (408), a keep-alive connection
+/// idle past the idle timeout; a blocking query is not idle. One client
+/// cannot hold more than its share of connections, and the others (and
+/// DNS) are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_cuts_slow_clients_and_caps_connections_per_client() {
+    use tokio::io::AsyncWriteExt;
+    let srv = TestServer::start_with(None, |c| {
+        c.http_limits.header_timeout = Duration::from_secs(1);
+        c.http_limits.body_timeout = Duration::from_secs(1);
+        c.http_limits.idle_timeout = Duration::from_secs(2);
+        c.http_limits.max_connections_per_client = 50;
+    })
+    .await;
+    let addr = srv.signpost().http_addr();
+
+    // 40 clients that never finish their headers.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/catalog/services HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    assert_eq!(health_from_elsewhere(&srv).await, 200);
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(4)).await,
+            "slow headers not cut"
+        );
+    }
+
+    // A body that never arrives: 408 after the body timeout.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let started = tokio::time::Instant::now();
+    while !String::from_utf8_lossy(&reply).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(http("GET", &srv.url("/v1/kv/slow"), None).await.status, 404);
+
+    // Idle keep-alive connections are closed; a blocking query is not idle.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "idle connection not closed"
+    );
+    let index = http("GET", &srv.url("/v1/catalog/services"), None)
+        .await
+        .index
+        .unwrap();
+    let t = std::time::Instant::now();
+    let r = http(
+        "GET",
+        &srv.url(&format!("/v1/catalog/services?index={index}&wait=4s")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_secs(3),
+        "the blocking query was cut after {:?}",
+        t.elapsed()
+    );
+
+    // One client, 80 connections: 50 are held, the rest closed at once;
+    // another client and DNS are served.
+    let mut many = Vec::new();
+    for _ in 0..80 {
+        many.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // All at once: the held ones must not reach the idle timeout meanwhile.
+    let mut checks = tokio::task::JoinSet::new();
+    for mut s in many.drain(..) {
+        checks.spawn(async move { (closed_within(&mut s, Duration::from_millis(300)).await, s) });
+    }
+    let mut refused = 0;
+    while let Some(r) = checks.join_next().await {
+        let (closed, s) = r.unwrap();
+        refused += usize::from(closed);
+        many.push(s);
+    }
+    assert_eq!(
+        refused, 30,
+        "connections past the per-client limit are closed"
+    );
+    assert_eq!(health_from_elsewhere(&srv).await, 200);
+    let m = query(
+        srv.signpost().dns_addrs()[0],
+        Via::Udp,
+        "consul.",
+        RecordType::SOA,
+    )
+    .await;
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    let metrics = health_metrics(&srv).await;
+    assert!(
+        metrics.contains("signpost_http_refused_per_client_total 30"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("signpost_http_timed_out_total 0\n"),
+        "{metrics}"
+    );
+    drop(many);
+    srv.stop().await;
+}
+
+async fn health_metrics(srv: &TestServer) -> String {
+    let client = reqwest::Client::builder()
+        .local_address("127.0.0.3".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    client
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// With `http_token_for_reads`, KV and catalog reads need the token; the
+/// probes and metrics stay open; DNS is unaffected.
+#[tokio::test]
+async fn reads_can_require_the_token() {
+    let srv = TestServer::start_with(None, |c| {
+        c.http_token = Some("s3cret".into());
+        c.http_token_for_reads = true;
+    })
+    .await;
+    let auth = [("X-Consul-Token", "s3cret")];
+    let r = http_with(
+        "PUT",
+        &srv.url("/v1/kv/db/password"),
+        Some("hunter2"),
+        &auth,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for path in [
+        "/v1/kv/db/password",
+        "/v1/catalog/services",
+        "/v1/agent/services",
+        "/v1/health/service/x",
+    ] {
+        let r = http("GET", &srv.url(path), None).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        assert!(r.body.contains("required for reads"), "{}", r.body);
+    }
+    let r = http_with("GET", &srv.url("/v1/kv/db/password?raw"), None, &auth).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hunter2"));
+    for open in ["/health", "/ready", "/metrics"] {
+        assert_eq!(
+            http("GET", &srv.url(open), None).await.status,
+            200,
+            "{open}"
+        );
+    }
+    let m = query(
+        srv.signpost().dns_addrs()[0],
+        Via::Udp,
+        "consul.",
+        RecordType::SOA,
+    )
+    .await;
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    srv.stop().await;
+}
+
+/// Raises this test process's open-file limit to its hard limit (the
+/// attacks below need more than 1,024 descriptors on the client side).
+fn raise_own_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// One DNS query over a new TCP connection from `from`; whether it was
+/// answered within 2 s.
+async fn tcp_query_from(from: std::net::IpAddr, server: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        sock.bind(std::net::SocketAddr::new(from, 0)).ok()?;
+        let mut s = sock.connect(server).await.ok()?;
+        let q = query_bytes("consul.", RecordType::SOA, None);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        s.write_all(&framed).await.ok()?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.ok()?;
+        Some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(()))
+    )
+}
+
+/// Clients holding 1,200 idle TCP connections from 20 addresses (more
+/// than the limit) cannot starve others: the longest-idle connections are
+/// closed to admit new ones, and 40 other clients' queries are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connection_hogs_cannot_starve_other_clients() {
+    raise_own_fd_limit();
+    let srv = TestServer::start(None).await;
+    let dns = srv.signpost().dns_addrs()[0];
+    let mut hogs = Vec::new();
+    for a in 0..20u8 {
+        for _ in 0..60 {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(std::net::SocketAddr::from(([127, 0, 1, a + 1], 0)))
+                .unwrap();
+            if let Ok(s) = sock.connect(dns).await {
+                hogs.push(s);
+            }
+        }
+    }
+    assert_eq!(hogs.len(), 1200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut answered = 0;
+    for c in 0..40u8 {
+        if tcp_query_from(std::net::IpAddr::from([127, 0, 2, c + 1]), dns).await {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 40, "other clients' TCP queries answered");
+    let metrics = health_metrics(&srv).await;
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("signpost_dns_tcp_evicted_idle_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        evicted >= 176,
+        "longest-idle connections closed: {evicted}\n{metrics}"
+    );
+    drop(hogs);
+    srv.stop().await;
+}
+
+/// Under a low descriptor limit, 400 TCP connections neither stop the HTTP
+/// API nor make the accept loop spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_fd_limit_keeps_http_and_udp_working() {
+    raise_own_fd_limit();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 300 && exec {} --dns 127.0.0.1:0 --http 127.0.0.1:0 --log-level info",
+            env!("CARGO_BIN_EXE_signpost")
+        ))
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut dns, mut http_addr, mut fd_line) = (None, None, String::new());
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("open file limit") {
+            fd_line.push_str(&line);
+        }
+        if let Some(a) = line.split("serving DNS on ").nth(1) {
+            dns = a
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        }
+        if let Some(a) = line.split("serving HTTP on ").nth(1) {
+            http_addr = a.trim().parse::<std::net::SocketAddr>().ok();
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (dns, http_addr) = (dns.unwrap(), http_addr.unwrap());
+    assert!(
+        fd_line.contains("DNS over TCP takes at most 22 connections"),
+        "{fd_line}"
+    );
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = tokio::net::TcpStream::connect(dns).await {
+            held.push(s);
+        }
+    }
+    let pid = child.id();
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = ticks();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = ticks() - before;
+    assert!(used < 30, "the process used {used} ticks in 1 s: spinning");
+    let r = http(
+        "GET",
+        &format!("http://{http_addr}/v1/catalog/services"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let m = query(dns, Via::Udp, "consul.", RecordType::SOA).await;
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    assert!(
+        tcp_query_from("127.0.0.9".parse().unwrap(), dns).await,
+        "a new TCP client is answered"
+    );
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+}

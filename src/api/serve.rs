@@ -1,0 +1,298 @@
+//! The HTTP listener's accept loop, with the limits `axum::serve` lacks:
+//! a cap on connections in total and per client address, a timeout for a
+//! request's headers (slowloris), an idle timeout for keep-alive
+//! connections, and a back-off when the process runs out of descriptors.
+//! The body-read timeout is a middleware (`api::read_body_in_time`).
+//!
+//! A connection over a cap is closed at once, before it costs a task;
+//! each refusal and each timeout is counted (`signpost_http_*`) and logged
+//! at most every 10 s.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::config::HttpLimits;
+
+/// What the listener refused or cut, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub open: AtomicUsize,
+    pub refused_total: AtomicU64,
+    pub refused_per_client: AtomicU64,
+    /// Connections closed for headers not sent in time or idling.
+    pub timed_out: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
+
+/// Open connections per client address. std Mutex: one lookup per
+/// connection opened or closed.
+struct Conns {
+    limits: HttpLimits,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    stats: Arc<HttpStats>,
+    last_report: Mutex<Option<Instant>>,
+}
+
+/// A connection's place; gives it back when dropped.
+struct Slot {
+    conns: Arc<Conns>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conns.stats.open.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self
+            .conns
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Conns {
+    fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
+        let mut map = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = if self.stats.open.load(Ordering::Relaxed) >= self.limits.max_connections {
+            self.stats.refused_total.fetch_add(1, Ordering::Relaxed);
+            Some("the connection limit")
+        } else if map.get(&client).copied().unwrap_or(0) >= self.limits.max_connections_per_client {
+            self.stats
+                .refused_per_client
+                .fetch_add(1, Ordering::Relaxed);
+            Some("the per-client connection limit")
+        } else {
+            None
+        };
+        if let Some(what) = refused {
+            drop(map);
+            self.report(&format!(
+                "refusing HTTP connections from {client}: {what} is reached"
+            ));
+            return None;
+        }
+        *map.entry(client).or_default() += 1;
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            conns: Arc::clone(self),
+            client,
+        })
+    }
+
+    /// Logs at most every 10 s.
+    fn report(&self, what: &str) {
+        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                open = self.stats.open.load(Ordering::Relaxed),
+                "{what} (further ones counted in /metrics, logged every 10 s)"
+            );
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true; then lets requests
+/// in flight finish for at most `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    stats: Arc<HttpStats>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let conns = Arc::new(Conns {
+        limits,
+        per_client: Mutex::new(HashMap::new()),
+        stats,
+        last_report: Mutex::new(None),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                conns.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                // Out of descriptors (EMFILE, ENFILE) or memory: accepting
+                // again at once would spin; give connections time to close.
+                conns.report(&format!("cannot accept HTTP connections: {e}; backing off"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = conns.admit(peer.ip()) else {
+            continue;
+        };
+        let (app, conns, stop) = (app.clone(), Arc::clone(&conns), stop.clone());
+        tasks.spawn(async move {
+            connection(stream, peer, app, &conns, stop).await;
+            drop(slot);
+        });
+    }
+    let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+}
+
+/// I/O and requests in flight on one connection: it is idle when neither
+/// moved for the idle timeout (a blocking query in flight is not idle).
+#[derive(Default)]
+struct Activity {
+    last_io: Mutex<Option<Instant>>,
+    requests: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        *self.last_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.requests.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+}
+
+/// A stream that notes when it last read or wrote.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Decrements a connection's requests in flight when a request ends,
+/// however it ends.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    conns: &Conns,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    activity.touch();
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let act = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        act.requests.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(Arc::clone(&act));
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(req.map(axum::body::Body::new)).await;
+            drop(guard);
+            r
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(conns.limits.header_timeout)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle = conns.limits.idle_timeout;
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    if e.is_timeout() {
+                        conns.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        conns.report(&format!("closed an HTTP connection from {peer}: headers not received within {:?}", conns.limits.header_timeout));
+                    } else {
+                        tracing::debug!("http connection from {peer}: {e}");
+                    }
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                if activity.idle_for() >= idle {
+                    conns.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("closing an HTTP connection from {peer} idle for {idle:?}");
+                    return;
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
