@@ -200,6 +200,7 @@ pub struct FileConfig {
     http_token: Option<String>,
     http_token_file: Option<PathBuf>,
     http_token_for_reads: Option<bool>,
+    check_output_max_size: Option<usize>,
     http_max_connections: Option<usize>,
     http_max_connections_per_client: Option<usize>,
     http_header_timeout: Option<Seconds>,
@@ -373,6 +374,8 @@ pub struct Config {
     /// ACL default policy `deny`; `/health`, `/ready`, `/metrics` stay open.
     pub http_token_for_reads: bool,
     pub http_limits: HttpLimits,
+    /// Check output kept at most, in bytes (Consul's name).
+    pub check_output_max_size: usize,
     pub recursors: Recursors,
     /// Sidecar mode when set.
     pub consul: Option<ConsulConfig>,
@@ -611,6 +614,7 @@ impl Config {
             http_token: None,
             http_token_for_reads: false,
             http_limits: HttpLimits::default(),
+            check_output_max_size: crate::registry::model::DEFAULT_CHECK_OUTPUT_MAX,
             recursors: Recursors::default(),
             consul: None,
             dns_config: DnsConfig::default(),
@@ -883,6 +887,11 @@ impl Config {
             http_token,
             http_token_for_reads: file.http_token_for_reads.unwrap_or(false),
             http_limits,
+            check_output_max_size: match file.check_output_max_size {
+                Some(0) => return Err(invalid("check_output_max_size: must be above zero".into())),
+                Some(n) => n,
+                None => crate::registry::model::DEFAULT_CHECK_OUTPUT_MAX,
+            },
             recursors,
             consul,
             dns_config: DnsConfig {

@@ -63,6 +63,7 @@ pub fn load_zones(config: &Config) -> Result<Definitions, FileError> {
 impl Signpost {
     /// Loads the zones and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Signpost, StartError> {
+        crate::registry::model::set_check_output_max(config.check_output_max_size);
         let defs = load_zones(&config)?;
         let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
         let registry = match &config.data_dir {

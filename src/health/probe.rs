@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::registry::Health;
 
 /// Consul's default cap on a check's kept output.
-pub use crate::registry::model::CHECK_OUTPUT_MAX as MAX_OUTPUT;
 
 /// Clients shared by every HTTP check, so connections to a target are
 /// reused from one run to the next.
@@ -77,7 +76,7 @@ pub async fn http(clients: &HttpClients, c: &HttpCheck<'_>) -> (Health, String) 
         let mut resp = req.send().await?;
         let status = resp.status();
         let mut body = Vec::new();
-        while body.len() < MAX_OUTPUT {
+        while body.len() < crate::registry::model::check_output_max() {
             match resp.chunk().await? {
                 Some(chunk) => body.extend_from_slice(&chunk),
                 None => break,

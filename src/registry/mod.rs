@@ -507,7 +507,7 @@ impl Txn<'_> {
     /// Adds or replaces a check (by node and ID). A check with the same ID
     /// under another owner moves.
     pub fn upsert_check(&mut self, mut check: Check) {
-        if check.output.len() > model::CHECK_OUTPUT_MAX {
+        if check.output.len() > model::check_output_max() {
             check.output = model::cap_output(std::mem::take(&mut check.output));
         }
         let owner = CheckOwner {
@@ -569,7 +569,7 @@ impl Txn<'_> {
 
     /// Sets a check's status and output; false when there is no such check.
     pub fn set_check_status(&mut self, node: &str, id: &str, status: Health, output: &str) -> bool {
-        let output = if output.len() > model::CHECK_OUTPUT_MAX {
+        let output = if output.len() > model::check_output_max() {
             &model::cap_output(output.to_string())
         } else {
             output

@@ -239,14 +239,29 @@ pub struct KvEntry {
     pub modify_index: u64,
 }
 
-/// The most a check's output keeps, from any path (probes, TTL updates,
-/// registrations, Consul), as Consul's default `check_output_max_size`.
-pub const CHECK_OUTPUT_MAX: usize = 4096;
+/// Consul's default `check_output_max_size`.
+pub const DEFAULT_CHECK_OUTPUT_MAX: usize = 4096;
 
-/// Cuts `s` to at most [`CHECK_OUTPUT_MAX`] bytes on a character boundary.
+/// The most a check's output keeps, from any path (probes, TTL updates,
+/// registrations, Consul): `check_output_max_size`, set once at start. A
+/// process-wide atomic: every path that writes output reads it, and a
+/// setting threaded through all of them would say the same.
+static CHECK_OUTPUT_MAX: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_CHECK_OUTPUT_MAX);
+
+pub fn check_output_max() -> usize {
+    CHECK_OUTPUT_MAX.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub fn set_check_output_max(bytes: usize) {
+    CHECK_OUTPUT_MAX.store(bytes.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Cuts `s` to at most [`check_output_max`] bytes on a character boundary.
 pub fn cap_output(mut s: String) -> String {
-    if s.len() > CHECK_OUTPUT_MAX {
-        let mut end = CHECK_OUTPUT_MAX;
+    let max = check_output_max();
+    if s.len() > max {
+        let mut end = max;
         while !s.is_char_boundary(end) {
             end -= 1;
         }
