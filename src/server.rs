@@ -225,9 +225,12 @@ impl Signpost {
         settings.dns = new.dns_config.clone();
         self.answers.set_config(settings);
         self.handler.set_zones(zones);
+        // Every answer set rebuilt with the new settings first, so that no
+        // reader sees new files answered under the new settings while the
+        // old sets still carry the old ones.
+        self.registry.write(|t| t.touch_all());
         let (files, instances) = (defs.files, defs.instance_count());
         defs.apply(&self.registry, &own);
-        self.registry.write(|t| t.touch_all());
         self.config.dns_config = new.dns_config;
         self.config.zones = new.zones;
         tracing::info!(

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use crate::registry::Health;
 
-/// Consul's default cap on a check's kept output.
-
 /// Clients shared by every HTTP check, so connections to a target are
 /// reused from one run to the next.
 pub struct HttpClients {
