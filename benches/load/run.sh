@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
 # The side-by-side load benchmark: signpost, NSD, Knot and dnsmasq serve the
 # same 1,000 services x 5 instances on loopback, each pinned to core 0 with
-# dnsperf on core 1, through the shared harness (../shared/bench); then a
-# TCP run against signpost, and ratios of signpost to each peer.
+# dnsperf on core 1 (bench.py, which generates the data and the peers'
+# configs and installs what is missing); then a TCP run against signpost,
+# and ratios of signpost to each peer. Needs nothing outside this repository.
 #
-#   benches/load/run.sh                 # one rotation, all four servers
-#   RUNS=2 SERVERS=nsd,knot,signpost benches/load/run.sh
+#   benches/load/run.sh                      # one rotation, all four servers
+#   RUNS=3 SERVERS=nsd,knot,signpost benches/load/run.sh
+#   benches/load/run.sh --duration 5 --rate 0   # extra arguments go to bench.py (-h)
 #
-# Extra arguments go to the harness (see run_baseline.sh -h). Loopback only.
+# Loopback only (127.0.0.1, ports 5301-5304 and 5399).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-harness=${HARNESS:-$root/../shared/bench/run_baseline.sh}
 workdir=${WORKDIR:-/tmp/bench_work/signpost-$(date +%Y%m%d-%H%M%S)}
-[ -x "$harness" ] || { echo "harness not found at $harness (set HARNESS=)"; exit 1; }
 
 cargo build --release --manifest-path "$root/Cargo.toml" --bin signpost
 bin="$root/target/release/signpost"
-"$harness" --runs "${RUNS:-1}" --servers "${SERVERS:-nsd,knot,dnsmasq,signpost}" \
-  --no-hickory-build --workdir "$workdir" \
-  --extra "signpost=$bin --config $here/signpost.toml --dns {addr}:{port} --http 127.0.0.1:0 --zones {defs} --node bench --log-level warn" \
-  "$@"
+python3 "$here/bench.py" --runs "${RUNS:-1}" --servers "${SERVERS:-nsd,knot,dnsmasq,signpost}" \
+  --signpost "$bin" --workdir "$workdir" "$@"
 
 # TCP with connection reuse (each dnsperf client keeps one connection),
 # against UDP under the same settings, signpost alone on core 0.
