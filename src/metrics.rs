@@ -354,6 +354,15 @@ impl Collector for StoreCollector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&degraded)?;
+        let commit_seconds = s.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder
+            .encode_descriptor(
+                "store_commit_seconds",
+                "Time spent writing batches to the store, fsync included (divide by store_batches_total for the mean)",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&commit_seconds, None)?;
         for (name, help, value) in [
             (
                 "store_failed_batches",

@@ -47,6 +47,8 @@ pub struct StoreStatus {
     /// group-commit factor).
     pub batches: AtomicU64,
     pub batched_writes: AtomicU64,
+    /// Time spent in store commits (write + fsync), in nanoseconds.
+    pub commit_nanos: AtomicU64,
     /// The reason of the failure that started the degraded state.
     reason: Mutex<Option<String>>,
 }
@@ -399,11 +401,15 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
             (w.queued.drain(..).collect(), w.tip.clone())
         };
         let rows: Vec<&Rows> = batch.iter().filter_map(|p| p.rows.as_ref()).collect();
+        let started = Instant::now();
         let written = if rows.iter().all(|r| r.is_empty()) {
             Ok(())
         } else {
             store.write(&rows)
         };
+        reg.status
+            .commit_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let writes = rows.len() as u64;
         match written {
             Ok(()) => {
