@@ -159,7 +159,7 @@ pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
 /// The index of one service's entries (or of all services when it is gone
 /// or never existed).
 pub fn service_index(s: &Registry, name: &str) -> u64 {
-    s.tables().service(&name.to_ascii_lowercase())
+    s.service_index(&name.to_ascii_lowercase())
 }
 
 /// Whether an instance carries every tag asked for (case-insensitively).

@@ -95,25 +95,17 @@ pub struct TableIndexes {
     pub nodes: u64,
     pub checks: u64,
     pub kv: u64,
-    /// Lower-cased service name → last change, for services that have
-    /// instances. A service that is gone has no entry (an entry per name
-    /// ever registered would leak): its reads take `services`, which moved
-    /// when it went, so a blocking query on it still wakes for its
-    /// deregistration.
-    service: imbl::HashMap<String, u64>,
 }
 
-impl TableIndexes {
-    /// The index of one service's entries (lower-cased name): its own while
-    /// it exists, the services table's once it is gone or if it never was.
-    pub fn service(&self, lower: &str) -> u64 {
-        self.service.get(lower).copied().unwrap_or(self.services)
-    }
-
-    /// How many services have an index of their own (for leak tests).
-    pub fn service_entries(&self) -> usize {
-        self.service.len()
-    }
+/// A service that has instances: how many, and the index at which its
+/// entries last changed. A service that is gone has no entry (an entry per
+/// name ever registered would leak): its reads take the services table's
+/// index, which moved when it went, so a blocking query on it still wakes
+/// for its deregistration.
+#[derive(Debug, Default, Clone, Copy)]
+struct ServiceEntry {
+    instances: u32,
+    index: u64,
 }
 
 /// Checks are grouped by what they belong to: a node (`service_id: None`)
@@ -145,8 +137,8 @@ pub struct State {
     /// service's instances are a range and adding one to a service with
     /// 50,000 copies a path, not the service's whole list.
     by_service: OrdSet<(String, InstanceKey)>,
-    /// Lower-cased service name → how many instances it has.
-    services: OrdMap<String, u32>,
+    /// Lower-cased service name → its instance count and change index.
+    services: OrdMap<String, ServiceEntry>,
     kv: OrdMap<String, Arc<KvEntry>>,
     index: u64,
     tables: TableIndexes,
@@ -183,6 +175,15 @@ impl State {
         &self.tables
     }
 
+    /// The index of one service's entries (lower-cased name): its own while
+    /// it exists, the services table's once it is gone or if it never was.
+    pub fn service_index(&self, lower: &str) -> u64 {
+        self.services
+            .get(lower)
+            .map(|e| e.index)
+            .unwrap_or(self.tables.services)
+    }
+
     pub fn check_defs(&self) -> u64 {
         self.check_defs
     }
@@ -209,7 +210,7 @@ impl State {
             .insert((lower.clone(), key.clone()))
             .is_none()
         {
-            *self.services.entry(lower.clone()).or_default() += 1;
+            self.services.entry(lower.clone()).or_default().instances += 1;
         }
         self.instances.insert(key, Arc::new(inst));
         lower
@@ -221,9 +222,9 @@ impl State {
             .remove(&(lower.to_string(), key.clone()))
             .is_some()
         {
-            if let Some(n) = self.services.get_mut(lower) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(e) = self.services.get_mut(lower) {
+                e.instances -= 1;
+                if e.instances == 0 {
                     self.services.remove(lower);
                 }
             }
@@ -233,10 +234,8 @@ impl State {
     fn stamp(&mut self, changes: &Changes, index: u64) {
         let t = &mut self.tables;
         for s in &changes.services {
-            if self.services.contains_key(s) {
-                t.service.insert(s.clone(), index);
-            } else {
-                t.service.remove(s);
+            if let Some(e) = self.services.get_mut(s) {
+                e.index = index;
             }
             t.services = index;
         }
@@ -857,7 +856,6 @@ mod tests {
                 s.instances.len(),
                 s.by_service.len(),
                 s.services.len(),
-                s.tables.service_entries(),
                 s.checks.len(),
                 s.check_owner.len(),
             )
@@ -869,7 +867,7 @@ mod tests {
             r.write(|t| t.remove_instance(&InstanceKey::new("n", &id)));
         }
         assert_eq!(r.read(sizes), start);
-        let after = r.read(|s| (s.tables().services, s.tables().service("svc-7")));
+        let after = r.read(|s| (s.tables().services, s.service_index("svc-7")));
         assert_eq!(after.0, r.index(), "the last deregistration moved it");
         assert_eq!(
             after.1, after.0,
