@@ -201,6 +201,7 @@ pub struct FileConfig {
     http_token_file: Option<PathBuf>,
     http_token_for_reads: Option<bool>,
     check_output_max_size: Option<usize>,
+    session_ttl_min: Option<Seconds>,
     http_max_connections: Option<usize>,
     http_max_connections_per_client: Option<usize>,
     http_header_timeout: Option<Seconds>,
@@ -376,6 +377,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// Check output kept at most, in bytes (Consul's name).
     pub check_output_max_size: usize,
+    /// The shortest session TTL accepted (Consul's `session_ttl_min`).
+    pub session_ttl_min: std::time::Duration,
     pub recursors: Recursors,
     /// Sidecar mode when set.
     pub consul: Option<ConsulConfig>,
@@ -615,6 +618,7 @@ impl Config {
             http_token_for_reads: false,
             http_limits: HttpLimits::default(),
             check_output_max_size: crate::registry::model::DEFAULT_CHECK_OUTPUT_MAX,
+            session_ttl_min: std::time::Duration::from_secs(10),
             recursors: Recursors::default(),
             consul: None,
             dns_config: DnsConfig::default(),
@@ -891,6 +895,10 @@ impl Config {
                 Some(0) => return Err(invalid("check_output_max_size: must be above zero".into())),
                 Some(n) => n,
                 None => crate::registry::model::DEFAULT_CHECK_OUTPUT_MAX,
+            },
+            session_ttl_min: match &file.session_ttl_min {
+                Some(t) => t.duration("session_ttl_min").map_err(invalid)?,
+                None => std::time::Duration::from_secs(10),
             },
             recursors,
             consul,

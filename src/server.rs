@@ -50,6 +50,8 @@ pub struct Signpost {
     http_addr: SocketAddr,
     http_stop: tokio::sync::watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
+    sessions_stop: tokio::sync::watch::Sender<bool>,
+    sessions_task: tokio::task::JoinHandle<()>,
 }
 
 /// Loads and validates the zones directory of `config`, if any.
@@ -153,12 +155,17 @@ impl Signpost {
                 )
             })?;
         let http_addr = listener.local_addr()?;
+        let sessions = Arc::new(api::session::Sessions::default());
+        let (sessions_stop, sessions_stopped) = tokio::sync::watch::channel(false);
+        let sessions_task = tokio::spawn(sessions.clone().run(registry.clone(), sessions_stopped));
         let app = api::router(Arc::new(Api {
             registry: registry.clone(),
             node: config.node.clone(),
             node_address: config.node_address(),
             datacenter: config.datacenter.clone(),
             token: config.http_token.clone(),
+            sessions: sessions.clone(),
+            session_ttl_min: config.session_ttl_min,
             token_for_reads: config.http_token_for_reads,
             body_timeout: config.http_limits.body_timeout,
             health: health.clone(),
@@ -187,6 +194,8 @@ impl Signpost {
             http_addr,
             http_stop,
             http_task,
+            sessions_stop,
+            sessions_task,
         })
     }
 
@@ -262,6 +271,8 @@ impl Signpost {
         {
             http_task.abort();
         }
+        let _ = self.sessions_stop.send(true);
+        let _ = self.sessions_task.await;
         if let Some(c) = &self.consul {
             c.shutdown().await;
         }

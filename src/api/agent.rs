@@ -384,6 +384,8 @@ pub async fn this_agent(State(api): Shared) -> ApiResult {
             "Server": false,
             "Revision": "signpost",
             "Version": env!("CARGO_PKG_VERSION"),
+            // Read by clients (Patroni) to size their session TTLs.
+            "SessionTTLMin": super::session::go_duration(api.session_ttl_min),
         },
         "Member": member(&api),
         "Meta": {},

@@ -115,11 +115,6 @@ pub async fn put(
     if key.is_empty() {
         return Err(ApiError::bad_request("Missing key name"));
     }
-    if params.get("acquire").is_some() || params.get("release").is_some() {
-        return Err(ApiError::bad_request(
-            "sessions (acquire, release) are not supported",
-        ));
-    }
     let value = body_bytes(body)?;
     if value.len() > MAX_VALUE {
         return Err(ApiError {
@@ -129,6 +124,40 @@ pub async fn put(
     }
     let flags = params.u64("flags")?.unwrap_or(0);
     let cas = params.u64("cas")?;
+    let lock = match (params.get("acquire"), params.get("release")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "acquire and release cannot be used together",
+            ))
+        }
+        (Some(s), None) => Some((true, s.to_string())),
+        (None, Some(s)) => Some((false, s.to_string())),
+        (None, None) => None,
+    };
+    if let Some((acquire, session)) = lock {
+        // A key in its lock delay (its holder's session was invalidated)
+        // cannot be acquired yet, as Consul.
+        if acquire && api.sessions.delayed(&key) {
+            return Ok(reply(api.registry.index(), &false));
+        }
+        let done = api
+            .registry
+            .write_api(|txn| {
+                if txn.state().session(&session).is_none() {
+                    return Err(ApiError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        message: format!("invalid session {session:?}"),
+                    });
+                }
+                Ok(if acquire {
+                    txn.kv_acquire(&key, value.to_vec(), flags, &session)
+                } else {
+                    txn.kv_release(&key, value.to_vec(), flags, &session)
+                })
+            })
+            .await??;
+        return Ok(reply(api.registry.index(), &done));
+    }
     let done = api
         .registry
         .write_api(|txn| txn.kv_put(&key, value.to_vec(), flags, cas))

@@ -12,6 +12,7 @@ mod health;
 mod kv;
 mod ops;
 pub mod serve;
+pub mod session;
 mod shapes;
 
 use std::net::IpAddr;
@@ -45,6 +46,10 @@ pub struct Api {
     pub node_address: IpAddr,
     pub datacenter: String,
     pub token: Option<String>,
+    /// Session TTL timers and lock delays.
+    pub sessions: Arc<session::Sessions>,
+    /// The shortest session TTL accepted.
+    pub session_ttl_min: Duration,
     /// Reads need the token too (ACL default policy `deny`).
     pub token_for_reads: bool,
     /// How long a request body may take to arrive.
@@ -304,6 +309,16 @@ async fn require_token(AxState(api): Shared, req: Request, next: Next) -> Respon
     }
 }
 
+/// Every answer carries `X-Consul-Index`, errors included: Consul's
+/// clients (python-consul) read it from every response and fail without it.
+async fn index_on_every_reply(AxState(api): Shared, req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    if !r.headers().contains_key("X-Consul-Index") {
+        index_headers(r.headers_mut(), api.registry.index());
+    }
+    r
+}
+
 /// Reads a request's body within the body timeout, so that a client that
 /// sends headers and then trickles (or never sends) its body is cut: 408.
 async fn read_body_in_time(AxState(api): Shared, req: Request, next: Next) -> Response {
@@ -369,7 +384,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/status/leader", get(catalog::leader))
         .route("/status/peers", get(catalog::peers))
         .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
-        .route("/kv/", put(kv::put).get(kv::get).delete(kv::delete));
+        .route("/kv/", put(kv::put).get(kv::get).delete(kv::delete))
+        .route("/session/create", put(session::create))
+        .route("/session/destroy/{id}", put(session::destroy))
+        .route("/session/renew/{id}", put(session::renew))
+        .route("/session/info/{id}", get(session::info))
+        .route("/session/list", get(session::list))
+        .route("/session/node/{node}", get(session::node));
     let v1 = v1.route("/signpost/sync", get(ops::sync_status));
     Router::new()
         .route("/health", get(ops::live))
@@ -382,6 +403,10 @@ pub fn router(api: Arc<Api>) -> Router {
             read_body_in_time,
         ))
         .layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            index_on_every_reply,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }

@@ -257,6 +257,9 @@ pub struct HealthEntry<'a> {
 #[serde(rename_all = "PascalCase")]
 pub struct KvOut<'a> {
     pub lock_index: u64,
+    /// The holding session, only when the key is locked (as Consul).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<&'a str>,
     pub key: &'a str,
     pub flags: u64,
     pub value: Option<String>,
@@ -268,7 +271,8 @@ impl<'a> KvOut<'a> {
     pub fn new(e: &'a KvEntry) -> KvOut<'a> {
         use base64::Engine;
         KvOut {
-            lock_index: 0,
+            lock_index: e.lock_index,
+            session: e.session.as_deref(),
             key: &e.key,
             flags: e.flags,
             // Consul sends null for an empty value.

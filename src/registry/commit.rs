@@ -274,7 +274,11 @@ impl Registry {
     /// at the index the store had reached. Call once, before anything else
     /// writes.
     pub fn restore(&self, saved: super::store::Saved) -> usize {
-        let count = saved.nodes.len() + saved.instances.len() + saved.checks.len() + saved.kv.len();
+        let count = saved.nodes.len()
+            + saved.instances.len()
+            + saved.checks.len()
+            + saved.kv.len()
+            + saved.sessions.len();
         let mut w = self.lock();
         w.tip.index = w.tip.index.max(saved.index);
         let (_, changes, _) = Self::apply(&mut w, |txn| txn.restore(saved));

@@ -22,8 +22,8 @@ use small::SmallMap;
 
 pub use commit::{Registry, StoreStatus};
 pub use model::{
-    Check, CheckKind, Health, Instance, InstanceKey, KvEntry, Meta, Node, Source, TaggedAddress,
-    Thresholds, Weights,
+    Behavior, Check, CheckKind, Health, Instance, InstanceKey, KvEntry, Meta, Node, Session,
+    Source, TaggedAddress, Thresholds, Weights,
 };
 pub use store::{Store, StoreError};
 
@@ -51,11 +51,17 @@ pub struct Changes {
     pub checks: bool,
     /// Any KV key written or deleted.
     pub kv: bool,
+    /// Any session created or destroyed.
+    pub sessions: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.nodes.is_empty() && !self.checks && !self.kv
+        self.services.is_empty()
+            && self.nodes.is_empty()
+            && !self.checks
+            && !self.kv
+            && !self.sessions
     }
 
     /// Adds another transaction's changes (a batch is published at once).
@@ -64,6 +70,7 @@ impl Changes {
         self.nodes.extend(other.nodes);
         self.checks |= other.checks;
         self.kv |= other.kv;
+        self.sessions |= other.sessions;
     }
 }
 
@@ -75,6 +82,7 @@ pub struct Touched {
     pub instances: BTreeSet<InstanceKey>,
     pub checks: BTreeSet<(String, String)>,
     pub kv: BTreeSet<String>,
+    pub sessions: BTreeSet<String>,
 }
 
 impl Touched {
@@ -83,6 +91,7 @@ impl Touched {
             && self.instances.is_empty()
             && self.checks.is_empty()
             && self.kv.is_empty()
+            && self.sessions.is_empty()
     }
 }
 
@@ -95,6 +104,7 @@ pub struct TableIndexes {
     pub nodes: u64,
     pub checks: u64,
     pub kv: u64,
+    pub sessions: u64,
 }
 
 /// A service that has instances: how many, and the index at which its
@@ -140,6 +150,7 @@ pub struct State {
     /// Lower-cased service name → its instance count and change index.
     services: OrdMap<String, ServiceEntry>,
     kv: OrdMap<String, Arc<KvEntry>>,
+    sessions: OrdMap<String, Arc<Session>>,
     index: u64,
     tables: TableIndexes,
     /// Moves when a check is added, removed or redefined, never on a status
@@ -186,6 +197,14 @@ impl State {
 
     pub fn check_defs(&self) -> u64 {
         self.check_defs
+    }
+
+    pub fn session(&self, id: &str) -> Option<&Session> {
+        self.sessions.get(id).map(|s| &**s)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values().map(|s| &**s)
     }
 
     pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
@@ -247,6 +266,9 @@ impl State {
         }
         if changes.kv {
             t.kv = index;
+        }
+        if changes.sessions {
+            t.sessions = index;
         }
     }
 
@@ -613,6 +635,8 @@ impl Txn<'_> {
             }
         }
         let create_index = old.map(|e| e.create_index).unwrap_or(self.next_index);
+        let lock_index = old.map(|e| e.lock_index).unwrap_or(0);
+        let session = old.and_then(|e| e.session.clone());
         self.state.kv.insert(
             key.to_string(),
             Arc::new(KvEntry {
@@ -621,11 +645,107 @@ impl Txn<'_> {
                 flags,
                 create_index,
                 modify_index: self.next_index,
+                lock_index,
+                session,
             }),
         );
         self.touched.kv.insert(key.to_string());
         self.changes.kv = true;
         true
+    }
+
+    /// Writes `key` and takes its lock for `session`, as `?acquire=`: false
+    /// when another session holds it. Taking it again by its holder only
+    /// writes the value. The session must exist.
+    pub fn kv_acquire(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str) -> bool {
+        let old = self.state.kv.get(key).cloned();
+        let held = old.as_ref().map(|e| e.lock_index).unwrap_or(0);
+        let lock_index = match old.as_ref().and_then(|e| e.session.as_deref()) {
+            Some(holder) if holder != session => return false,
+            Some(_) => held,
+            None => held + 1,
+        };
+        let create_index = old
+            .as_ref()
+            .map(|e| e.create_index)
+            .unwrap_or(self.next_index);
+        self.state.kv.insert(
+            key.to_string(),
+            Arc::new(KvEntry {
+                key: key.to_string(),
+                value,
+                flags,
+                create_index,
+                modify_index: self.next_index,
+                lock_index,
+                session: Some(session.to_string()),
+            }),
+        );
+        self.touched.kv.insert(key.to_string());
+        self.changes.kv = true;
+        true
+    }
+
+    /// Writes `key` and lets go of its lock, as `?release=`: false when
+    /// `session` does not hold it.
+    pub fn kv_release(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str) -> bool {
+        let Some(old) = self.state.kv.get(key).cloned() else {
+            return false;
+        };
+        if old.session.as_deref() != Some(session) {
+            return false;
+        }
+        self.state.kv.insert(
+            key.to_string(),
+            Arc::new(KvEntry {
+                value,
+                flags,
+                modify_index: self.next_index,
+                session: None,
+                ..(*old).clone()
+            }),
+        );
+        self.touched.kv.insert(key.to_string());
+        self.changes.kv = true;
+        true
+    }
+
+    /// Adds a session.
+    pub fn create_session(&mut self, mut session: Session) {
+        session.create_index = self.next_index;
+        session.modify_index = self.next_index;
+        self.touched.sessions.insert(session.id.clone());
+        self.state
+            .sessions
+            .insert(session.id.clone(), Arc::new(session));
+        self.changes.sessions = true;
+    }
+
+    /// Invalidates a session: its locks are released or its keys deleted,
+    /// as its behavior says. Returns the session and the keys it held.
+    pub fn destroy_session(&mut self, id: &str) -> Option<(Session, Vec<String>)> {
+        let session = self.state.sessions.remove(id)?;
+        self.touched.sessions.insert(id.to_string());
+        self.changes.sessions = true;
+        let held: Vec<String> = self
+            .state
+            .kv
+            .values()
+            .filter(|e| e.session.as_deref() == Some(id))
+            .map(|e| e.key.clone())
+            .collect();
+        for key in &held {
+            match session.behavior {
+                Behavior::Delete => {
+                    self.kv_delete(key, None);
+                }
+                Behavior::Release => {
+                    let e = self.state.kv.get(key).cloned().expect("held key");
+                    self.kv_release(key, e.value.clone(), e.flags, id);
+                }
+            }
+        }
+        Some((Arc::unwrap_or_clone(session), held))
     }
 
     /// Deletes a key; with `cas`, only when its ModifyIndex equals it.
@@ -694,6 +814,10 @@ impl Txn<'_> {
         for e in saved.kv {
             self.state.kv.insert(e.key.clone(), Arc::new(e));
             self.changes.kv = true;
+        }
+        for s in saved.sessions {
+            self.state.sessions.insert(s.id.clone(), Arc::new(s));
+            self.changes.sessions = true;
         }
     }
 

@@ -237,6 +237,39 @@ pub struct KvEntry {
     pub flags: u64,
     pub create_index: u64,
     pub modify_index: u64,
+    /// How many times the key has been acquired (Consul's LockIndex).
+    #[serde(default)]
+    pub lock_index: u64,
+    /// The session holding the key's lock, if any.
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// What happens to the keys a session holds when it is invalidated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Behavior {
+    /// The locks are released; the keys stay.
+    Release,
+    /// The keys are deleted.
+    Delete,
+}
+
+/// A session (Consul's): the owner of KV locks, invalidated when it is
+/// destroyed or its TTL runs out without a renewal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    /// After an invalidation, its keys cannot be acquired for this long.
+    pub lock_delay: Duration,
+    pub behavior: Behavior,
+    /// Invalidated when not renewed within this; `None`: no TTL.
+    pub ttl: Option<Duration>,
+    /// Node checks it is tied to (invalidated when one goes critical).
+    pub node_checks: Vec<String>,
+    pub create_index: u64,
+    pub modify_index: u64,
 }
 
 /// Consul's default `check_output_max_size`.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Check, Instance, KvEntry, Node, Source, State, Touched};
+use super::{Check, Instance, KvEntry, Node, Session, Source, State, Touched};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Key: `node \0 id`.
@@ -24,6 +24,11 @@ const KV_META: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("kv
 /// a restart.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Key: session ID; value: the session as JSON.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// A KV key's LockIndex and the session holding it ("" for none); a table
+/// of its own so that stores written before sessions open unchanged.
+const KV_LOCKS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("kv_locks");
 /// `node`: the node that signpost's own agent registrations belong to,
 /// recorded at first start (see [`Store::adopt_node`]).
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
@@ -67,6 +72,7 @@ pub struct Saved {
     pub instances: Vec<Instance>,
     pub checks: Vec<Check>,
     pub kv: Vec<KvEntry>,
+    pub sessions: Vec<Session>,
 }
 
 /// One write's changes to the store, serialized when the write was
@@ -78,10 +84,12 @@ pub struct Rows {
     instances: Vec<(String, Option<Vec<u8>>)>,
     checks: Vec<(String, Option<Vec<u8>>)>,
     kv: Vec<(String, Option<KvRow>)>,
+    sessions: Vec<(String, Option<Vec<u8>>)>,
 }
 
-/// A KV row: the value, and (flags, CreateIndex, ModifyIndex).
-type KvRow = (Vec<u8>, (u64, u64, u64));
+/// A KV row: the value, (flags, CreateIndex, ModifyIndex), and (LockIndex,
+/// holding session or "").
+type KvRow = (Vec<u8>, (u64, u64, u64), (u64, String));
 
 impl Rows {
     /// The API entries among `touched` as `state` has them, and removals
@@ -117,11 +125,20 @@ impl Rows {
                 .kv
                 .iter()
                 .map(|key| {
-                    let row = state
-                        .kv_get(key)
-                        .map(|e| (e.value.clone(), (e.flags, e.create_index, e.modify_index)));
+                    let row = state.kv_get(key).map(|e| {
+                        (
+                            e.value.clone(),
+                            (e.flags, e.create_index, e.modify_index),
+                            (e.lock_index, e.session.clone().unwrap_or_default()),
+                        )
+                    });
                     (key.clone(), row)
                 })
+                .collect(),
+            sessions: touched
+                .sessions
+                .iter()
+                .map(|id| (id.clone(), state.session(id).map(json)))
                 .collect(),
         }
     }
@@ -131,6 +148,7 @@ impl Rows {
             && self.instances.is_empty()
             && self.checks.is_empty()
             && self.kv.is_empty()
+            && self.sessions.is_empty()
     }
 }
 
@@ -300,6 +318,8 @@ impl Store {
             txn.open_table(KV_META)?;
             txn.open_table(META)?;
             txn.open_table(IDENTITY)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(KV_LOCKS)?;
             Ok(())
         })
     }
@@ -327,6 +347,7 @@ impl Store {
             saved.checks.push(serde_json::from_slice(row?.1.value())?);
         }
         let values = txn.open_table(KV_VALUES)?;
+        let locks = txn.open_table(KV_LOCKS)?;
         for row in txn.open_table(KV_META)?.iter()? {
             let (key, meta) = row?;
             let key = key.value().to_string();
@@ -335,13 +356,25 @@ impl Store {
                 .get(key.as_str())?
                 .map(|v| v.value().to_vec())
                 .unwrap_or_default();
+            let (lock_index, session) = match locks.get(key.as_str())? {
+                Some(l) => {
+                    let (i, s) = l.value();
+                    (i, (!s.is_empty()).then(|| s.to_string()))
+                }
+                None => (0, None),
+            };
             saved.kv.push(KvEntry {
                 key,
                 value,
                 flags,
                 create_index,
                 modify_index,
+                lock_index,
+                session,
             });
+        }
+        for row in txn.open_table(SESSIONS)?.iter()? {
+            saved.sessions.push(serde_json::from_slice(row?.1.value())?);
         }
         Ok(saved)
     }
@@ -412,6 +445,8 @@ impl Store {
             let mut checks = txn.open_table(CHECKS)?;
             let mut values = txn.open_table(KV_VALUES)?;
             let mut meta = txn.open_table(KV_META)?;
+            let mut locks = txn.open_table(KV_LOCKS)?;
+            let mut sessions = txn.open_table(SESSIONS)?;
             let mut index = 0;
             for rows in batch {
                 index = index.max(rows.index);
@@ -419,6 +454,7 @@ impl Store {
                     (&mut nodes, &rows.nodes),
                     (&mut instances, &rows.instances),
                     (&mut checks, &rows.checks),
+                    (&mut sessions, &rows.sessions),
                 ] {
                     for (key, row) in list {
                         match row {
@@ -429,13 +465,19 @@ impl Store {
                 }
                 for (key, row) in &rows.kv {
                     match row {
-                        Some((v, m)) => {
+                        Some((v, m, (lock_index, session))) => {
                             values.insert(key.as_str(), v.as_slice())?;
                             meta.insert(key.as_str(), *m)?;
+                            if *lock_index == 0 && session.is_empty() {
+                                locks.remove(key.as_str())?;
+                            } else {
+                                locks.insert(key.as_str(), (*lock_index, session.as_str()))?;
+                            }
                         }
                         None => {
                             values.remove(key.as_str())?;
                             meta.remove(key.as_str())?;
+                            locks.remove(key.as_str())?;
                         }
                     }
                 }

@@ -11,6 +11,7 @@ mod limits;
 mod ops;
 mod properties;
 mod resolver;
+mod sessions;
 mod sidecar;
 mod store;
 mod zones;

@@ -43,8 +43,11 @@ async fn sidecar(consul: &str) -> TestServer {
     .await
 }
 
-/// How long a change may take to reach signpost through the upstream.
-const SYNCED: Duration = Duration::from_secs(10);
+/// How long a change may take to reach signpost through the upstream: a
+/// bound for a functional test, not a speed target (that is the sidecar
+/// bench, in release). Unoptimized test builds sync 1,000 services in about
+/// 5 s alone, and twice that beside the rest of the suite on two cores.
+const SYNCED: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn follows_a_standalone_signpost() {

@@ -1,0 +1,373 @@
+//! `/v1/session/*`: Consul's sessions, the owners of KV locks (leader
+//! election, `consul lock`, Patroni's DCS).
+//!
+//! Sessions live in the registry and the store like every API write; their
+//! TTL timers and the keys' lock delays are kept here, in memory: after a
+//! restart every session gets a fresh TTL, as Consul gives one after a
+//! leader election. A session whose TTL runs out without a renewal, or
+//! whose node check goes critical, is invalidated: its locks are released
+//! or its keys deleted (its Behavior), in one write that wakes blocking
+//! readers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use super::{body_bytes, reply, Api, ApiError, ApiResult, Params};
+use crate::registry::{Behavior, Health, Registry, Session};
+
+type Shared = State<Arc<Api>>;
+
+/// The longest session TTL (Consul's); the shortest is the
+/// `session_ttl_min` setting (10 s by default, as Consul's).
+const TTL_MAX: Duration = Duration::from_secs(86_400);
+/// Consul invalidates a session at twice its TTL without a renewal.
+const TTL_MULTIPLIER: u32 = 2;
+/// Consul's default lock delay.
+const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+
+/// TTL deadlines and lock delays. std Mutexes: a lookup or insert each,
+/// never across `.await`.
+#[derive(Default)]
+pub struct Sessions {
+    deadlines: Mutex<HashMap<String, Instant>>,
+    /// Key → until when no session may acquire it.
+    lock_delays: Mutex<HashMap<String, Instant>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Sessions {
+    fn arm(&self, s: &Session) {
+        if let Some(ttl) = s.ttl {
+            self.deadlines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(s.id.clone(), Instant::now() + ttl * TTL_MULTIPLIER);
+            self.wake.notify_one();
+        }
+    }
+
+    fn disarm(&self, id: &str) {
+        self.deadlines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Whether `key` is inside a lock delay now.
+    pub fn delayed(&self, key: &str) -> bool {
+        let mut d = self.lock_delays.lock().unwrap_or_else(|e| e.into_inner());
+        match d.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                d.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn delay(&self, keys: &[String], for_: Duration) {
+        if for_.is_zero() {
+            return;
+        }
+        let until = Instant::now() + for_;
+        let mut d = self.lock_delays.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            d.insert(k.clone(), until);
+        }
+    }
+
+    /// Invalidates expired sessions and those tied to a critical check,
+    /// until `stop`. Restored sessions get a fresh TTL.
+    pub async fn run(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        registry.read(|s| s.sessions().for_each(|s| self.arm(s)));
+        let mut changes = registry.subscribe();
+        loop {
+            let next = self
+                .deadlines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .min()
+                .copied()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = self.wake.notified() => {}
+                r = changes.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            let now = Instant::now();
+            let mut doomed: Vec<(String, &str)> = self
+                .deadlines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, d)| **d <= now)
+                .map(|(id, _)| (id.clone(), "its TTL ran out without a renewal"))
+                .collect();
+            doomed.extend(registry.read(|s| {
+                s.sessions()
+                    .filter(|sess| {
+                        sess.node_checks.iter().any(|c| {
+                            s.check(&sess.node, c)
+                                .is_none_or(|c| c.status == Health::Critical)
+                        })
+                    })
+                    .map(|sess| (sess.id.clone(), "a check it is tied to is critical or gone"))
+                    .collect::<Vec<_>>()
+            }));
+            for (id, why) in doomed {
+                self.disarm(&id);
+                match registry.write_api(|t| t.destroy_session(&id)).await {
+                    Ok(Some((s, keys))) => {
+                        tracing::info!(session = %id, name = %s.name, keys = keys.len(), "session invalidated: {why}");
+                        self.delay(&keys, s.lock_delay);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot invalidate session {id}: {e}; trying again in 1 s");
+                        self.deadlines
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(id, Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A random version-4 UUID, as Consul's session IDs.
+fn uuid() -> String {
+    let mut b: [u8; 16] = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A field of a JSON object by name, matched as Consul decodes: case and
+/// underscores ignored (`LockDelay`, `lockdelay`, `lock_delay`).
+fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+    let want: String = name
+        .chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    body.as_object()?.iter().find_map(|(k, v)| {
+        let k: String = k
+            .chars()
+            .filter(|c| *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        (k == want).then_some(v)
+    })
+}
+
+/// A duration as Consul takes one in JSON: a Go duration string, or a
+/// number of nanoseconds.
+fn duration(v: &Value, what: &str) -> Result<Duration, ApiError> {
+    match v {
+        Value::String(s) if s.is_empty() => Ok(Duration::ZERO),
+        Value::String(s) => crate::registry::definition::parse_duration(s)
+            .map_err(|e| ApiError::bad_request(format!("request decode failed: {what}: {e}"))),
+        Value::Number(n) => Ok(Duration::from_nanos(n.as_u64().unwrap_or(0))),
+        Value::Null => Ok(Duration::ZERO),
+        _ => Err(ApiError::bad_request(format!(
+            "request decode failed: {what}: not a duration"
+        ))),
+    }
+}
+
+pub fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A session as Consul shows it.
+pub fn shape(s: &Session) -> Value {
+    json!({
+        "ID": s.id,
+        "Name": s.name,
+        "Node": s.node,
+        "LockDelay": s.lock_delay.as_nanos() as u64,
+        "Behavior": match s.behavior { Behavior::Release => "release", Behavior::Delete => "delete" },
+        "TTL": s.ttl.map(go_duration).unwrap_or_default(),
+        "NodeChecks": s.node_checks,
+        "ServiceChecks": Value::Null,
+        "Checks": s.node_checks,
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
+    })
+}
+
+fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))?
+    };
+    let text = |name: &str| {
+        field(&body, name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let behavior = match text("Behavior").as_str() {
+        "" | "release" => Behavior::Release,
+        "delete" => Behavior::Delete,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid Behavior setting '{other}'"
+            )))
+        }
+    };
+    let ttl = match field(&body, "TTL") {
+        Some(v) => duration(v, "TTL")?,
+        None => Duration::ZERO,
+    };
+    if !ttl.is_zero() && !(api.session_ttl_min..=TTL_MAX).contains(&ttl) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid Session TTL '{}', must be between [{}={}]",
+            go_duration(ttl),
+            go_duration(api.session_ttl_min),
+            "24h0m0s"
+        )));
+    }
+    let lock_delay = match field(&body, "LockDelay") {
+        Some(v) => duration(v, "LockDelay")?,
+        None => DEFAULT_LOCK_DELAY,
+    };
+    let node = match text("Node") {
+        n if n.is_empty() => api.node.clone(),
+        n => n,
+    };
+    let mut checks: Vec<String> = Vec::new();
+    for name in ["Checks", "NodeChecks"] {
+        if let Some(list) = field(&body, name).and_then(Value::as_array) {
+            checks.extend(list.iter().filter_map(Value::as_str).map(String::from));
+        }
+    }
+    Ok(Session {
+        id: uuid(),
+        name: text("Name"),
+        node,
+        lock_delay,
+        behavior,
+        ttl: (!ttl.is_zero()).then_some(ttl),
+        node_checks: checks,
+        create_index: 0,
+        modify_index: 0,
+    })
+}
+
+pub async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = body_bytes(body)?;
+    let session = parse_create(&api, &body)?;
+    let id = session.id.clone();
+    let created = api
+        .registry
+        .write_api(|t| {
+            let state = t.state();
+            if state.node(&session.node).is_none() {
+                return Err(ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("Missing node registration: {:?}", session.node),
+                });
+            }
+            for c in &session.node_checks {
+                match state.check(&session.node, c) {
+                    None => {
+                        return Err(ApiError {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            message: format!("Missing check '{c}' registration"),
+                        })
+                    }
+                    Some(check) if check.status == Health::Critical => {
+                        return Err(ApiError {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            message: format!("Check '{c}' is in critical state"),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            t.create_session(session.clone());
+            Ok(session)
+        })
+        .await??;
+    api.sessions.arm(&created);
+    Ok(reply(api.registry.index(), &json!({ "ID": id })))
+}
+
+pub async fn destroy(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+    api.sessions.disarm(&id);
+    if let Some((s, keys)) = api.registry.write_api(|t| t.destroy_session(&id)).await? {
+        api.sessions.delay(&keys, s.lock_delay);
+    }
+    Ok(reply(api.registry.index(), &true))
+}
+
+pub async fn renew(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+    match api.registry.read(|s| s.session(&id).cloned()) {
+        Some(s) => {
+            api.sessions.arm(&s);
+            Ok(reply(api.registry.index(), &[shape(&s)]))
+        }
+        None => Err(ApiError::not_found(format!("Session id '{id}' not found"))),
+    }
+}
+
+pub async fn info(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: Vec<Value> = s.session(&id).map(shape).into_iter().collect();
+        super::encoded(s.tables().sessions, &out)
+    })
+    .await
+}
+
+pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: Vec<Value> = s.sessions().map(shape).collect();
+        super::encoded(s.tables().sessions, &out)
+    })
+    .await
+}
+
+pub async fn node(
+    State(api): Shared,
+    Path(node): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: Vec<Value> = s.sessions().filter(|x| x.node == node).map(shape).collect();
+        super::encoded(s.tables().sessions, &out)
+    })
+    .await
+}
