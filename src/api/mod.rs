@@ -179,13 +179,110 @@ pub fn encoded<T: Serialize>(index: u64, body: &T) -> Result<(u64, Vec<u8>), Api
     ))
 }
 
-/// Parses a JSON request body; a bad one is a 400 with serde's reason.
+/// The field names request bodies use, as the definitions spell them.
+const FIELDS: &[&str] = &[
+    "Address",
+    "AliasService",
+    "Args",
+    "Body",
+    "Check",
+    "CheckID",
+    "Checks",
+    "Datacenter",
+    "Definition",
+    "DeregisterCriticalServiceAfter",
+    "DockerContainerID",
+    "EnableTagOverride",
+    "FailuresBeforeCritical",
+    "FailuresBeforeWarning",
+    "GRPC",
+    "H2PING",
+    "HTTP",
+    "Header",
+    "ID",
+    "Interval",
+    "Kind",
+    "Meta",
+    "Method",
+    "Name",
+    "Node",
+    "NodeMeta",
+    "Notes",
+    "OSService",
+    "Output",
+    "Passing",
+    "Port",
+    "Service",
+    "ServiceID",
+    "SkipNodeUpdate",
+    "Status",
+    "SuccessBeforePassing",
+    "TCP",
+    "TLSSkipVerify",
+    "TTL",
+    "TaggedAddresses",
+    "Tags",
+    "Timeout",
+    "Type",
+    "UDP",
+    "Warning",
+    "Weights",
+    "ScriptArgs",
+    "ServiceMeta",
+];
+
+/// Maps whose keys are the user's (kept as sent), not field names.
+const USER_MAPS: &[&str] = &[
+    "Meta",
+    "NodeMeta",
+    "ServiceMeta",
+    "TaggedAddresses",
+    "Header",
+];
+
+fn folded(k: &str) -> String {
+    k.chars()
+        .filter(|c| *c != '_')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Renames keys to the spelling the definitions take, matching as Consul
+/// decodes: case and underscores ignored, so `serviceid`, `service_id` and
+/// `ServiceID` are one field (python-consul sends the first).
+fn canonical_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut val) in old {
+                let f = folded(&k);
+                let key = FIELDS
+                    .iter()
+                    .find(|c| folded(c) == f)
+                    .map(|c| c.to_string())
+                    .unwrap_or(k);
+                if !USER_MAPS.contains(&key.as_str()) {
+                    canonical_keys(&mut val);
+                }
+                map.insert(key, val);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(canonical_keys),
+        _ => {}
+    }
+}
+
+/// Parses a JSON request body, keys matched as Consul matches them; a bad
+/// one is a 400 with serde's reason.
 pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body_bytes(body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("request decode failed: empty body"));
     }
-    serde_json::from_slice(&body)
+    let mut value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))?;
+    canonical_keys(&mut value);
+    serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))
 }
 
@@ -355,18 +452,21 @@ pub fn router(api: Arc<Api>) -> Router {
     let v1 = Router::new()
         .route("/agent/service/register", put(agent::register_service))
         .route(
-            "/agent/service/deregister/{id}",
+            "/agent/service/deregister/{*id}",
             put(agent::deregister_service),
         )
-        .route("/agent/service/maintenance/{id}", put(agent::maintenance))
+        .route("/agent/service/maintenance/{*id}", put(agent::maintenance))
         .route("/agent/check/register", put(agent::register_check))
-        .route("/agent/check/deregister/{id}", put(agent::deregister_check))
-        .route("/agent/check/pass/{id}", put(agent::pass))
-        .route("/agent/check/warn/{id}", put(agent::warn))
-        .route("/agent/check/fail/{id}", put(agent::fail))
-        .route("/agent/check/update/{id}", put(agent::update_check))
+        .route(
+            "/agent/check/deregister/{*id}",
+            put(agent::deregister_check),
+        )
+        .route("/agent/check/pass/{*id}", put(agent::pass))
+        .route("/agent/check/warn/{*id}", put(agent::warn))
+        .route("/agent/check/fail/{*id}", put(agent::fail))
+        .route("/agent/check/update/{*id}", put(agent::update_check))
         .route("/agent/services", get(agent::services))
-        .route("/agent/service/{id}", get(agent::service))
+        .route("/agent/service/{*id}", get(agent::service))
         .route("/agent/checks", get(agent::checks))
         .route("/agent/self", get(agent::this_agent))
         .route("/agent/members", get(agent::members))

@@ -583,9 +583,9 @@ impl TryFrom<RawService> for ServiceDef {
             .id
             .filter(|i| !i.is_empty())
             .unwrap_or_else(|| name.clone());
-        if id.contains('/') {
-            return Err(format!("service {name:?}: ID {id:?} must not contain '/'"));
-        }
+        // Consul takes any ID, '/' included (Patroni registers
+        // "<scope>/<member>"): the API's paths take the rest of the path
+        // as the ID.
         Ok(ServiceDef {
             id,
             name,

@@ -151,3 +151,68 @@ async fn sessions_and_locks_survive_a_restart() {
     assert_eq!(kv[0]["LockIndex"], 1);
     srv.stop().await;
 }
+
+/// The requests Patroni and python-consul send, as they send them:
+/// lowercase keys, an ID with a '/', a check attached through `serviceid`,
+/// and deregistration by a raw or encoded '/' in the path.
+#[tokio::test]
+async fn patroni_and_python_consul_bodies_work_unchanged() {
+    let srv = TestServer::start(None).await;
+    let body = r#"{"name":"sptest","id":"sptest/pg1","address":"127.0.0.1","port":5432,
+        "enabletagoverride":true,"tags":["master","primary"],
+        "meta":{"Role":"master","lower_key":"v"},
+        "check":{"http":"http://127.0.0.1:1/master","interval":"5s","DeregisterCriticalServiceAfter":"50.0s"}}"#;
+    let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let svc = http("GET", &srv.url("/v1/agent/service/sptest/pg1"), None).await;
+    assert_eq!(svc.status, 200, "{}", svc.body);
+    let svc = svc.json();
+    assert_eq!(svc["ID"], "sptest/pg1");
+    assert_eq!(svc["EnableTagOverride"], true, "{svc}");
+    assert_eq!(
+        svc["Meta"]["lower_key"], "v",
+        "user keys are kept as sent: {svc}"
+    );
+    assert_eq!(svc["Meta"]["Role"], "master");
+
+    // python-consul's agent.check.register(..., service_id=...): `serviceid`.
+    let check = r#"{"name":"replication","serviceid":"sptest/pg1","ttl":"30s","status":"passing"}"#;
+    let r = http("PUT", &srv.url("/v1/agent/check/register"), Some(check)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let checks = http("GET", &srv.url("/v1/agent/checks"), None).await.json();
+    assert_eq!(checks["replication"]["ServiceID"], "sptest/pg1", "{checks}");
+
+    let r = http("PUT", &srv.url("/v1/agent/check/pass/replication"), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(
+        "PUT",
+        &srv.url("/v1/agent/service/deregister/sptest%2Fpg1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http("GET", &srv.url("/v1/catalog/service/sptest"), None)
+            .await
+            .body
+            .trim(),
+        "[]"
+    );
+    let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
+    assert_eq!(r.status, 200);
+    let r = http(
+        "PUT",
+        &srv.url("/v1/agent/service/deregister/sptest/pg1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "raw '/': {}", r.body);
+    assert_eq!(
+        http("GET", &srv.url("/v1/catalog/service/sptest"), None)
+            .await
+            .body
+            .trim(),
+        "[]"
+    );
+    srv.stop().await;
+}
