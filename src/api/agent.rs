@@ -384,8 +384,9 @@ pub async fn this_agent(State(api): Shared) -> ApiResult {
             "Server": false,
             "Revision": "signpost",
             "Version": env!("CARGO_PKG_VERSION"),
-            // Read by clients (Patroni) to size their session TTLs.
-            "SessionTTLMin": super::session::go_duration(api.session_ttl_min),
+            // Read by clients (Patroni) to size their session TTLs: a Go
+            // duration, so nanoseconds in JSON, as Consul sends it.
+            "SessionTTLMin": api.session_ttl_min.as_nanos() as u64,
         },
         "Member": member(&api),
         "Meta": {},

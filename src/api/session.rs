@@ -249,8 +249,10 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
         Some(v) => duration(v, "TTL")?,
         None => Duration::ZERO,
     };
+    // A 500, as Consul answers it: Patroni recognises this exact reply and
+    // then reads the minimum from /v1/agent/self.
     if !ttl.is_zero() && !(api.session_ttl_min..=TTL_MAX).contains(&ttl) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::internal(format!(
             "Invalid Session TTL '{}', must be between [{}={}]",
             go_duration(ttl),
             go_duration(api.session_ttl_min),
