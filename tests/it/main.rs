@@ -9,6 +9,7 @@ mod dns_queries;
 mod health;
 mod limits;
 mod ops;
+mod patroni;
 mod properties;
 mod resolver;
 mod sessions;

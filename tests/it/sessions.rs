@@ -120,7 +120,10 @@ async fn leader_election_with_sessions_and_locks() {
     assert_eq!(r.status, 500, "as Consul: Patroni matches this reply");
     assert!(r.body.starts_with("Invalid Session TTL"), "{}", r.body);
     let agent = http("GET", &srv.url("/v1/agent/self"), None).await.json();
-    assert_eq!(agent["Config"]["SessionTTLMin"], 1_000_000_000u64, "nanoseconds");
+    assert_eq!(
+        agent["Config"]["SessionTTLMin"], 1_000_000_000u64,
+        "nanoseconds"
+    );
     let list = http("GET", &srv.url("/v1/session/list"), None).await.json();
     assert_eq!(list.as_array().unwrap().len(), 1, "only b is left");
     let on_node = http("GET", &srv.url("/v1/session/node/testnode"), None)
