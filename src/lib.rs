@@ -11,6 +11,7 @@
 //! * [`alloc`]    — mimalloc's settings, shared by the binary and the memory bench.
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
+//! * [`fds`]      — the open-file limit (raised at start, sizes TCP's).
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
 //! * [`metrics`]  — Prometheus metrics for `/metrics`.
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
@@ -23,6 +24,7 @@ pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod dns;
+pub mod fds;
 pub mod health;
 pub mod metrics;
 pub mod registry;

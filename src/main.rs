@@ -96,28 +96,6 @@ async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the soft limit on open files to the hard limit: every DNS TCP
-/// and HTTP connection is a descriptor, and 1,024 runs out under load.
-/// Logged once logging is up (see `run`).
-fn raise_fd_limit() -> Option<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        let before = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
-        if lim.rlim_cur != before && libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Some((before, before));
-        }
-        Some((before, lim.rlim_cur))
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.opts) {
@@ -131,7 +109,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&config),
         None => {
             init_logging(&config);
-            if let Some((before, now)) = raise_fd_limit() {
+            if let Some((before, now)) = signpost::fds::raise_to_hard() {
                 tracing::info!(
                     "open file limit: {now} (soft limit was {before}; the hard limit caps it)"
                 );

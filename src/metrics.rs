@@ -346,14 +346,7 @@ impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
         let degraded = i64::from(s.is_degraded());
-        encoder
-            .encode_descriptor(
-                "store_degraded",
-                "1 while the store in --data-dir refuses writes (API writes get 5xx; reads and DNS go on)",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_gauge(&degraded)?;
+        gauge(&mut encoder, "store_degraded", "1 while the store in --data-dir refuses writes (API writes get 5xx; reads and DNS go on)", degraded)?;
         let commit_seconds = s.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         encoder
             .encode_descriptor(
@@ -385,10 +378,7 @@ impl Collector for StoreCollector {
                 &s.batched_writes,
             ),
         ] {
-            let v = value.load(Ordering::Relaxed);
-            encoder
-                .encode_descriptor(name, help, None, MetricType::Counter)?
-                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
         }
         Ok(())
     }
@@ -416,14 +406,12 @@ impl Collector for ForwardCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let f = &self.0;
         let in_flight = f.in_flight() as i64;
-        encoder
-            .encode_descriptor(
-                "forward_in_flight",
-                "Forwarded queries waiting for an upstream now",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_gauge(&in_flight)?;
+        gauge(
+            &mut encoder,
+            "forward_in_flight",
+            "Forwarded queries waiting for an upstream now",
+            in_flight,
+        )?;
         for (name, help, v) in [
             (
                 "forward_shed",
@@ -446,9 +434,7 @@ impl Collector for ForwardCollector {
                 f.stats.marked_down.load(Ordering::Relaxed),
             ),
         ] {
-            encoder
-                .encode_descriptor(name, help, None, MetricType::Counter)?
-                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            counter(&mut encoder, name, help, v)?;
         }
         Ok(())
     }
@@ -470,14 +456,12 @@ impl Collector for HttpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let h = &self.0;
         let open = h.open.load(Ordering::Relaxed) as i64;
-        encoder
-            .encode_descriptor(
-                "http_connections",
-                "HTTP connections open now",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_gauge(&open)?;
+        gauge(
+            &mut encoder,
+            "http_connections",
+            "HTTP connections open now",
+            open,
+        )?;
         for (name, help, v) in [
             (
                 "http_refused_connection_limit",
@@ -500,10 +484,7 @@ impl Collector for HttpCollector {
                 &h.accept_errors,
             ),
         ] {
-            let v = v.load(Ordering::Relaxed);
-            encoder
-                .encode_descriptor(name, help, None, MetricType::Counter)?
-                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
         }
         Ok(())
     }
@@ -522,14 +503,12 @@ impl Collector for TcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = &self.0.stats;
         let open = t.open.load(Ordering::Relaxed) as i64;
-        encoder
-            .encode_descriptor(
-                "dns_tcp_connections",
-                "DNS over TCP connections open now",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_gauge(&open)?;
+        gauge(
+            &mut encoder,
+            "dns_tcp_connections",
+            "DNS over TCP connections open now",
+            open,
+        )?;
         for (name, help, v) in [
             (
                 "dns_tcp_evicted_idle",
@@ -547,10 +526,7 @@ impl Collector for TcpCollector {
                 &t.accept_errors,
             ),
         ] {
-            let v = v.load(Ordering::Relaxed);
-            encoder
-                .encode_descriptor(name, help, None, MetricType::Counter)?
-                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
         }
         Ok(())
     }
@@ -562,4 +538,35 @@ impl Metrics {
         self.registry
             .register_collector(Box::new(TcpCollector(conns)));
     }
+}
+
+/// Lets a "limit reached" warning through at most once every 10 s: a flood
+/// hits a limit thousands of times a second, and the counters say how often.
+#[derive(Debug, Default)]
+pub struct Throttle(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Throttle {
+    /// True at most once every 10 s.
+    pub fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
+/// One unlabelled counter, for the collectors above.
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// One unlabelled gauge, for the collectors above.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
 }

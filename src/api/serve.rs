@@ -42,7 +42,7 @@ struct Conns {
     limits: HttpLimits,
     per_client: Mutex<HashMap<IpAddr, usize>>,
     stats: Arc<HttpStats>,
-    last_report: Mutex<Option<Instant>>,
+    reports: crate::metrics::Throttle,
 }
 
 /// A connection's place; gives it back when dropped.
@@ -99,9 +99,7 @@ impl Conns {
 
     /// Logs at most every 10 s.
     fn report(&self, what: &str) {
-        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(Instant::now());
+        if self.reports.due() {
             tracing::warn!(
                 open = self.stats.open.load(Ordering::Relaxed),
                 "{what} (further ones counted in /metrics, logged every 10 s)"
@@ -124,7 +122,7 @@ pub async fn serve(
         limits,
         per_client: Mutex::new(HashMap::new()),
         stats,
-        last_report: Mutex::new(None),
+        reports: Default::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     loop {

@@ -168,19 +168,10 @@ fn uuid() -> String {
 /// A field of a JSON object by name, matched as Consul decodes: case and
 /// underscores ignored (`LockDelay`, `lockdelay`, `lock_delay`).
 fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
-    let want: String = name
-        .chars()
-        .filter(|c| *c != '_')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    body.as_object()?.iter().find_map(|(k, v)| {
-        let k: String = k
-            .chars()
-            .filter(|c| *c != '_')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        (k == want).then_some(v)
-    })
+    let want = super::folded(name);
+    body.as_object()?
+        .iter()
+        .find_map(|(k, v)| (super::folded(k) == want).then_some(v))
 }
 
 /// A duration as Consul takes one in JSON: a Go duration string, or a

@@ -67,7 +67,7 @@ pub struct TcpConns {
     per_client: usize,
     table: Mutex<Table>,
     pub stats: TcpStats,
-    last_report: Mutex<Option<Instant>>,
+    reports: crate::metrics::Throttle,
 }
 
 /// A connection's place in the table; gives it back when dropped.
@@ -101,24 +101,13 @@ impl Place {
     }
 }
 
-/// The soft limit on open files, or None when it cannot be read.
-fn fd_limit() -> Option<usize> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a syscall writing into a local struct.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
-        .then(|| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
-}
-
 impl TcpConns {
     /// The table, its size bounded by [`MAX_CONNECTIONS`] and by the
     /// descriptors left after [`RESERVED_FDS`] (half of them: every
     /// listener address shares it, and HTTP needs its own).
     pub fn new() -> Arc<TcpConns> {
         let mut max = MAX_CONNECTIONS;
-        if let Some(fds) = fd_limit() {
+        if let Some(fds) = crate::fds::limit().map(|n| usize::try_from(n).unwrap_or(usize::MAX)) {
             let fit = fds.saturating_sub(RESERVED_FDS) / 2;
             if fit < max {
                 max = fit.max(16);
@@ -132,7 +121,7 @@ impl TcpConns {
             per_client: MAX_PER_CLIENT.min(max),
             table: Mutex::new(Table::default()),
             stats: TcpStats::default(),
-            last_report: Mutex::new(None),
+            reports: Default::default(),
         })
     }
 
@@ -141,9 +130,7 @@ impl TcpConns {
     }
 
     fn report(&self, what: &str) {
-        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(Instant::now());
+        if self.reports.due() {
             tracing::warn!(
                 open = self.stats.open.load(Ordering::Relaxed),
                 limit = self.max,

@@ -261,15 +261,6 @@ impl Registry {
         }
     }
 
-    /// As [`write_api`](Self::write_api), from code that is not async
-    /// (startup, tests). Blocks the calling thread.
-    pub fn write_api_blocking<R>(
-        &self,
-        f: impl FnOnce(&mut Txn<'_>) -> R,
-    ) -> Result<R, StoreError> {
-        futures_lite_block_on(self.write_api(f))
-    }
-
     /// Puts back entries read from the store as they were, indexes and all,
     /// at the index the store had reached. Call once, before anything else
     /// writes.
@@ -304,11 +295,6 @@ impl Registry {
         f(&self.visible.load())
     }
 
-    /// A snapshot of the visible state to keep (for a long read).
-    pub fn snapshot(&self) -> Arc<State> {
-        self.visible.load_full()
-    }
-
     /// Reads the tip: every write so far, including those still on their
     /// way to the disk. For a writer that must see the writes before its
     /// own (a source computing what it no longer has); holds up writers
@@ -338,28 +324,6 @@ impl Registry {
         if let Some(h) = handle {
             let _ = h.join();
         }
-    }
-}
-
-/// Runs a future to completion on this thread; for the few callers of
-/// `write_api` outside the runtime. The future only waits on a oneshot that
-/// the committer thread fills, so parking until woken is enough.
-fn futures_lite_block_on<F: std::future::Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
     }
 }
 
@@ -455,33 +419,19 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
 fn refuse(reg: &Registry, batch: Vec<Pending>, e: &StoreError) {
     let mut w = reg.lock();
     let later: Vec<Pending> = w.queued.drain(..).collect();
-    let mut tip = State::clone(&reg.visible.load());
+    w.tip = State::clone(&reg.visible.load());
     let mut changes = Changes::default();
     let mut replies = Vec::new();
     for p in batch.into_iter().chain(later) {
         replies.extend(p.reply);
         if let Some((touched, after)) = p.replay {
-            {
-                let next_index = tip.index + 1;
-                let mut txn = Txn {
-                    state: &mut tip,
-                    changes: Changes::default(),
-                    touched: Touched::default(),
-                    next_index,
-                };
-                txn.replay(&after, &touched);
-                let c = std::mem::take(&mut txn.changes);
-                if !c.is_empty() {
-                    tip.index = next_index;
-                    tip.stamp(&c, next_index);
-                    changes.merge(c);
-                }
-            }
+            let (_, c, _) = Registry::apply(&mut w, |t| t.replay(&after, &touched));
+            changes.merge(c);
         }
     }
-    w.tip = tip.clone();
     if !changes.is_empty() {
-        reg.publish(tip, &changes);
+        let state = w.tip.clone();
+        reg.publish(state, &changes);
     }
     w.in_flight = false;
     drop(w);

@@ -634,9 +634,28 @@ impl Txn<'_> {
                 return false;
             }
         }
-        let create_index = old.map(|e| e.create_index).unwrap_or(self.next_index);
         let lock_index = old.map(|e| e.lock_index).unwrap_or(0);
         let session = old.and_then(|e| e.session.clone());
+        self.kv_write(key, value, flags, lock_index, session);
+        true
+    }
+
+    /// Stores a key's new value and lock state, stamped with this
+    /// transaction's index: the one place KV entries are written.
+    fn kv_write(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        lock_index: u64,
+        session: Option<String>,
+    ) {
+        let create_index = self
+            .state
+            .kv
+            .get(key)
+            .map(|e| e.create_index)
+            .unwrap_or(self.next_index);
         self.state.kv.insert(
             key.to_string(),
             Arc::new(KvEntry {
@@ -651,62 +670,34 @@ impl Txn<'_> {
         );
         self.touched.kv.insert(key.to_string());
         self.changes.kv = true;
-        true
     }
 
     /// Writes `key` and takes its lock for `session`, as `?acquire=`: false
     /// when another session holds it. Taking it again by its holder only
     /// writes the value. The session must exist.
     pub fn kv_acquire(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str) -> bool {
-        let old = self.state.kv.get(key).cloned();
-        let held = old.as_ref().map(|e| e.lock_index).unwrap_or(0);
-        let lock_index = match old.as_ref().and_then(|e| e.session.as_deref()) {
+        let old = self.state.kv.get(key);
+        let held = old.map(|e| e.lock_index).unwrap_or(0);
+        let lock_index = match old.and_then(|e| e.session.as_deref()) {
             Some(holder) if holder != session => return false,
             Some(_) => held,
             None => held + 1,
         };
-        let create_index = old
-            .as_ref()
-            .map(|e| e.create_index)
-            .unwrap_or(self.next_index);
-        self.state.kv.insert(
-            key.to_string(),
-            Arc::new(KvEntry {
-                key: key.to_string(),
-                value,
-                flags,
-                create_index,
-                modify_index: self.next_index,
-                lock_index,
-                session: Some(session.to_string()),
-            }),
-        );
-        self.touched.kv.insert(key.to_string());
-        self.changes.kv = true;
+        self.kv_write(key, value, flags, lock_index, Some(session.to_string()));
         true
     }
 
     /// Writes `key` and lets go of its lock, as `?release=`: false when
     /// `session` does not hold it.
     pub fn kv_release(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str) -> bool {
-        let Some(old) = self.state.kv.get(key).cloned() else {
+        let Some(old) = self.state.kv.get(key) else {
             return false;
         };
         if old.session.as_deref() != Some(session) {
             return false;
         }
-        self.state.kv.insert(
-            key.to_string(),
-            Arc::new(KvEntry {
-                value,
-                flags,
-                modify_index: self.next_index,
-                session: None,
-                ..(*old).clone()
-            }),
-        );
-        self.touched.kv.insert(key.to_string());
-        self.changes.kv = true;
+        let lock_index = old.lock_index;
+        self.kv_write(key, value, flags, lock_index, None);
         true
     }
 

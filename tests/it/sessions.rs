@@ -187,35 +187,15 @@ async fn patroni_and_python_consul_bodies_work_unchanged() {
 
     let r = http("PUT", &srv.url("/v1/agent/check/pass/replication"), None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = http(
-        "PUT",
-        &srv.url("/v1/agent/service/deregister/sptest%2Fpg1"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        http("GET", &srv.url("/v1/catalog/service/sptest"), None)
-            .await
-            .body
-            .trim(),
-        "[]"
-    );
-    let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
-    assert_eq!(r.status, 200);
-    let r = http(
-        "PUT",
-        &srv.url("/v1/agent/service/deregister/sptest/pg1"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "raw '/': {}", r.body);
-    assert_eq!(
-        http("GET", &srv.url("/v1/catalog/service/sptest"), None)
-            .await
-            .body
-            .trim(),
-        "[]"
-    );
+    // The ID in the path, encoded and raw; registered again in between.
+    for path in ["sptest%2Fpg1", "sptest/pg1"] {
+        let url = srv.url(&format!("/v1/agent/service/deregister/{path}"));
+        let r = http("PUT", &url, None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let left = http("GET", &srv.url("/v1/catalog/service/sptest"), None).await;
+        assert_eq!(left.body.trim(), "[]", "{path}");
+        let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
+        assert_eq!(r.status, 200);
+    }
     srv.stop().await;
 }

@@ -297,3 +297,25 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A port free on loopback for both UDP and TCP now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Fails the test unless signpost at `server` answers its own SOA over UDP
+/// (DNS still works while something else is under attack).
+pub async fn assert_dns_answers(server: SocketAddr) {
+    let m = query(server, Via::Udp, "consul.", RecordType::SOA).await;
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError,
+        "signpost's own SOA"
+    );
+}

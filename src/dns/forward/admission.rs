@@ -13,11 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-
-const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Admission {
     total: usize,
@@ -28,6 +25,7 @@ pub struct Admission {
     pub shed: AtomicU64,
     /// Queries refused because too many cancelled ones had not ended yet.
     pub refused: AtomicU64,
+    reports: crate::metrics::Throttle,
 }
 
 #[derive(Default)]
@@ -41,7 +39,6 @@ struct State {
     /// Cancelled, their tasks not ended yet.
     cancelled_alive: usize,
     shed_since_report: u64,
-    last_report: Option<Instant>,
 }
 
 impl State {
@@ -98,6 +95,7 @@ impl Admission {
             state: Mutex::new(State::default()),
             shed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            reports: Default::default(),
         })
     }
 
@@ -135,8 +133,7 @@ impl Admission {
         let shed_now = s.shed_since_report - before;
         if shed_now > 0 {
             self.shed.fetch_add(shed_now, Ordering::Relaxed);
-            let due = s.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY);
-            if due {
+            if self.reports.due() {
                 tracing::warn!(
                     in_flight = s.live.len(),
                     limit = self.total,
@@ -145,7 +142,6 @@ impl Admission {
                     s.shed_since_report
                 );
                 s.shed_since_report = 0;
-                s.last_report = Some(Instant::now());
             }
         }
         Some(Ticket {
