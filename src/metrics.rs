@@ -49,6 +49,9 @@ pub struct Metrics {
     pub consul_staleness: Gauge<f64, AtomicU64>,
     /// 1 once the first full sync from Consul is done.
     pub consul_synced: Gauge,
+    /// User events fired, and those pushed out of the bounded event list.
+    pub events_fired: Counter,
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +93,18 @@ impl Metrics {
             "consul_synced",
             "1 once the first full sync from Consul has completed",
             consul_synced.clone(),
+        );
+        let events_fired = Counter::default();
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_fired",
+            "User events fired through /v1/event/fire",
+            events_fired.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "User events pushed out of the bounded event list by newer ones",
+            events_dropped.clone(),
         );
         let dns = Arc::new(DnsStats::default());
         registry.register_collector(Box::new(Arc::clone(&dns)));
@@ -139,6 +154,8 @@ impl Metrics {
             consul_errors,
             consul_staleness,
             consul_synced,
+            events_fired,
+            events_dropped,
         }
     }
 

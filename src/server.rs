@@ -170,6 +170,7 @@ impl Signpost {
             body_timeout: config.http_limits.body_timeout,
             health: health.clone(),
             metrics: metrics.clone(),
+            events: Default::default(),
             consul: consul.clone(),
         }));
         let (http_stop, stopped) = tokio::sync::watch::channel(false);

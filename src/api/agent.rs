@@ -6,12 +6,15 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::shapes::{node_id, CheckOut, ServiceOut};
-use super::{encoded, index_headers, json_body, reply, Api, ApiError, ApiResult, Params};
+use super::{
+    encoded, index_headers, json_body, keep_values, reply, Api, ApiError, ApiResult, Params,
+};
 use crate::registry::definition::{CheckDef, ServiceDef};
 use crate::registry::{Check, CheckKind, Health, InstanceKey, Source, Txn};
 
@@ -127,53 +130,188 @@ pub async fn deregister_service(State(api): Shared, Path(id): Path<String>) -> A
     Ok(ok(&api))
 }
 
+fn enable_param(params: &Params) -> Result<bool, ApiError> {
+    match params.get("enable") {
+        None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| ApiError::bad_request(format!("Invalid value for enable: {v:?}"))),
+    }
+}
+
+/// The critical check that holds a service (`Some`) or the whole node in
+/// maintenance, with Consul's ID, name and default note.
+fn maintenance_check(api: &Api, service: Option<(&str, String)>, reason: &str) -> Check {
+    let (id, name, what) = match &service {
+        Some((id, _)) => (
+            maintenance_check_id(id),
+            "Service Maintenance Mode",
+            "service",
+        ),
+        None => (
+            NODE_MAINTENANCE.to_string(),
+            "Node Maintenance Mode",
+            "node",
+        ),
+    };
+    Check {
+        node: api.node.clone(),
+        id,
+        name: name.into(),
+        status: Health::Critical,
+        output: String::new(),
+        notes: if reason.is_empty() {
+            format!("Maintenance mode is enabled for this {what}, but no reason was provided. This is a default message.")
+        } else {
+            reason.to_string()
+        },
+        service_id: service.as_ref().map(|(id, _)| id.to_string()),
+        service_name: service.map(|(_, name)| name).unwrap_or_default(),
+        kind: CheckKind::Static,
+        thresholds: Default::default(),
+        source: Source::Api,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// Consul's ID of the node maintenance check.
+const NODE_MAINTENANCE: &str = "_node_maintenance";
+
 pub async fn maintenance(
     State(api): Shared,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let params = Params::parse(q.as_deref());
-    let enable = match params.get("enable") {
-        None | Some("") => return Err(ApiError::bad_request("Missing value for enable")),
-        Some(v) => v
-            .parse::<bool>()
-            .map_err(|_| ApiError::bad_request(format!("Invalid value for enable: {v:?}")))?,
-    };
+    let enable = enable_param(&params)?;
     let (_, source, name) = own_instance(&api, &id)?;
     // Maintenance takes an instance out of DNS: a change to it, refused for
     // entries that zones/, Consul or Docker own.
     if source != Source::Api {
         return Err(read_only(&format!("service {id:?}"), source));
     }
-    let check_id = maintenance_check_id(&id);
-    let node = api.node.clone();
-    let reason = params.get("reason").unwrap_or("").to_string();
-    api.registry.write_api(|txn| {
-        if enable {
-            txn.upsert_check(Check {
-                node: node.clone(),
-                id: check_id.clone(),
-                name: "Service Maintenance Mode".into(),
-                status: Health::Critical,
-                output: String::new(),
-                notes: if reason.is_empty() {
-                    "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".into()
-                } else {
-                    reason
-                },
-                service_id: Some(id.clone()),
-                service_name: name,
-                kind: CheckKind::Static,
-                thresholds: Default::default(),
-                source: Source::Api,
-                create_index: 0,
-                modify_index: 0,
-            });
-        } else {
-            txn.remove_check(&node, &check_id);
-        }
-    }).await?;
+    let reason = params.get("reason").unwrap_or("");
+    let check = maintenance_check(&api, Some((&id, name)), reason);
+    api.registry
+        .write_api(|txn| {
+            if enable {
+                txn.upsert_check(check);
+            } else {
+                txn.remove_check(&check.node, &check.id);
+            }
+        })
+        .await?;
     Ok(ok(&api))
+}
+
+/// `/v1/agent/maintenance`: the whole node out of DNS (a critical node
+/// check), or back.
+pub async fn node_maintenance(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let enable = enable_param(&params)?;
+    let check = maintenance_check(&api, None, params.get("reason").unwrap_or(""));
+    api.registry
+        .write_api(|txn| {
+            if enable {
+                txn.upsert_check(check);
+            } else {
+                txn.remove_check(&check.node, &check.id);
+            }
+        })
+        .await?;
+    Ok(ok(&api))
+}
+
+/// Consul's answer to a local-health probe: the status as text and as the
+/// HTTP code load balancers read (200 passing, 429 warning, 503 critical).
+fn health_code(h: Health) -> (StatusCode, &'static str) {
+    match h {
+        Health::Passing => (StatusCode::OK, "passing"),
+        Health::Warning => (StatusCode::TOO_MANY_REQUESTS, "warning"),
+        Health::Critical => (StatusCode::SERVICE_UNAVAILABLE, "critical"),
+    }
+}
+
+fn health_entry(
+    s: &crate::registry::State,
+    api: &Api,
+    key: &InstanceKey,
+) -> Option<(Health, serde_json::Value)> {
+    let v = s.view(key)?;
+    let checks: Vec<CheckOut<'_>> = s
+        .checks_of(key)
+        .map(|c| CheckOut::new(c, Some(v.instance)))
+        .collect();
+    let (_, status) = health_code(v.health);
+    Some((
+        v.health,
+        json!({
+            "AggregatedStatus": status,
+            "Service": ServiceOut::new(v.instance, &api.datacenter),
+            "Checks": checks,
+        }),
+    ))
+}
+
+fn health_reply(params: &Params, health: Health, body: &serde_json::Value) -> Response {
+    let (code, status) = health_code(health);
+    let mut r = if params.get("format") == Some("text") {
+        status.into_response()
+    } else {
+        axum::Json(body).into_response()
+    };
+    *r.status_mut() = code;
+    r
+}
+
+/// `/v1/agent/health/service/name/:name`: every local instance of a service
+/// and the worst status among them.
+pub async fn health_by_name(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let found = api.registry.read(|s| {
+        let entries: Vec<(Health, serde_json::Value)> = s
+            .node_instances(&api.node)
+            .filter(|v| v.instance.name.eq_ignore_ascii_case(&name))
+            .filter_map(|v| health_entry(s, &api, &v.instance.key()))
+            .collect();
+        entries
+    });
+    if found.is_empty() {
+        let text = format!("ServiceName {name} Not Found");
+        let mut r = if params.get("format") == Some("text") {
+            text.into_response()
+        } else {
+            axum::Json(json!([])).into_response()
+        };
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(r);
+    }
+    let worst = found
+        .iter()
+        .map(|(h, _)| *h)
+        .max()
+        .unwrap_or(Health::Passing);
+    let body = serde_json::Value::Array(found.into_iter().map(|(_, v)| v).collect());
+    Ok(health_reply(&params, worst, &body))
+}
+
+/// `/v1/agent/health/service/id/:id`: one local instance's status.
+pub async fn health_by_id(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let key = InstanceKey::new(&api.node, &id);
+    match api.registry.read(|s| health_entry(s, &api, &key)) {
+        Some((health, body)) => Ok(health_reply(&params, health, &body)),
+        None => Err(ApiError::not_found(format!("ServiceId {id} not found"))),
+    }
 }
 
 pub async fn register_check(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -313,8 +451,9 @@ pub async fn update_check(
 
 pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
+    let filter = params.filter(None)?;
     api.blocking(&params, |s| {
-        let out: BTreeMap<&str, ServiceOut<'_>> = s
+        let mut out: BTreeMap<&str, ServiceOut<'_>> = s
             .node_instances(&api.node)
             .map(|v| {
                 (
@@ -323,11 +462,23 @@ pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
                 )
             })
             .collect();
+        keep_values(filter.as_ref(), &mut out);
         encoded(s.index(), &out)
     })
     .await
 }
 
+/// Consul's `ContentHash` of a service: 16 hex digits that change when
+/// anything in it does (FNV-1a of its JSON; stable across restarts).
+fn content_hash(body: &[u8]) -> String {
+    let h = body.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{h:016x}")
+}
+
+/// `/v1/agent/service/:id`, with `ContentHash`, and blocking on `?hash=`
+/// (until the hash differs) as well as on `?index=`.
 pub async fn service(
     State(api): Shared,
     Path(id): Path<String>,
@@ -335,19 +486,48 @@ pub async fn service(
 ) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let key = InstanceKey::new(&api.node, &id);
-    api.blocking(&params, |s| {
+    let view = |s: &crate::registry::State| {
         let i = s
             .instance(&key)
             .ok_or_else(|| ApiError::not_found(format!("unknown service ID: {id}")))?;
-        encoded(i.modify_index, &ServiceOut::new(i, &api.datacenter))
-    })
-    .await
+        let mut v =
+            serde_json::to_value(ServiceOut::new(i, &api.datacenter)).expect("shapes serialize");
+        let hash = content_hash(v.to_string().as_bytes());
+        v["ContentHash"] = json!(hash);
+        Ok::<_, ApiError>((i.modify_index, hash, v))
+    };
+    let Some(wanted) = params.get("hash").filter(|h| !h.is_empty()) else {
+        let (index, (hash, body)) = api
+            .wait_for(&params, |s| view(s).map(|(i, h, v)| (i, (h, v))))
+            .await?;
+        return Ok(hashed_reply(index, &hash, &body));
+    };
+    api.check_dc(&params)?;
+    let deadline = super::wait_deadline(&params)?;
+    let mut changes = api.registry.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let (index, hash, body) = api.registry.read(view)?;
+        if hash != wanted || tokio::time::Instant::now() >= deadline {
+            return Ok(hashed_reply(index, &hash, &body));
+        }
+        let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+    }
+}
+
+fn hashed_reply(index: u64, hash: &str, body: &serde_json::Value) -> Response {
+    let mut r = reply(index, body);
+    if let Ok(v) = axum::http::HeaderValue::from_str(hash) {
+        r.headers_mut().insert("X-Consul-ContentHash", v);
+    }
+    r
 }
 
 pub async fn checks(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
+    let filter = params.filter(None)?;
     api.blocking(&params, |s| {
-        let out: BTreeMap<&str, CheckOut<'_>> = s
+        let mut out: BTreeMap<&str, CheckOut<'_>> = s
             .checks()
             .filter(|c| c.node == api.node)
             .map(|c| {
@@ -358,6 +538,7 @@ pub async fn checks(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
                 (c.id.as_str(), CheckOut::new(c, inst))
             })
             .collect();
+        keep_values(filter.as_ref(), &mut out);
         encoded(s.index(), &out)
     })
     .await

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::agent::keep_status_of;
 use super::shapes::{NodeOut, ServiceNodeOut, ServiceOut};
-use super::{encoded, json_body, reply, Api, ApiError, ApiResult, Params};
+use super::{encoded, json_body, keep, reply, Api, ApiError, ApiResult, Params};
 use crate::registry::definition::{CatalogParts, CatalogRegistration};
 use crate::registry::{InstanceKey, Source, State as Registry};
 
@@ -142,10 +142,24 @@ fn local<'a>(api: &'a Api) -> impl Fn(&crate::registry::InstanceView<'_>) -> boo
 
 pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
+    // Judged on each instance as a catalog "service node", as Consul does.
+    let filter = params.filter(Some(&["NodeMeta"]))?;
+    let wanted = |v: &crate::registry::InstanceView<'_>| {
+        filter.as_ref().is_none_or(|f| {
+            v.node.is_some_and(|n| {
+                let item = serde_json::to_value(ServiceNodeOut::new(n, v.instance));
+                f.matches(&item.expect("shapes serialize"))
+            })
+        })
+    };
     api.blocking(&params, |s| {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for lower in s.service_names() {
-            for v in s.service_instances(lower).filter(local(&api)) {
+            for v in s
+                .service_instances(lower)
+                .filter(local(&api))
+                .filter(wanted)
+            {
                 out.entry(v.instance.name.clone())
                     .or_default()
                     .extend(v.instance.tags.iter().cloned());
@@ -176,6 +190,7 @@ pub async fn service(
 ) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let tags: Vec<&str> = params.all("tag").collect();
+    let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
         let mut out: Vec<ServiceNodeOut<'_>> = s
@@ -185,6 +200,7 @@ pub async fn service(
             .filter_map(|v| Some(ServiceNodeOut::new(v.node?, v.instance)))
             .collect();
         out.sort_by(|a, b| (a.node, a.service_id).cmp(&(b.node, b.service_id)));
+        keep(filter.as_ref(), &mut out);
         encoded(service_index(s, &name), &out)
     })
     .await
@@ -192,12 +208,14 @@ pub async fn service(
 
 pub async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
+    let filter = params.filter(Some(&["Meta"]))?;
     api.blocking(&params, |s| {
-        let out: Vec<NodeOut<'_>> = s
+        let mut out: Vec<NodeOut<'_>> = s
             .nodes()
             .filter(|n| n.datacenter == api.datacenter)
             .map(NodeOut::new)
             .collect();
+        keep(filter.as_ref(), &mut out);
         encoded(s.tables().nodes, &out)
     })
     .await
@@ -252,4 +270,50 @@ pub async fn leader(State(api): Shared) -> ApiResult {
 
 pub async fn peers(State(api): Shared) -> ApiResult {
     Ok(reply(api.registry.index(), &[server_address(&api)]))
+}
+
+/// `/v1/catalog/node-services/:node`: a node and its services as a list.
+pub async fn node_services(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let filter = params.filter(None)?;
+    api.blocking(&params, |s| {
+        let Some(n) = s.node(&name) else {
+            return Err(ApiError::not_found("Node not found"));
+        };
+        let mut services: Vec<ServiceOut<'_>> = s
+            .node_instances(&name)
+            .map(|v| ServiceOut::new(v.instance, &n.datacenter))
+            .collect();
+        keep(filter.as_ref(), &mut services);
+        encoded(
+            node_index(s, &name),
+            &json!({"Node": NodeOut::new(n), "Services": services}),
+        )
+    })
+    .await
+}
+
+/// signpost keeps no network coordinates (there is no gossip to measure
+/// them): it answers as a datacenter whose agents have none yet.
+pub async fn coordinate_datacenters(State(api): Shared) -> ApiResult {
+    Ok(reply(
+        api.registry.index(),
+        &json!([{"Datacenter": api.datacenter, "AreaID": "wan", "Coordinates": []}]),
+    ))
+}
+
+pub async fn coordinate_nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| encoded(s.tables().nodes, &json!([])))
+        .await
+}
+
+pub async fn coordinate_node(Path(node): Path<String>) -> ApiResult {
+    Err(ApiError::not_found(format!(
+        "no coordinates for node {node:?}: signpost measures none"
+    )))
 }

@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 
 use super::catalog::{has_tags, node_index, service_index};
 use super::shapes::{CheckOut, HealthEntry, NodeOut, ServiceOut};
-use super::{encoded, Api, ApiError, ApiResult, Params};
+use super::{encoded, keep, Api, ApiError, ApiResult, Params};
 use crate::registry::{Check, Health, InstanceKey, State as Registry};
 
 type Shared = State<Arc<Api>>;
@@ -27,6 +27,7 @@ pub async fn service(
     let params = Params::parse(q.as_deref());
     let passing = params.flag("passing");
     let tags: Vec<&str> = params.all("tag").collect();
+    let filter = params.filter(Some(&["Node", "Meta"]))?;
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
         let mut out: Vec<HealthEntry<'_>> = Vec::new();
@@ -48,6 +49,7 @@ pub async fn service(
             });
         }
         out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
+        keep(filter.as_ref(), &mut out);
         encoded(service_index(s, &name), &out)
     })
     .await
@@ -60,8 +62,9 @@ pub async fn checks(
 ) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let lower = name.to_ascii_lowercase();
+    let filter = params.filter(None)?;
     api.blocking(&params, |s| {
-        let out: Vec<CheckOut<'_>> = s
+        let mut out: Vec<CheckOut<'_>> = s
             .service_instances(&lower)
             .flat_map(|v| {
                 let key = v.instance.key();
@@ -71,6 +74,7 @@ pub async fn checks(
                     .collect::<Vec<_>>()
             })
             .collect();
+        keep(filter.as_ref(), &mut out);
         encoded(service_index(s, &name), &out)
     })
     .await
@@ -82,6 +86,7 @@ pub async fn node(
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let params = Params::parse(q.as_deref());
+    let filter = params.filter(None)?;
     api.blocking(&params, |s| {
         let mut out: Vec<CheckOut<'_>> = s
             .checks()
@@ -89,6 +94,7 @@ pub async fn node(
             .map(|c| check_out(s, c))
             .collect();
         out.sort_by(|a, b| a.check_id.cmp(b.check_id));
+        keep(filter.as_ref(), &mut out);
         encoded(node_index(s, &name), &out)
     })
     .await
@@ -112,6 +118,7 @@ pub async fn state(
                 })?,
         ),
     };
+    let filter = params.filter(None)?;
     api.blocking(&params, |s| {
         let mut out: Vec<CheckOut<'_>> = s
             .checks()
@@ -119,6 +126,7 @@ pub async fn state(
             .map(|c| check_out(s, c))
             .collect();
         out.sort_by(|a, b| (a.node, a.check_id).cmp(&(b.node, b.check_id)));
+        keep(filter.as_ref(), &mut out);
         encoded(s.tables().checks, &out)
     })
     .await

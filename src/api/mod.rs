@@ -8,13 +8,17 @@
 
 mod agent;
 mod catalog;
+pub mod event;
+pub mod filter;
 mod health;
 mod kv;
 mod ops;
 pub mod serve;
 pub mod session;
 mod shapes;
+mod txn;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::registry::{Registry, State, StoreError};
+use filter::Filter;
 
 /// Bodies above this are refused with 413 (the KV value cap is lower).
 pub const MAX_BODY: usize = 1 << 20;
@@ -57,6 +62,8 @@ pub struct Api {
     /// For TTL refreshes.
     pub health: Arc<crate::health::HealthChecks>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// User events received, for `/v1/event/list`.
+    pub events: event::Events,
     /// Sidecar mode's sync, for readiness and its status.
     pub consul: Option<Arc<crate::sync::consul::ConsulSync>>,
 }
@@ -153,6 +160,31 @@ impl Params {
             .is_some_and(|v| v.is_empty() || v.eq_ignore_ascii_case("true") || v == "1")
     }
 
+    /// `?filter=`, with `?node-meta=key:value` (repeatable) added as
+    /// `and` clauses on `node_meta` (the node meta selector of this
+    /// endpoint's items; `None` where Consul takes no `node-meta`).
+    pub fn filter(&self, node_meta: Option<&[&str]>) -> Result<Option<Filter>, ApiError> {
+        let mut filter = match self.get("filter") {
+            None | Some("") => None,
+            Some(expr) => {
+                Some(Filter::parse(expr).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+        };
+        for pair in node_meta.into_iter().flat_map(|_| self.all("node-meta")) {
+            let (key, value) = pair.split_once(':').ok_or_else(|| {
+                ApiError::bad_request(format!("invalid node-meta {pair:?}: use key:value"))
+            })?;
+            let mut selector = node_meta.unwrap_or_default().to_vec();
+            selector.push(key);
+            let clause = Filter::equal(&selector, value);
+            filter = Some(match filter {
+                Some(f) => f.and(clause),
+                None => clause,
+            });
+        }
+        Ok(filter)
+    }
+
     pub fn u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
         self.get(key)
             .map(|v| {
@@ -184,6 +216,20 @@ pub fn encoded<T: Serialize>(index: u64, body: &T) -> Result<(u64, Vec<u8>), Api
         index,
         serde_json::to_vec(body).expect("response shapes serialize"),
     ))
+}
+
+/// Keeps the items `filter` matches, judged on their JSON.
+pub fn keep<T: Serialize>(filter: Option<&Filter>, items: &mut Vec<T>) {
+    if let Some(f) = filter {
+        items.retain(|i| f.matches(&serde_json::to_value(i).expect("shapes serialize")));
+    }
+}
+
+/// [`keep`] for the map-shaped answers of the agent endpoints.
+pub fn keep_values<K: Ord, T: Serialize>(filter: Option<&Filter>, items: &mut BTreeMap<K, T>) {
+    if let Some(f) = filter {
+        items.retain(|_, i| f.matches(&serde_json::to_value(i).expect("shapes serialize")));
+    }
 }
 
 /// The field names request bodies use, as the definitions spell them.
@@ -236,6 +282,13 @@ const FIELDS: &[&str] = &[
     "Weights",
     "ScriptArgs",
     "ServiceMeta",
+    "KV",
+    "Verb",
+    "Key",
+    "Value",
+    "Flags",
+    "Index",
+    "Session",
 ];
 
 /// Maps whose keys are the user's (kept as sent), not field names.
@@ -343,15 +396,7 @@ impl Api {
     ) -> Result<(u64, T), ApiError> {
         self.check_dc(params)?;
         let min_index = params.u64("index")?.unwrap_or(0);
-        let wait = match params.get("wait") {
-            None | Some("") => DEFAULT_WAIT,
-            Some(w) => crate::registry::definition::parse_duration(w)
-                .map_err(|e| ApiError::bad_request(format!("invalid wait: {e}")))?
-                .min(MAX_WAIT),
-        };
-        // Jitter spreads the wake-ups of many watchers started together.
-        let jitter = wait.mul_f64(fastrand::f64() / 16.0);
-        let deadline = tokio::time::Instant::now() + wait + jitter;
+        let deadline = wait_deadline(params)?;
         let mut changes = self.registry.subscribe();
         loop {
             changes.borrow_and_update();
@@ -366,6 +411,20 @@ impl Api {
             let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
         }
     }
+}
+
+/// When a blocking read gives up waiting: `?wait` (Consul's default 5
+/// minutes, at most 10) plus up to 1/16 of it as jitter, which spreads the
+/// wake-ups of many watchers started together.
+pub fn wait_deadline(params: &Params) -> Result<tokio::time::Instant, ApiError> {
+    let wait = match params.get("wait") {
+        None | Some("") => DEFAULT_WAIT,
+        Some(w) => crate::registry::definition::parse_duration(w)
+            .map_err(|e| ApiError::bad_request(format!("invalid wait: {e}")))?
+            .min(MAX_WAIT),
+    };
+    let jitter = wait.mul_f64(fastrand::f64() / 16.0);
+    Ok(tokio::time::Instant::now() + wait + jitter)
 }
 
 fn token_ok(api: &Api, headers: &HeaderMap, params: &Params) -> bool {
@@ -415,10 +474,36 @@ async fn require_token(AxState(api): Shared, req: Request, next: Next) -> Respon
 
 /// Every answer carries `X-Consul-Index`, errors included: Consul's
 /// clients (python-consul) read it from every response and fail without it.
+/// Reads also carry the consistency they were served with, and refuse
+/// `?stale` with `?consistent`, as Consul. A single signpost is its own
+/// leader, so every mode reads the same, current data.
 async fn index_on_every_reply(AxState(api): Shared, req: Request, next: Next) -> Response {
+    let mut consistency = None;
+    if req.method() == Method::GET && req.uri().path().starts_with("/v1/") {
+        let params = Params::parse(req.uri().query());
+        consistency = Some(match (params.get("stale"), params.get("consistent")) {
+            (Some(_), Some(_)) => {
+                let mut r = ApiError::bad_request(
+                    "Cannot specify ?stale with ?consistent, conflicting semantics.",
+                )
+                .into_response();
+                index_headers(r.headers_mut(), api.registry.index());
+                return r;
+            }
+            (Some(_), None) => "stale",
+            (None, Some(_)) => "consistent",
+            (None, None) => "leader",
+        });
+    }
     let mut r = next.run(req).await;
     if !r.headers().contains_key("X-Consul-Index") {
         index_headers(r.headers_mut(), api.registry.index());
+    }
+    if let Some(c) = consistency {
+        r.headers_mut().insert(
+            "X-Consul-Effective-Consistency",
+            HeaderValue::from_static(c),
+        );
     }
     r
 }
@@ -473,6 +558,22 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/agent/check/fail/{*id}", put(agent::fail))
         .route("/agent/check/update/{*id}", put(agent::update_check))
         .route("/agent/services", get(agent::services))
+        .route("/agent/maintenance", put(agent::node_maintenance))
+        .route(
+            "/agent/health/service/name/{name}",
+            get(agent::health_by_name),
+        )
+        .route("/agent/health/service/id/{*id}", get(agent::health_by_id))
+        .route("/catalog/node-services/{node}", get(catalog::node_services))
+        .route(
+            "/coordinate/datacenters",
+            get(catalog::coordinate_datacenters),
+        )
+        .route("/coordinate/nodes", get(catalog::coordinate_nodes))
+        .route("/coordinate/node/{node}", get(catalog::coordinate_node))
+        .route("/txn", put(txn::txn))
+        .route("/event/fire/{name}", put(event::fire))
+        .route("/event/list", get(event::list))
         .route("/agent/service/{*id}", get(agent::service))
         .route("/agent/checks", get(agent::checks))
         .route("/agent/self", get(agent::this_agent))

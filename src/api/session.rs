@@ -120,7 +120,7 @@ impl Sessions {
             doomed.extend(registry.read(|s| {
                 s.sessions()
                     .filter(|sess| {
-                        sess.node_checks.iter().any(|c| {
+                        sess.checks().any(|c| {
                             s.check(&sess.node, c)
                                 .is_none_or(|c| c.status == Health::Critical)
                         })
@@ -150,7 +150,7 @@ impl Sessions {
 }
 
 /// A random version-4 UUID, as Consul's session IDs.
-fn uuid() -> String {
+pub fn uuid() -> String {
     let mut b: [u8; 16] = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -207,7 +207,9 @@ pub fn shape(s: &Session) -> Value {
         "Behavior": match s.behavior { Behavior::Release => "release", Behavior::Delete => "delete" },
         "TTL": s.ttl.map(go_duration).unwrap_or_default(),
         "NodeChecks": s.node_checks,
-        "ServiceChecks": Value::Null,
+        "ServiceChecks": (!s.service_checks.is_empty()).then(|| {
+            s.service_checks.iter().map(|id| json!({"ID": id, "Namespace": ""})).collect::<Vec<_>>()
+        }),
         "Checks": s.node_checks,
         "CreateIndex": s.create_index,
         "ModifyIndex": s.modify_index,
@@ -264,6 +266,13 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
             checks.extend(list.iter().filter_map(Value::as_str).map(String::from));
         }
     }
+    // ServiceChecks are objects: [{"ID": "service:web-1", "Namespace": ""}].
+    let service_checks: Vec<String> = field(&body, "ServiceChecks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| field(c, "ID").and_then(Value::as_str).map(String::from))
+        .collect();
     Ok(Session {
         id: uuid(),
         name: text("Name"),
@@ -272,6 +281,7 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
         behavior,
         ttl: (!ttl.is_zero()).then_some(ttl),
         node_checks: checks,
+        service_checks,
         create_index: 0,
         modify_index: 0,
     })
@@ -291,7 +301,7 @@ pub async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> 
                     message: format!("Missing node registration: {:?}", session.node),
                 });
             }
-            for c in &session.node_checks {
+            for c in session.checks() {
                 match state.check(&session.node, c) {
                     None => {
                         return Err(ApiError {

@@ -89,7 +89,7 @@ pub async fn http(clients: &HttpClients, c: &HttpCheck<'_>) -> (Health, String) 
         ),
         Ok(Err(e)) => (
             Health::Critical,
-            cap(format!("{} {}: {e}", c.method, c.url)),
+            cap(format!("{} {}: {}", c.method, c.url, cause(&e))),
         ),
         Ok(Ok((status, body))) => {
             let health = if status.is_success() {
@@ -109,6 +109,36 @@ pub async fn http(clients: &HttpClients, c: &HttpCheck<'_>) -> (Health, String) 
             )
         }
     }
+}
+
+/// Why a request failed, from the innermost errors out: reqwest's own
+/// message ("error sending request for url") names no reason, its sources
+/// do (connection refused, a DNS failure, the TLS alert).
+fn cause(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_redirect() {
+        "too many redirects"
+    } else if e.is_body() || e.is_decode() {
+        "cannot read the response body"
+    } else {
+        "request failed"
+    };
+    if parts.is_empty() {
+        return format!("{kind}: {e}");
+    }
+    format!("{kind}: {}", parts.join(": "))
 }
 
 /// A TCP connect that succeeds is passing.

@@ -338,6 +338,11 @@ impl TryFrom<RawCheck> for CheckDef {
         if runnable > 1 {
             return Err("check: give only one of HTTP, TCP and TTL".into());
         }
+        // Consul's reason, word for word: a TTL check is never run, so an
+        // interval on it means the definition is not what its author thinks.
+        if raw.ttl.is_some_and(|t| !t.is_zero()) && raw.interval.is_some_and(|i| !i.is_zero()) {
+            return Err("check: Interval and TTL cannot both be specified".into());
+        }
         let interval = |kind: &str| -> Result<Duration, String> {
             let i = raw
                 .interval

@@ -400,6 +400,25 @@ impl Txn<'_> {
         self.state
     }
 
+    /// Runs `f`; when it fails, everything it did is undone, so a
+    /// multi-step write (`/v1/txn`) applies whole or not at all. Cheap: the
+    /// state is a persistent map, so the copy shares all its nodes.
+    pub fn all_or_nothing<R, E>(
+        &mut self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let saved = (
+            self.state.clone(),
+            self.changes.clone(),
+            self.touched.clone(),
+        );
+        let out = f(self);
+        if out.is_err() {
+            (*self.state, self.changes, self.touched) = saved;
+        }
+        out
+    }
+
     fn touch_service(&mut self, name: &str) {
         self.changes.services.insert(name.to_ascii_lowercase());
     }

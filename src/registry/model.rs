@@ -268,8 +268,18 @@ pub struct Session {
     pub ttl: Option<Duration>,
     /// Node checks it is tied to (invalidated when one goes critical).
     pub node_checks: Vec<String>,
+    /// Service checks (by check ID) it is tied to, the same way.
+    #[serde(default)]
+    pub service_checks: Vec<String>,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+impl Session {
+    /// Every check whose going critical invalidates the session.
+    pub fn checks(&self) -> impl Iterator<Item = &String> {
+        self.node_checks.iter().chain(&self.service_checks)
+    }
 }
 
 /// Consul's default `check_output_max_size`.
