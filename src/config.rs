@@ -130,6 +130,26 @@ pub struct Flags {
     #[arg(long = "consul-client-key", value_name = "FILE", global = true)]
     pub consul_client_key: Option<PathBuf>,
 
+    /// Register running containers from the Docker engine, as Registrator
+    /// does: at URL, or $DOCKER_HOST, or unix:///var/run/docker.sock.
+    #[arg(long = "docker", value_name = "URL", num_args = 0..=1, default_missing_value = "", global = true)]
+    pub docker: Option<String>,
+
+    /// The address published ports are registered with (Registrator's
+    /// -ip). [default: the node address]
+    #[arg(long = "docker-host-ip", value_name = "ADDR", global = true)]
+    pub docker_host_ip: Option<IpAddr>,
+
+    /// Register exposed ports at the container's own address instead of
+    /// published ports at the host's (Registrator's -internal).
+    #[arg(long = "docker-internal", global = true)]
+    pub docker_internal: bool,
+
+    /// With --docker-internal, the network whose address to register when
+    /// a container is on several. [default: the first, by name]
+    #[arg(long = "docker-network", value_name = "NAME", global = true)]
+    pub docker_network: Option<String>,
+
     /// Upstream resolver for names outside signpost's zones, ADDR or
     /// ADDR:PORT (port 53 when left out). Repeat for several.
     #[arg(long = "recursor", value_name = "ADDR[:PORT]", global = true)]
@@ -208,6 +228,11 @@ pub struct FileConfig {
     http_body_timeout: Option<Seconds>,
     http_idle_timeout: Option<Seconds>,
     http_allow_unauthenticated: Option<bool>,
+    /// `true` for the default engine, or its URL.
+    docker: Option<DockerSetting>,
+    docker_host_ip: Option<IpAddr>,
+    docker_internal: Option<bool>,
+    docker_network: Option<String>,
     consul: Option<String>,
     consul_token: Option<String>,
     consul_ca_file: Option<PathBuf>,
@@ -382,8 +407,35 @@ pub struct Config {
     pub recursors: Recursors,
     /// Sidecar mode when set.
     pub consul: Option<ConsulConfig>,
+    /// The Docker engine as a source, when set.
+    pub docker: Option<DockerConfig>,
     pub dns_config: DnsConfig,
 }
+
+/// `docker = true` or `docker = "unix:///run/docker.sock"` in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DockerSetting {
+    On(bool),
+    Url(String),
+}
+
+/// The Docker engine to follow, and Registrator's address choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port` / `http://host:port`.
+    pub url: String,
+    /// Published ports are registered at this address. [default: the node
+    /// address]
+    pub host_ip: Option<IpAddr>,
+    /// Exposed ports at the container's address instead.
+    pub internal: bool,
+    /// The network to take the container's address from.
+    pub network: Option<String>,
+}
+
+/// The engine's default socket.
+pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
 
 /// The Consul agent to mirror.
 #[derive(Debug, Clone)]
@@ -621,6 +673,7 @@ impl Config {
             session_ttl_min: std::time::Duration::from_secs(10),
             recursors: Recursors::default(),
             consul: None,
+            docker: None,
             dns_config: DnsConfig::default(),
         }
     }
@@ -855,6 +908,37 @@ impl Config {
                 })
             }
         };
+        let docker_url = match (flags.docker.clone(), file.docker.clone()) {
+            (Some(url), _) if !url.is_empty() => Some(url),
+            (Some(_), _) | (None, Some(DockerSetting::On(true))) => Some(
+                std::env::var("DOCKER_HOST")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| DEFAULT_DOCKER.to_string()),
+            ),
+            (None, Some(DockerSetting::Url(url))) => Some(url),
+            (None, Some(DockerSetting::On(false)) | None) => None,
+        };
+        let docker = match docker_url {
+            None => None,
+            Some(url) => {
+                let url = url.trim().trim_end_matches('/').to_string();
+                if !["unix://", "tcp://", "http://"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
+                    return Err(invalid(format!(
+                        "docker: {url:?} is not a unix://, tcp:// or http:// address"
+                    )));
+                }
+                Some(DockerConfig {
+                    url,
+                    host_ip: flags.docker_host_ip.or(file.docker_host_ip),
+                    internal: flags.docker_internal || file.docker_internal.unwrap_or(false),
+                    network: flags.docker_network.clone().or(file.docker_network),
+                })
+            }
+        };
         let log_json = match flags.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -902,6 +986,7 @@ impl Config {
             },
             recursors,
             consul,
+            docker,
             dns_config: DnsConfig {
                 service_ttl: match d.service_ttl {
                     Some(spec) => TtlMap::from_spec(spec).map_err(invalid)?,
@@ -1101,6 +1186,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn docker_takes_true_a_url_or_the_flag() {
+        let c = Config::merge(&Flags::default(), parse("").unwrap(), "t").unwrap();
+        assert!(c.docker.is_none());
+        let file = parse("docker = \"unix:///run/d.sock\"\ndocker_internal = true").unwrap();
+        let c = Config::merge(&Flags::default(), file, "t").unwrap();
+        let d = c.docker.unwrap();
+        assert_eq!((d.url.as_str(), d.internal), ("unix:///run/d.sock", true));
+        let flags = Flags {
+            docker: Some("tcp://10.0.0.1:2375".into()),
+            ..Flags::default()
+        };
+        let c = Config::merge(&flags, parse("docker = false").unwrap(), "t").unwrap();
+        assert_eq!(c.docker.unwrap().url, "tcp://10.0.0.1:2375");
+        let err = Config::merge(
+            &Flags::default(),
+            parse("docker = \"/var/run/docker.sock\"").unwrap(),
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unix://"), "{err}");
+        let c = Config::merge(&Flags::default(), parse("docker = true").unwrap(), "t").unwrap();
+        assert!(
+            c.docker.unwrap().url.starts_with("unix://") || std::env::var("DOCKER_HOST").is_ok()
+        );
     }
 
     #[test]

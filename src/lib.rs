@@ -15,7 +15,8 @@
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
 //! * [`metrics`]  — Prometheus metrics for `/metrics`.
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
-//! * [`sync`]     — sources that feed the registry (service definition files).
+//! * [`sync`]     — sources that feed the registry: service definition files,
+//!                a Consul agent (sidecar mode), the Docker engine.
 //! * [`dns`]      — query names, ready-made answer sets, the wire format,
 //!   the handler and the UDP/TCP listeners.
 //! * [`server`]   — starts and stops the whole thing.

@@ -52,6 +52,13 @@ pub struct Metrics {
     /// User events fired, and those pushed out of the bounded event list.
     pub events_fired: Counter,
     pub events_dropped: Counter,
+    /// The Docker source: connected (1/0), engine errors, container
+    /// events applied, resyncs, and event-to-DNS lag.
+    pub docker_connected: Gauge,
+    pub docker_errors: Counter,
+    pub docker_events: Counter,
+    pub docker_resyncs: Counter,
+    pub docker_event_to_dns: Histogram,
 }
 
 impl Default for Metrics {
@@ -106,6 +113,36 @@ impl Metrics {
             "User events pushed out of the bounded event list by newer ones",
             events_dropped.clone(),
         );
+        let docker_connected = Gauge::default();
+        let docker_errors = Counter::default();
+        let docker_events = Counter::default();
+        let docker_resyncs = Counter::default();
+        let docker_event_to_dns = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "docker_connected",
+            "1 while the Docker engine is followed, 0 while it is unreachable",
+            docker_connected.clone(),
+        );
+        registry.register(
+            "docker_errors",
+            "Times the Docker engine was lost or unreachable",
+            docker_errors.clone(),
+        );
+        registry.register(
+            "docker_events",
+            "Container events applied from the Docker engine",
+            docker_events.clone(),
+        );
+        registry.register(
+            "docker_resyncs",
+            "Full resyncs from the Docker engine's container list",
+            docker_resyncs.clone(),
+        );
+        registry.register(
+            "docker_event_to_dns_seconds",
+            "Time from a container event at the engine to its change answering in DNS",
+            docker_event_to_dns.clone(),
+        );
         let dns = Arc::new(DnsStats::default());
         registry.register_collector(Box::new(Arc::clone(&dns)));
         let http = Arc::new(crate::api::serve::HttpStats::default());
@@ -156,6 +193,11 @@ impl Metrics {
             consul_synced,
             events_fired,
             events_dropped,
+            docker_connected,
+            docker_errors,
+            docker_events,
+            docker_resyncs,
+            docker_event_to_dns,
         }
     }
 

@@ -52,6 +52,12 @@ pub struct Signpost {
     http_task: tokio::task::JoinHandle<()>,
     sessions_stop: tokio::sync::watch::Sender<bool>,
     sessions_task: tokio::task::JoinHandle<()>,
+    docker_stop: tokio::sync::watch::Sender<bool>,
+    /// The Docker source and its task, when `--docker` is set.
+    pub docker: Option<(
+        Arc<crate::sync::docker::DockerSync>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 /// Loads and validates the zones directory of `config`, if any.
@@ -136,6 +142,20 @@ impl Signpost {
             }
             None => None,
         };
+        let (docker_stop, docker_stopped) = tokio::sync::watch::channel(false);
+        let docker = config.docker.as_ref().map(|d| {
+            let sync = Arc::new(crate::sync::docker::DockerSync::new(
+                d.clone(),
+                config.node_address(),
+                config.node.clone(),
+                metrics.clone(),
+            ));
+            tracing::info!("registering containers from the Docker engine at {}", d.url);
+            (
+                sync.clone(),
+                tokio::spawn(sync.run(registry.clone(), docker_stopped)),
+            )
+        });
         let mut handler =
             Handler::new(answers.clone(), zones, forwarder).with_stats(metrics.dns.clone());
         if let Some(sync) = &consul {
@@ -172,6 +192,7 @@ impl Signpost {
             metrics: metrics.clone(),
             events: Default::default(),
             consul: consul.clone(),
+            docker: docker.as_ref().map(|(d, _)| d.clone()),
         }));
         let (http_stop, stopped) = tokio::sync::watch::channel(false);
         let http_task = tokio::spawn(api::serve::serve(
@@ -197,6 +218,8 @@ impl Signpost {
             http_task,
             sessions_stop,
             sessions_task,
+            docker_stop,
+            docker,
         })
     }
 
@@ -276,6 +299,10 @@ impl Signpost {
         let _ = self.sessions_task.await;
         if let Some(c) = &self.consul {
             c.shutdown().await;
+        }
+        let _ = self.docker_stop.send(true);
+        if let Some((_, task)) = self.docker {
+            let _ = task.await;
         }
         self.health.shutdown().await;
         self.dns.shutdown().await;

@@ -37,6 +37,7 @@ fn read_only(what: &str, source: Source) -> ApiError {
         Source::File => "a zones/ definition file",
         Source::Consul => "the Consul agent",
         Source::Api => "the API",
+        Source::Docker => "the Docker engine",
     };
     ApiError::forbidden(format!(
         "{what} comes from {from} and is read-only through the API"

@@ -66,6 +66,8 @@ pub struct Api {
     pub events: event::Events,
     /// Sidecar mode's sync, for readiness and its status.
     pub consul: Option<Arc<crate::sync::consul::ConsulSync>>,
+    /// The Docker source, for its status.
+    pub docker: Option<Arc<crate::sync::docker::DockerSync>>,
 }
 
 type Shared = AxState<Arc<Api>>;
@@ -599,7 +601,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/session/info/{id}", get(session::info))
         .route("/session/list", get(session::list))
         .route("/session/node/{node}", get(session::node));
-    let v1 = v1.route("/signpost/sync", get(ops::sync_status));
+    let v1 = v1
+        .route("/signpost/sync", get(ops::sync_status))
+        .route("/signpost/docker", get(ops::docker_status));
     Router::new()
         .route("/health", get(ops::live))
         .route("/ready", get(ops::ready))

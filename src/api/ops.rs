@@ -75,6 +75,15 @@ pub async fn metrics(State(api): Shared) -> Response {
 
 /// Sidecar mode's sync: whether it is complete, how stale the view is,
 /// the last error.
+pub async fn docker_status(State(api): Shared) -> ApiResult {
+    match &api.docker {
+        Some(d) => Ok(reply(api.registry.index(), &d.status())),
+        None => Err(ApiError::not_found(
+            "no Docker source: signpost was started without --docker",
+        )),
+    }
+}
+
 pub async fn sync_status(State(api): Shared) -> ApiResult {
     match &api.consul {
         Some(c) => Ok(reply(api.registry.index(), &c.status())),

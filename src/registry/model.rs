@@ -19,6 +19,9 @@ pub enum Source {
     Api,
     /// Mirrored from a Consul agent.
     Consul,
+    /// A running container, from the Docker engine (never stored: the
+    /// engine is read afresh at every start).
+    Docker,
 }
 
 /// Health of a check, and of an instance (the worst of its checks).

@@ -3,7 +3,9 @@
 //! deletes another's.
 //!
 //! `files` reads service definitions from the zones directory; `consul`
-//! mirrors a Consul agent (sidecar mode).
+//! mirrors a Consul agent (sidecar mode); `docker` registers running
+//! containers as Registrator did.
 
 pub mod consul;
+pub mod docker;
 pub mod files;

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod conformance;
 mod dns_queries;
+mod docker;
 mod health;
 mod limits;
 mod ops;
