@@ -16,7 +16,7 @@
 //! * [`metrics`]  — Prometheus metrics for `/metrics`.
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
 //! * [`sync`]     — sources that feed the registry: service definition files,
-//!                a Consul agent (sidecar mode), the Docker engine.
+//!   a Consul agent (sidecar mode), the Docker engine.
 //! * [`dns`]      — query names, ready-made answer sets, the wire format,
 //!   the handler and the UDP/TCP listeners.
 //! * [`server`]   — starts and stops the whole thing.
