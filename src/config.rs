@@ -46,6 +46,39 @@ pub enum Command {
     /// prints `file:line: reason` and exits 1 on the first problem, exits 0
     /// when everything loads.
     Check,
+    /// Read and write the KV store (get, put, delete, export, import).
+    #[command(subcommand)]
+    Kv(crate::cli::KvCommand),
+    /// Register and deregister services with the agent.
+    #[command(subcommand)]
+    Services(crate::cli::ServicesCommand),
+    /// List the catalog's services and nodes.
+    #[command(subcommand)]
+    Catalog(crate::cli::CatalogCommand),
+    /// List the agent's members.
+    Members(crate::cli::ClientArgs),
+    /// Show the agent's configuration and membership.
+    Info(crate::cli::ClientArgs),
+    /// Follow a view (key, keyprefix, services, nodes, service, checks,
+    /// event) with blocking queries; run a handler on every change.
+    Watch(crate::cli::WatchArgs),
+    /// Hold a lock (or one of -n semaphore slots) while a command runs.
+    Lock(crate::cli::LockArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+}
+
+impl Command {
+    /// Whether this command talks to a running agent over HTTP (and needs
+    /// no configuration of its own).
+    pub fn is_client(&self) -> bool {
+        !matches!(
+            self,
+            Command::Check | Command::Completion { .. } | Command::Man
+        )
+    }
 }
 
 /// The options, each also settable in the TOML file under the same name.
@@ -99,7 +132,7 @@ pub struct Flags {
 
     /// The name of signpost's own node, on which instances from service
     /// definitions live. [default: the host name]
-    #[arg(long, value_name = "NAME", global = true)]
+    #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
 
     /// Sidecar mode: mirror the catalog and health of the Consul agent at

@@ -20,9 +20,12 @@
 //! * [`dns`]      — query names, ready-made answer sets, the wire format,
 //!   the handler and the UDP/TCP listeners.
 //! * [`server`]   — starts and stops the whole thing.
+//! * [`cli`]      — the client commands (`kv`, `services`, `catalog`,
+//!   `watch`, `lock`, ...) that talk to a running agent over HTTP.
 
 pub mod alloc;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod fds;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use signpost::config::{Cli, Command, Config, Flags};
 use signpost::server::{load_zones, Signpost};
 
@@ -97,7 +97,28 @@ async fn run(config: Config, flags: Flags) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(signpost::cli::consul_style_args(std::env::args().collect()));
+    match cli.command {
+        Some(Command::Completion { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "signpost", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            let man = clap_mangen::Man::new(Cli::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(c) if c.is_client() => {
+            return ExitCode::from(signpost::cli::run(c) as u8);
+        }
+        _ => {}
+    }
     let config = match Config::load(&cli.opts) {
         Ok(c) => c,
         Err(e) => {
@@ -107,6 +128,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Check) => check(&config),
+        Some(_) => unreachable!("client commands returned above"),
         None => {
             init_logging(&config);
             if let Some((before, now)) = signpost::fds::raise_to_hard() {

@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod cli;
+mod client_cli;
 mod clients;
 mod conformance;
 mod dns_queries;
