@@ -24,6 +24,9 @@ pub const DEFAULT_DATACENTER: &str = "dc1";
 /// The largest UDP payload signpost sends to an EDNS client: the DNS flag
 /// day 2020 value, which avoids IP fragmentation on common paths.
 pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;
+/// The cap for trusted clients: HAProxy's documented
+/// `accepted_payload_size 8192` gets what it asks for.
+pub const DEFAULT_UDP_PAYLOAD_TRUSTED: u16 = 8192;
 
 /// signpost: a DNS server for service discovery.
 ///
@@ -303,6 +306,12 @@ struct DnsFileConfig {
     node_ttl: Option<Seconds>,
     /// Largest UDP reply to an EDNS client. [default: 1232]
     udp_payload_max: Option<u16>,
+    /// Largest UDP reply to an EDNS client in the trusted ranges
+    /// (`allow_recursion`), up to what it offers. [default: 8192]
+    udp_payload_max_trusted: Option<u16>,
+    /// The server ID answered to NSID and CHAOS `id.server`/`hostname.bind`.
+    /// [default: the node name]
+    server_id: Option<String>,
     /// Drop instances in warning state too, not only critical ones.
     only_passing: Option<bool>,
     /// Most A/AAAA records in one answer; 0 for no limit. [default: 0]
@@ -547,6 +556,11 @@ pub struct DnsConfig {
     pub service_ttl: TtlMap,
     pub node_ttl: u32,
     pub udp_payload_max: u16,
+    /// For clients in the trusted ranges (loopback, LAN): fragmentation is
+    /// not the risk there that it is on the internet.
+    pub udp_payload_max_trusted: u16,
+    /// NSID and CHAOS id; empty: the node name.
+    pub server_id: String,
     pub only_passing: bool,
     /// 0: no limit.
     pub a_record_limit: u32,
@@ -671,6 +685,8 @@ impl Default for DnsConfig {
             service_ttl: TtlMap::all(0),
             node_ttl: 0,
             udp_payload_max: DEFAULT_UDP_PAYLOAD,
+            udp_payload_max_trusted: DEFAULT_UDP_PAYLOAD_TRUSTED,
+            server_id: String::new(),
             only_passing: false,
             a_record_limit: 0,
             udp_answer_limit: 3,
@@ -784,6 +800,10 @@ impl Config {
                 "dns_config.udp_payload_max: {udp_payload_max} is below the 512 bytes every DNS client accepts"
             )));
         }
+        let udp_payload_max_trusted = d
+            .udp_payload_max_trusted
+            .unwrap_or(DEFAULT_UDP_PAYLOAD_TRUSTED)
+            .max(udp_payload_max);
         let http = flags
             .http
             .or(file.http)
@@ -1037,6 +1057,8 @@ impl Config {
                     Some(b) => Balance::parse(b).map_err(invalid)?,
                     None => Balance::Random,
                 },
+                udp_payload_max_trusted,
+                server_id: d.server_id.unwrap_or_default(),
                 node_meta_txt: d.enable_additional_node_meta_txt.unwrap_or(true),
                 shed_after_ms: d.shed_after_ms.unwrap_or(1000).max(1),
                 soa: Soa {

@@ -156,8 +156,9 @@ impl Signpost {
                 tokio::spawn(sync.run(registry.clone(), docker_stopped)),
             )
         });
-        let mut handler =
-            Handler::new(answers.clone(), zones, forwarder).with_stats(metrics.dns.clone());
+        let mut handler = Handler::new(answers.clone(), zones, forwarder)
+            .with_stats(metrics.dns.clone())
+            .with_trusted(config.recursors.allow.clone());
         if let Some(sync) = &consul {
             handler = handler.with_remote(Arc::new(Sidecar(sync.clone())));
         }

@@ -79,7 +79,16 @@ pub struct Handler {
     forwarder: Option<Arc<Forwarder>>,
     remote: Option<Arc<dyn Remote>>,
     stats: Arc<crate::metrics::DnsStats>,
+    /// Clients answered up to `udp_payload_max_trusted` (the
+    /// `allow_recursion` ranges: loopback and private networks by default).
+    trusted: Vec<ipnet::IpNet>,
 }
+
+/// CHAOS class, for `id.server` and `hostname.bind` (RFC 4892).
+const CLASS_CH: u16 = 3;
+/// Zone transfers: refused, signpost's data is not a zone to copy.
+const AXFR: u16 = 252;
+const IXFR: u16 = 251;
 
 /// What the listener should do after `handle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +134,30 @@ enum Draw {
     Lazy,
     Fixed,
     Affine { start: usize, stride: usize },
+}
+
+/// CHAOS TXT `id.server` and `hostname.bind` answer the server ID, as
+/// operators ask which server of a shared address answered; anything else
+/// in CHAOS (`version.bind` included) is refused.
+fn chaos(w: &mut ResponseWriter<'_>, q: &Query<'_>, labels: &Labels<'_>, id: &[u8]) -> Rcode {
+    let name = lower_fqdn(labels, 0);
+    if !(name == "id.server." || name == "hostname.bind.") {
+        return Rcode::Refused;
+    }
+    if q.qtype == rtype::TXT || q.qtype == rtype::ANY {
+        let id = &id[..id.len().min(255)];
+        let rdlen = (id.len() + 1) as u16;
+        w.answer(&[
+            &[0xC0, 0x0C],
+            &rtype::TXT.to_be_bytes(),
+            &CLASS_CH.to_be_bytes(),
+            &0u32.to_be_bytes(),
+            &rdlen.to_be_bytes(),
+            &[id.len() as u8],
+            id,
+        ]);
+    }
+    Rcode::NoError
 }
 
 fn gcd(mut a: usize, mut b: usize) -> usize {
@@ -220,6 +253,33 @@ impl Handler {
             forwarder,
             remote: None,
             stats: Arc::default(),
+            trusted: crate::config::Recursors::default().allow,
+        }
+    }
+
+    /// The ranges whose clients get large UDP answers.
+    pub fn with_trusted(mut self, trusted: Vec<ipnet::IpNet>) -> Handler {
+        self.trusted = trusted;
+        self
+    }
+
+    fn is_trusted(&self, client: IpAddr) -> bool {
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(client),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|net| net.contains(&client))
+    }
+
+    /// The largest UDP answer a client may get, and signpost advertises to
+    /// it: trusted clients up to `udp_payload_max_trusted`, others the
+    /// fragmentation-safe `udp_payload_max`.
+    fn udp_cap(&self, trusted: bool) -> u16 {
+        let dns = &self.answers.config().dns;
+        if trusted {
+            dns.udp_payload_max_trusted
+        } else {
+            dns.udp_payload_max
         }
     }
 
@@ -269,16 +329,13 @@ impl Handler {
             },
             Outcome::Drop => Vec::new(),
             Outcome::Remote => {
-                let w = ResponseWriter::new(&mut out, &q, self.budget(transport, q.edns));
+                let trusted = self.is_trusted(client);
+                let w = ResponseWriter::new(&mut out, &q, self.budget(transport, q.edns, trusted));
                 let flags = Flags {
                     authoritative: false,
                     recursion_available: self.forwarder.is_some(),
                 };
-                w.finish(
-                    Rcode::ServFail,
-                    flags,
-                    self.answers.config().dns.udp_payload_max,
-                );
+                w.finish(Rcode::ServFail, flags, self.udp_cap(trusted));
                 out
             }
         }
@@ -306,14 +363,18 @@ impl Handler {
     }
 
     /// The reply budget of a query on a transport.
-    fn budget(&self, transport: Transport, edns: Option<super::wire::Edns>) -> usize {
+    fn budget(
+        &self,
+        transport: Transport,
+        edns: Option<super::wire::Edns>,
+        trusted: bool,
+    ) -> usize {
         match (transport, edns) {
             (Transport::Tcp, _) => TCP_MAX,
             (Transport::Udp, None) => PLAIN_UDP_MAX,
-            (Transport::Udp, Some(e)) => (e.payload as usize).clamp(
-                PLAIN_UDP_MAX,
-                self.answers.config().dns.udp_payload_max as usize,
-            ),
+            (Transport::Udp, Some(e)) => {
+                (e.payload as usize).clamp(PLAIN_UDP_MAX, self.udp_cap(trusted) as usize)
+            }
         }
     }
 
@@ -337,7 +398,8 @@ impl Handler {
         let Parsed::Query(q) = parse_query(query) else {
             return Vec::new();
         };
-        let budget = self.budget(transport, q.edns);
+        // Only clients in `allow_recursion` are forwarded for: trusted.
+        let budget = self.budget(transport, q.edns, true);
         match &self.forwarder {
             Some(f) => {
                 let reply = f.forward(query, transport, budget, ticket).await;
@@ -391,21 +453,39 @@ impl Handler {
             authoritative: false,
             recursion_available: self.forwarder.is_some(),
         };
-        let budget = self.budget(transport, q.edns);
-        let payload = dns.udp_payload_max;
+        let trusted = self.is_trusted(client);
+        let budget = self.budget(transport, q.edns, trusted);
+        let payload = self.udp_cap(trusted);
         let mut w = ResponseWriter::new(out, &q, budget);
+        let server_id = if dns.server_id.is_empty() {
+            settings.node_name.as_bytes()
+        } else {
+            dns.server_id.as_bytes()
+        };
+        if q.edns.is_some_and(|e| e.nsid) {
+            w.nsid(server_id);
+        }
         if q.edns.is_some_and(|e| e.version > 0) {
             w.finish(Rcode::BadVers, flags, payload);
-            return Outcome::Reply;
-        }
-        if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
-            w.finish(Rcode::Refused, flags, payload);
             return Outcome::Reply;
         }
         let Some(labels) = Labels::split(q.qname) else {
             w.finish(Rcode::FormErr, flags, payload);
             return Outcome::Reply;
         };
+        if q.qclass == CLASS_CH {
+            let rcode = chaos(&mut w, &q, &labels, server_id);
+            w.finish(rcode, flags, payload);
+            return Outcome::Reply;
+        }
+        if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
+            w.finish(Rcode::Refused, flags, payload);
+            return Outcome::Reply;
+        }
+        if q.qtype == AXFR || q.qtype == IXFR {
+            w.finish(Rcode::Refused, flags, payload);
+            return Outcome::Reply;
+        }
         let mut max = usize::MAX;
         if matches!(q.qtype, rtype::A | rtype::AAAA | rtype::ANY) && dns.a_record_limit > 0 {
             max = dns.a_record_limit as usize;
@@ -434,7 +514,8 @@ impl Handler {
                 return Outcome::Reply;
             }
             return match &self.forwarder {
-                Some(f) if f.allowed(client) => {
+                // RD=0 asks for what signpost holds itself: not forwarded.
+                Some(f) if f.allowed(client) && q.recursion_desired => {
                     if f.cached(query, budget, out) {
                         Outcome::Reply
                     } else {
@@ -464,6 +545,14 @@ impl Handler {
                 return Outcome::Reply;
             }
             Found::Answered | Found::NoData => Rcode::NoError,
+            // Names with names below them (`service.consul`, `dc1.consul`,
+            // `_tcp.service.consul`) exist (RFC 8020): NODATA.
+            Found::NxDomain
+                if super::name::empty_non_terminal(&labels, head)
+                    .is_some_and(|dc| self.dc_known(dc)) =>
+            {
+                Rcode::NoError
+            }
             Found::NxDomain => Rcode::NxDomain,
         };
         if !matches!(found, Found::Answered) {
@@ -589,6 +678,17 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// A datacenter signpost answers for: its own, or one the agent knows
+    /// in sidecar mode.
+    fn dc_known(&self, dc: Option<&[u8]>) -> bool {
+        self.is_local_dc(dc)
+            || dc.is_some_and(|d| {
+                self.remote
+                    .as_ref()
+                    .is_some_and(|r| r.knows(&String::from_utf8_lossy(d).to_ascii_lowercase()))
+            })
     }
 
     fn is_local_dc(&self, dc: Option<&[u8]>) -> bool {

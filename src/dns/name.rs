@@ -174,6 +174,24 @@ fn is_kind(label: &[u8]) -> bool {
     is(label, "service") || is(label, "node") || is(label, "addr") || is(label, "query")
 }
 
+/// Whether the `head` labels in front of the domain name an empty
+/// non-terminal of signpost's namespace: `service`, `node`, `addr`,
+/// `query` (with or without a datacenter), a datacenter alone, and
+/// `_tcp`/`_udp` under `service`. `Some(dc)`: it is one, if that
+/// datacenter (`None`: the local one) is known.
+pub fn empty_non_terminal<'a>(labels: &Labels<'a>, head: usize) -> Option<Option<&'a [u8]>> {
+    let l = |i: usize| labels.get(i);
+    let proto = |x: &[u8]| is(x, "_tcp") || is(x, "_udp");
+    match head {
+        1 if is_kind(l(0)) => Some(None),
+        1 => Some(Some(l(0))),
+        2 if is_kind(l(0)) => Some(Some(l(1))),
+        2 if proto(l(0)) && is(l(1), "service") => Some(None),
+        3 if proto(l(0)) && is(l(1), "service") => Some(Some(l(2))),
+        _ => None,
+    }
+}
+
 /// Classifies the `head` labels in front of the domain.
 pub fn classify<'a>(labels: &Labels<'a>, head: usize) -> Lookup<'a> {
     if head == 0 {

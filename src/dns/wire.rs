@@ -50,7 +50,13 @@ pub struct Edns {
     pub payload: u16,
     pub version: u8,
     pub dnssec_ok: bool,
+    /// The query carries an NSID option (RFC 5001): say which server this is.
+    pub nsid: bool,
 }
+
+/// EDNS option codes signpost reads.
+const OPTION_NSID: u16 = 3;
+const OPTION_COOKIE: u16 = 10;
 
 /// A query, read in place.
 #[derive(Debug, Clone, Copy)]
@@ -185,11 +191,34 @@ pub fn parse_query(b: &[u8]) -> Parsed<'_> {
             if edns.is_some() || i < additional_from || b[name_at] != 0 {
                 return err(Rcode::FormErr, None);
             }
-            edns = Some(Edns {
+            let mut e = Edns {
                 payload: class,
                 version: (ttl_hi & 0xFF) as u8,
                 dnssec_ok: ttl_lo & 0x8000 != 0,
-            });
+                nsid: false,
+            };
+            // The options: NSID asked for; a COOKIE of a length RFC 7873
+            // does not allow (a client cookie is 8 bytes, with a server
+            // cookie 16 to 40) is a malformed query.
+            let mut at = after + 10;
+            let end = at + rdlen as usize;
+            while at < end {
+                let (Some(code), Some(len)) = (u16_at(b, at), u16_at(b, at + 2)) else {
+                    return err(Rcode::FormErr, Some(e));
+                };
+                at += 4 + len as usize;
+                if at > end {
+                    return err(Rcode::FormErr, Some(e));
+                }
+                match code {
+                    OPTION_NSID => e.nsid = true,
+                    OPTION_COOKIE if len != 8 && !(16..=40).contains(&len) => {
+                        return err(Rcode::FormErr, Some(e));
+                    }
+                    _ => {}
+                }
+            }
+            edns = Some(e);
         }
     }
     if opcode != 0 {
@@ -253,6 +282,10 @@ pub struct ResponseWriter<'b> {
     counts: [u16; 3],
     truncated: bool,
     edns: bool,
+    /// Copied into the reply's OPT (RFC 3225).
+    dnssec_ok: bool,
+    /// The server ID for the reply's NSID option, when asked for.
+    nsid: Option<Vec<u8>>,
 }
 
 /// Header flags of a response.
@@ -283,6 +316,18 @@ impl<'b> ResponseWriter<'b> {
             counts: [0; 3],
             truncated: false,
             edns,
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+            nsid: None,
+        }
+    }
+
+    /// Answers an NSID request with `id` (call before adding records: it
+    /// takes its room from the budget).
+    pub fn nsid(&mut self, id: &[u8]) {
+        if self.edns && self.nsid.is_none() {
+            let id = &id[..id.len().min(255)];
+            self.limit = self.limit.saturating_sub(4 + id.len());
+            self.nsid = Some(id.to_vec());
         }
     }
 
@@ -294,7 +339,7 @@ impl<'b> ResponseWriter<'b> {
         buf.extend_from_slice(&[f1, (rcode as u16 & 0xF) as u8, 0, 0, 0, 0, 0, 0, 0, 0]);
         if edns {
             buf[11] = 1;
-            push_opt(buf, PLAIN_UDP_MAX as u16, rcode);
+            push_opt(buf, PLAIN_UDP_MAX as u16, rcode, false, None);
         }
     }
 
@@ -374,18 +419,27 @@ impl<'b> ResponseWriter<'b> {
         let mut ar = self.counts[2];
         if self.edns {
             ar += 1;
-            push_opt(b, payload, rcode);
+            push_opt(b, payload, rcode, self.dnssec_ok, self.nsid.as_deref());
         }
         b[10..12].copy_from_slice(&ar.to_be_bytes());
     }
 }
 
-fn push_opt(b: &mut Vec<u8>, payload: u16, rcode: Rcode) {
+fn push_opt(b: &mut Vec<u8>, payload: u16, rcode: Rcode, dnssec_ok: bool, nsid: Option<&[u8]>) {
     let ext = ((rcode as u16) >> 4) as u8;
     b.push(0);
     b.extend_from_slice(&rtype::OPT.to_be_bytes());
     b.extend_from_slice(&payload.to_be_bytes());
-    b.extend_from_slice(&[ext, 0, 0, 0, 0, 0]);
+    b.extend_from_slice(&[ext, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
+    match nsid {
+        None => b.extend_from_slice(&[0, 0]),
+        Some(id) => {
+            b.extend_from_slice(&(4 + id.len() as u16).to_be_bytes());
+            b.extend_from_slice(&OPTION_NSID.to_be_bytes());
+            b.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            b.extend_from_slice(id);
+        }
+    }
 }
 
 /// `name TYPE` of a message's first question, for logs.

@@ -381,14 +381,20 @@ impl ConsulSync {
         index: u64,
         wait: Duration,
     ) -> Result<(u64, T, Instant), SyncError> {
-        let mut url = format!(
-            "{}{path}?index={index}&wait={}ms",
-            self.cfg.url,
-            wait.as_millis()
-        );
+        // A first read carries no index (0 means "not blocking", and some
+        // Consul-API servers hold any request that has one), as Consul's
+        // own client does.
+        let mut params = Vec::new();
+        if index > 0 {
+            params.push(format!("index={index}&wait={}ms", wait.as_millis()));
+        }
         if let Some(dc) = dc {
-            url.push_str("&dc=");
-            url.push_str(&segment(dc));
+            params.push(format!("dc={}", segment(dc)));
+        }
+        let mut url = format!("{}{path}", self.cfg.url);
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
         }
         let mut req = self
             .http

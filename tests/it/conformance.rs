@@ -46,6 +46,10 @@ min_ttl = 3
 "#;
 
 async fn server() -> (TestServer, ZoneDir) {
+    server_with(|_| {}).await
+}
+
+async fn server_with(tweak: impl FnOnce(&mut signpost::Config)) -> (TestServer, ZoneDir) {
     let zones = ZoneDir::new(&[
         ("services.json", SERVICES),
         ("catalog.json", &catalog()),
@@ -59,6 +63,7 @@ async fn server() -> (TestServer, ZoneDir) {
     let srv = TestServer::start_with(Some(zones.path()), |c| {
         c.alt_domain = file_config.alt_domain.clone();
         c.dns_config = file_config.dns_config.clone();
+        tweak(c);
     })
     .await;
     (srv, zones)
@@ -220,6 +225,21 @@ fn table() -> Vec<Case> {
         case("web.service.dc2.consul.", A, "").rcode(ResponseCode::NXDomain)
             .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
         case("example.org.", A, "").rcode(ResponseCode::Refused),
+        // Empty non-terminals (RFC 8020): names with names below them are
+        // NODATA, never NXDOMAIN, in both domains and every dc form.
+        case("service.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("service.dc1.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("_tcp.service.consul.", SRV, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("_udp.service.dc1.consul.", SRV, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("node.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("addr.dc1.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("dc1.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("service.alt.example.", A, "").authority("alt.example. 3 IN SOA testnode.node.dc1.alt.example. hostmaster.alt.example. 1 3600 600 86400 3"),
+        case("dc2.consul.", A, "").rcode(ResponseCode::NXDomain)
+            .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        // Zone transfers are refused.
+        case("consul.", AXFR, "").rcode(ResponseCode::Refused),
+        case("consul.", IXFR, "").rcode(ResponseCode::Refused),
     ]
 }
 
@@ -258,7 +278,32 @@ async fn conformance_table_over_udp_and_tcp() {
 
 #[tokio::test]
 async fn udp_size_budget_tc_and_opt() {
+    // Trusted clients (loopback here) get what they offer, up to 8192.
     let (srv, _zones) = server().await;
+    let (m, size) = ask(
+        &srv,
+        Via::Udp,
+        "many.service.consul.",
+        RecordType::SRV,
+        Some(8192),
+    )
+    .await;
+    assert_eq!((m.answers.len(), m.metadata.truncation), (40, false));
+    assert!(size > 1232 && size <= 8192, "{size}");
+    assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(8192));
+    let (_, size) = ask(
+        &srv,
+        Via::Udp,
+        "many.service.consul.",
+        RecordType::SRV,
+        Some(65000),
+    )
+    .await;
+    assert!(size <= 8192);
+    srv.stop().await;
+    // Others keep the fragmentation-safe cap.
+    let (srv, _zones) =
+        server_with(|c| c.recursors.allow = vec!["192.0.2.0/24".parse().unwrap()]).await;
     // 40 SRV records do not fit in 1232 bytes: TC, OPT kept, within budget,
     // even when the client offers more (the cap is 1232).
     for offered in [1232u16, 4096, 65000] {
@@ -395,12 +440,76 @@ async fn response_codes() {
     assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
     let m = Message::from_vec(&tcp_raw(srv.dns, &q).await).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
-    // Class CHAOS: refused.
-    let mut q = query_bytes("version.bind.", RecordType::TXT, None);
-    let class_at = q.len() - 2;
-    q[class_at + 1] = 3;
+    // CHAOS: id.server and hostname.bind say which server answered;
+    // version.bind stays refused.
+    for (name, rcode) in [
+        ("version.bind.", ResponseCode::Refused),
+        ("id.server.", ResponseCode::NoError),
+        ("hostname.bind.", ResponseCode::NoError),
+    ] {
+        let mut q = query_bytes(name, RecordType::TXT, None);
+        let class_at = q.len() - 2;
+        q[class_at + 1] = 3;
+        for via in BOTH {
+            let reply = match via {
+                Via::Udp => udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap(),
+                Via::Tcp => tcp_raw(srv.dns, &q).await,
+            };
+            let m = Message::from_vec(&reply).unwrap();
+            assert_eq!(m.metadata.response_code, rcode, "{name} {via:?}");
+            if rcode == ResponseCode::NoError {
+                assert_eq!(lines(&m.answers), [format!("{name} 0 CH TXT testnode")]);
+            }
+        }
+    }
+    // EDNS: the DO bit is copied; NSID is answered with the server ID.
+    let mut q = query_bytes("web.service.consul.", RecordType::A, Some(1232));
+    let n = q.len();
+    q[n - 4] = 0x80; // DO, in the OPT TTL
+    q[n - 1] = 4; // RDLENGTH: one empty NSID option
+    q.extend_from_slice(&[0, 3, 0, 0]);
+    for via in BOTH {
+        let reply = match via {
+            Via::Udp => udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap(),
+            Via::Tcp => tcp_raw(srv.dns, &q).await,
+        };
+        let m = Message::from_vec(&reply).unwrap();
+        let edns = m.edns.as_ref().expect("OPT");
+        assert!(edns.flags().dnssec_ok, "DO copied over {via:?}");
+        let nsid = edns
+            .options()
+            .get(hickory_proto::rr::rdata::opt::EdnsCode::NSID);
+        let text = format!("{nsid:?}");
+        assert!(
+            text.contains("116, 101, 115, 116, 110, 111, 100, 101") || text.contains("testnode"),
+            "{text}"
+        );
+        assert_eq!(m.answers.len(), 2);
+    }
+    // COOKIE options of a length RFC 7873 forbids: FORMERR.
+    for len in [0u8, 7, 9, 41] {
+        let mut q = query_bytes("web.service.consul.", RecordType::A, Some(1232));
+        let n = q.len();
+        q[n - 1] = 4 + len;
+        q.extend_from_slice(&[0, 10, 0, len]);
+        q.extend(std::iter::repeat_n(7u8, len as usize));
+        let m = Message::from_vec(&udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap()).unwrap();
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::FormErr,
+            "cookie of {len}"
+        );
+    }
+    let mut q = query_bytes("web.service.consul.", RecordType::A, Some(1232));
+    let n = q.len();
+    q[n - 1] = 12;
+    q.extend_from_slice(&[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
     let m = Message::from_vec(&udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap()).unwrap();
-    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "a client cookie"
+    );
     srv.stop().await;
 }
 

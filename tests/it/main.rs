@@ -7,6 +7,7 @@ mod cli;
 mod client_cli;
 mod clients;
 mod conformance;
+mod dns_peers;
 mod dns_queries;
 mod docker;
 mod health;

@@ -123,6 +123,14 @@ async fn forwards_caches_and_never_forwards_its_own_domain() {
     )
     .await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    // RD=0 asks for what signpost holds itself: refused, not forwarded.
+    let mut q = query_bytes("www.upstream.example.", RecordType::A, None);
+    q[2] &= !0x01;
+    let m = hickory_proto::op::Message::from_vec(
+        &udp_raw(srv.dns, &q, Duration::from_secs(2)).expect("a reply"),
+    )
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     // signpost's own names are answered here, never sent upstream.
     let m = ask(srv.dns, Via::Udp, "nope.service.consul.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
