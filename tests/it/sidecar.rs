@@ -139,6 +139,8 @@ struct Catalog {
     fail: Option<u16>,
     /// Query strings seen, by datacenter.
     requests: Vec<String>,
+    /// Requests that sent `?index=0` (a first read should send none).
+    zero_index: usize,
 }
 
 #[derive(Clone)]
@@ -219,6 +221,9 @@ impl Fake {
             let mut c = self.catalog.lock().unwrap();
             c.requests
                 .push(p.get("dc").cloned().unwrap_or_else(|| "dc1".into()));
+            if p.get("index").is_some_and(|i| i == "0") {
+                c.zero_index += 1;
+            }
             if let Some(code) = c.fail {
                 return Err(StatusCode::from_u16(code).unwrap());
             }
@@ -312,6 +317,8 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
         "weights mirrored: {}",
         m.answers[0]
     );
+    // First reads carried no index: `?index=0` is never sent.
+    assert_eq!(fake.catalog.lock().unwrap().zero_index, 0);
 
     // A health flip, seen through the blocking watch.
     fake.set(|c| {
