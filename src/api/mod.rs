@@ -13,6 +13,7 @@ pub mod filter;
 mod health;
 mod kv;
 mod ops;
+mod query;
 pub mod serve;
 pub mod session;
 mod shapes;
@@ -286,6 +287,17 @@ const FIELDS: &[&str] = &[
     "ServiceMeta",
     "KV",
     "Verb",
+    "Template",
+    "Regexp",
+    "RemoveEmptyTags",
+    "OnlyPassing",
+    "Failover",
+    "Datacenters",
+    "NearestN",
+    "DNS",
+    "Token",
+    "IgnoreCheckIDs",
+    "Near",
     "Key",
     "Value",
     "Flags",
@@ -312,7 +324,7 @@ fn folded(k: &str) -> String {
 /// Renames keys to the spelling the definitions take, matching as Consul
 /// decodes: case and underscores ignored, so `serviceid`, `service_id` and
 /// `ServiceID` are one field (python-consul sends the first).
-fn canonical_keys(v: &mut serde_json::Value) {
+pub(crate) fn canonical_keys(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             let old = std::mem::take(map);
@@ -574,6 +586,16 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/coordinate/nodes", get(catalog::coordinate_nodes))
         .route("/coordinate/node/{node}", get(catalog::coordinate_node))
         .route("/txn", put(txn::txn))
+        .route(
+            "/query",
+            axum::routing::post(query::create).get(query::list),
+        )
+        .route(
+            "/query/{id}",
+            get(query::get).put(query::update).delete(query::delete),
+        )
+        .route("/query/{id}/execute", get(query::execute))
+        .route("/query/{id}/explain", get(query::explain))
         .route("/event/fire/{name}", put(event::fire))
         .route("/event/list", get(event::list))
         .route("/agent/service/{*id}", get(agent::service))

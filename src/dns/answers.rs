@@ -199,6 +199,16 @@ pub struct Answers {
     /// Lower-cased service name → the other datacenters it has answer sets
     /// for, so they can be dropped when they empty. Listener only.
     remote_dcs: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Prepared queries: lower-cased name (and ID) → the answer set of a
+    /// plain query, built by the listener like a service's (same locking
+    /// rule as `services`).
+    queries: NameMap<Arc<RecordSet>>,
+    /// Templates, longest name first, resolved when a name is asked (their
+    /// names cannot be known in advance); replaced whole by the listener.
+    templates: ArcSwap<Vec<(String, crate::registry::query::QuerySpec)>>,
+    /// Lower-cased service names that plain queries search, so that a
+    /// change to one rebuilds them. Listener only.
+    query_services: Mutex<BTreeSet<String>>,
 }
 
 /// type, class, TTL, RDLENGTH and RDATA of a record, encoded by hickory
@@ -293,7 +303,82 @@ impl Answers {
             nodes: NameMap::default(),
             ptr_index: std::sync::RwLock::new(PtrIndex::default()),
             remote_dcs: Mutex::new(HashMap::new()),
+            queries: NameMap::default(),
+            templates: ArcSwap::from_pointee(Vec::new()),
+            query_services: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// A plain prepared query's answers, by lower-cased name or ID.
+    pub fn query(&self, lower: &str) -> Option<Arc<RecordSet>> {
+        self.queries.get(lower).map(|s| Arc::clone(&s))
+    }
+
+    /// The template that answers `lower` (the longest matching name), and
+    /// the concrete search it gives.
+    pub fn template(&self, lower: &str) -> Option<crate::registry::query::QuerySpec> {
+        self.templates
+            .load()
+            .iter()
+            .find_map(|(prefix, spec)| spec.resolve(prefix, lower))
+    }
+
+    /// Rebuilds every plain query's set and the template list.
+    fn build_queries(&self, state: &State) {
+        use crate::registry::query::QuerySpec;
+        let mut templates = Vec::new();
+        let mut services = BTreeSet::new();
+        let mut keep: HashMap<Box<str>, Arc<RecordSet>> = HashMap::new();
+        for q in state.queries() {
+            let Ok(spec) = QuerySpec::parse(&q.name, &q.definition) else {
+                continue;
+            };
+            let lower = q.name.to_ascii_lowercase();
+            if spec.template.is_some() {
+                templates.push((lower, spec));
+                continue;
+            }
+            let service = spec.service.to_ascii_lowercase();
+            services.insert(service.clone());
+            let ttl = spec
+                .ttl
+                .unwrap_or_else(|| self.config().dns.service_ttl.get(&service));
+            let mut set = RecordSet::default();
+            let mut ids = HashMap::new();
+            let mut node_txt = HashMap::new();
+            for v in state.service_instances(&service) {
+                let local = v
+                    .node
+                    .is_some_and(|n| n.datacenter == self.config().datacenter);
+                if !local || !self.fit(&v) || !spec.matches(&v) {
+                    continue;
+                }
+                if let Some(e) = self.entry(&v, ttl, &mut ids, &mut node_txt) {
+                    set.entries.push(Arc::new(e));
+                }
+            }
+            if set.entries.is_empty() {
+                continue;
+            }
+            set.targets = ids.len() as u32;
+            let w = set.entries[0].weight;
+            set.uniform = set.entries.iter().all(|e| e.weight == w);
+            let set = Arc::new(set);
+            if !lower.is_empty() {
+                keep.insert(lower.into_boxed_str(), Arc::clone(&set));
+            }
+            keep.insert(q.id.to_ascii_lowercase().into_boxed_str(), set);
+        }
+        templates.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        self.templates.store(Arc::new(templates));
+        self.queries.retain(|k, _| keep.contains_key(k));
+        for (k, v) in keep {
+            self.queries.insert(k, v);
+        }
+        *self
+            .query_services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = services;
     }
 
     /// The settings answers are built with now.
@@ -610,6 +695,16 @@ fn remote_key(lower: &str, dc: &str) -> String {
 
 impl ChangeListener for Answers {
     fn changed(&self, state: &State, changes: &Changes) {
+        let queried = changes.queries || {
+            let services = self
+                .query_services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            !services.is_empty() && changes.services.iter().any(|s| services.contains(s))
+        };
+        if queried {
+            self.build_queries(state);
+        }
         let mut remote = self.remote_dcs.lock().unwrap_or_else(|e| e.into_inner());
         for lower in &changes.services {
             let mut sets = self.build_service(state, lower);

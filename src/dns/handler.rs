@@ -160,6 +160,35 @@ fn chaos(w: &mut ResponseWriter<'_>, q: &Query<'_>, labels: &Labels<'_>, id: &[u
     Rcode::NoError
 }
 
+/// The entries of `set` carrying every tag of `tags` and none of its
+/// `!tag`s (membership by identity: a tag's set shares the entries).
+fn filter_by_tags(set: &super::answers::ServiceSet, tags: &[String]) -> super::answers::RecordSet {
+    let member = |tag: &str, e: &Arc<super::answers::Entry>| {
+        set.tags
+            .get(tag.to_ascii_lowercase().as_str())
+            .is_some_and(|t| t.entries.iter().any(|x| Arc::ptr_eq(x, e)))
+    };
+    let entries: Vec<_> = set
+        .all
+        .entries
+        .iter()
+        .filter(|e| {
+            tags.iter().all(|t| match t.strip_prefix('!') {
+                Some(not) => !member(not, e),
+                None => member(t, e),
+            })
+        })
+        .cloned()
+        .collect();
+    let w = entries.first().map(|e| e.weight).unwrap_or(0);
+    super::answers::RecordSet {
+        uniform: entries.iter().all(|e| e.weight == w),
+        targets: set.all.targets,
+        entries,
+        next: Default::default(),
+    }
+}
+
 fn gcd(mut a: usize, mut b: usize) -> usize {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -792,6 +821,33 @@ impl Handler {
                 } else {
                     Found::NxDomain
                 }
+            }
+            Lookup::Query { name, dc } => {
+                if !self.is_local_dc(dc) {
+                    return Found::NxDomain;
+                }
+                let Some(lower_name) = lower(name, &mut buf) else {
+                    return Found::NxDomain;
+                };
+                if let Some(set) = self.answers.query(lower_name) {
+                    return self.write_set(w, &set, ask, scratch);
+                }
+                let Some(spec) = self.answers.template(lower_name) else {
+                    return Found::NxDomain;
+                };
+                // A template's search, from the service's sets: instances
+                // with every tag asked and none of the `!tag`s.
+                let mut service = [0u8; 63];
+                let Some(set) = lower(spec.service.as_bytes(), &mut service)
+                    .and_then(|n| self.answers.service(n))
+                else {
+                    return Found::NxDomain;
+                };
+                let filtered = filter_by_tags(&set, &spec.tags);
+                if filtered.entries.is_empty() {
+                    return Found::NxDomain;
+                }
+                self.write_set(w, &filtered, ask, scratch)
             }
             Lookup::Unknown => Found::NxDomain,
         }

@@ -162,6 +162,12 @@ pub enum Lookup<'a> {
     },
     /// `<hex>.addr[.dc]`.
     Addr { hex: &'a [u8], dc: Option<&'a [u8]> },
+    /// `name.query[.dc]`, or RFC 2782 `_name._tcp.query[.dc]`: a prepared
+    /// query by name or ID.
+    Query {
+        name: &'a [u8],
+        dc: Option<&'a [u8]>,
+    },
     /// In the domain, but not a name signpost knows how to answer.
     Unknown,
 }
@@ -248,6 +254,17 @@ pub fn classify<'a>(labels: &Labels<'a>, head: usize) -> Lookup<'a> {
             1 => Lookup::Node { name: l(0), dc },
             _ => Lookup::Unknown,
         }
+    } else if is(kind, "query") {
+        match before {
+            1 => Lookup::Query { name: l(0), dc },
+            2 if l(0).len() > 1 && l(0)[0] == b'_' && l(1).first() == Some(&b'_') => {
+                Lookup::Query {
+                    name: &l(0)[1..],
+                    dc,
+                }
+            }
+            _ => Lookup::Unknown,
+        }
     } else if is(kind, "addr") {
         match before {
             1 => Lookup::Addr { hex: l(0), dc },
@@ -291,6 +308,7 @@ mod tests {
             ),
             Lookup::Node { name, dc } => format!("node {} dc={:?}", s(name), dc.map(s)),
             Lookup::Addr { hex, dc } => format!("addr {} dc={:?}", s(hex), dc.map(s)),
+            Lookup::Query { name, dc } => format!("query {} dc={:?}", s(name), dc.map(s)),
             Lookup::Unknown => "unknown".into(),
         })
     }
@@ -324,6 +342,11 @@ mod tests {
             (
                 "7f000001.addr.dc1.consul.",
                 "addr 7f000001 dc=Some(\"dc1\")",
+            ),
+            ("web-v2.query.consul.", "query web-v2 dc=None"),
+            (
+                "_web-v2._tcp.query.dc1.consul.",
+                "query web-v2 dc=Some(\"dc1\")",
             ),
             ("a.b.c.service.consul.", "unknown"),
             ("service.consul.", "unknown"),

@@ -269,7 +269,8 @@ impl Registry {
             + saved.instances.len()
             + saved.checks.len()
             + saved.kv.len()
-            + saved.sessions.len();
+            + saved.sessions.len()
+            + saved.queries.len();
         let mut w = self.lock();
         w.tip.index = w.tip.index.max(saved.index);
         let (_, changes, _) = Self::apply(&mut w, |txn| txn.restore(saved));

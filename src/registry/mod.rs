@@ -10,6 +10,7 @@
 mod commit;
 pub mod definition;
 pub mod model;
+pub mod query;
 pub mod small;
 pub mod store;
 
@@ -53,6 +54,8 @@ pub struct Changes {
     pub kv: bool,
     /// Any session created or destroyed.
     pub sessions: bool,
+    /// Any prepared query created, updated or deleted.
+    pub queries: bool,
 }
 
 impl Changes {
@@ -62,6 +65,7 @@ impl Changes {
             && !self.checks
             && !self.kv
             && !self.sessions
+            && !self.queries
     }
 
     /// Adds another transaction's changes (a batch is published at once).
@@ -71,6 +75,7 @@ impl Changes {
         self.checks |= other.checks;
         self.kv |= other.kv;
         self.sessions |= other.sessions;
+        self.queries |= other.queries;
     }
 }
 
@@ -83,6 +88,7 @@ pub struct Touched {
     pub checks: BTreeSet<(String, String)>,
     pub kv: BTreeSet<String>,
     pub sessions: BTreeSet<String>,
+    pub queries: BTreeSet<String>,
 }
 
 impl Touched {
@@ -92,6 +98,7 @@ impl Touched {
             && self.checks.is_empty()
             && self.kv.is_empty()
             && self.sessions.is_empty()
+            && self.queries.is_empty()
     }
 }
 
@@ -105,6 +112,7 @@ pub struct TableIndexes {
     pub checks: u64,
     pub kv: u64,
     pub sessions: u64,
+    pub queries: u64,
 }
 
 /// A service that has instances: how many, and the index at which its
@@ -151,6 +159,8 @@ pub struct State {
     services: OrdMap<String, ServiceEntry>,
     kv: OrdMap<String, Arc<KvEntry>>,
     sessions: OrdMap<String, Arc<Session>>,
+    /// Prepared queries by ID.
+    queries: OrdMap<String, Arc<query::PreparedQuery>>,
     index: u64,
     tables: TableIndexes,
     /// Moves when a check is added, removed or redefined, never on a status
@@ -201,6 +211,14 @@ impl State {
 
     pub fn session(&self, id: &str) -> Option<&Session> {
         self.sessions.get(id).map(|s| &**s)
+    }
+
+    pub fn query(&self, id: &str) -> Option<&query::PreparedQuery> {
+        self.queries.get(id).map(|q| &**q)
+    }
+
+    pub fn queries(&self) -> impl Iterator<Item = &query::PreparedQuery> {
+        self.queries.values().map(|q| &**q)
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
@@ -269,6 +287,9 @@ impl State {
         }
         if changes.sessions {
             t.sessions = index;
+        }
+        if changes.queries {
+            t.queries = index;
         }
     }
 
@@ -720,6 +741,29 @@ impl Txn<'_> {
         true
     }
 
+    /// Adds or replaces a prepared query, stamped with this index.
+    pub fn upsert_query(&mut self, mut q: query::PreparedQuery) {
+        q.create_index = self
+            .state
+            .queries
+            .get(&q.id)
+            .map(|o| o.create_index)
+            .unwrap_or(self.next_index);
+        q.modify_index = self.next_index;
+        self.touched.queries.insert(q.id.clone());
+        self.state.queries.insert(q.id.clone(), Arc::new(q));
+        self.changes.queries = true;
+    }
+
+    pub fn remove_query(&mut self, id: &str) -> bool {
+        let existed = self.state.queries.remove(id).is_some();
+        if existed {
+            self.touched.queries.insert(id.to_string());
+            self.changes.queries = true;
+        }
+        existed
+    }
+
     /// Adds a session.
     pub fn create_session(&mut self, mut session: Session) {
         session.create_index = self.next_index;
@@ -737,6 +781,17 @@ impl Txn<'_> {
         let session = self.state.sessions.remove(id)?;
         self.touched.sessions.insert(id.to_string());
         self.changes.sessions = true;
+        // Prepared queries tied to the session go with it, as Consul's.
+        let queries: Vec<String> = self
+            .state
+            .queries
+            .values()
+            .filter(|q| q.session == id)
+            .map(|q| q.id.clone())
+            .collect();
+        for q in queries {
+            self.remove_query(&q);
+        }
         let held: Vec<String> = self
             .state
             .kv
@@ -828,6 +883,10 @@ impl Txn<'_> {
         for s in saved.sessions {
             self.state.sessions.insert(s.id.clone(), Arc::new(s));
             self.changes.sessions = true;
+        }
+        for q in saved.queries {
+            self.state.queries.insert(q.id.clone(), Arc::new(q));
+            self.changes.queries = true;
         }
     }
 

@@ -26,6 +26,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Key: session ID; value: the session as JSON.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Key: prepared query ID; value: the query as JSON.
+const QUERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("queries");
 /// A KV key's LockIndex and the session holding it ("" for none); a table
 /// of its own so that stores written before sessions open unchanged.
 const KV_LOCKS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("kv_locks");
@@ -73,6 +75,7 @@ pub struct Saved {
     pub checks: Vec<Check>,
     pub kv: Vec<KvEntry>,
     pub sessions: Vec<Session>,
+    pub queries: Vec<super::query::PreparedQuery>,
 }
 
 /// One write's changes to the store, serialized when the write was
@@ -85,6 +88,7 @@ pub struct Rows {
     checks: Vec<(String, Option<Vec<u8>>)>,
     kv: Vec<(String, Option<KvRow>)>,
     sessions: Vec<(String, Option<Vec<u8>>)>,
+    queries: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// A KV row: the value, (flags, CreateIndex, ModifyIndex), and (LockIndex,
@@ -140,6 +144,11 @@ impl Rows {
                 .iter()
                 .map(|id| (id.clone(), state.session(id).map(json)))
                 .collect(),
+            queries: touched
+                .queries
+                .iter()
+                .map(|id| (id.clone(), state.query(id).map(json)))
+                .collect(),
         }
     }
 
@@ -149,6 +158,7 @@ impl Rows {
             && self.checks.is_empty()
             && self.kv.is_empty()
             && self.sessions.is_empty()
+            && self.queries.is_empty()
     }
 }
 
@@ -319,6 +329,7 @@ impl Store {
             txn.open_table(META)?;
             txn.open_table(IDENTITY)?;
             txn.open_table(SESSIONS)?;
+            txn.open_table(QUERIES)?;
             txn.open_table(KV_LOCKS)?;
             Ok(())
         })
@@ -375,6 +386,9 @@ impl Store {
         }
         for row in txn.open_table(SESSIONS)?.iter()? {
             saved.sessions.push(serde_json::from_slice(row?.1.value())?);
+        }
+        for row in txn.open_table(QUERIES)?.iter()? {
+            saved.queries.push(serde_json::from_slice(row?.1.value())?);
         }
         Ok(saved)
     }
@@ -447,6 +461,7 @@ impl Store {
             let mut meta = txn.open_table(KV_META)?;
             let mut locks = txn.open_table(KV_LOCKS)?;
             let mut sessions = txn.open_table(SESSIONS)?;
+            let mut queries = txn.open_table(QUERIES)?;
             let mut index = 0;
             for rows in batch {
                 index = index.max(rows.index);
@@ -455,6 +470,7 @@ impl Store {
                     (&mut instances, &rows.instances),
                     (&mut checks, &rows.checks),
                     (&mut sessions, &rows.sessions),
+                    (&mut queries, &rows.queries),
                 ] {
                     for (key, row) in list {
                         match row {

@@ -15,6 +15,7 @@ mod limits;
 mod ops;
 mod patroni;
 mod properties;
+mod queries;
 mod resolver;
 mod sessions;
 mod sidecar;

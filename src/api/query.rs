@@ -1,0 +1,245 @@
+//! `/v1/query`: Consul's prepared queries, stored like every API write,
+//! executed over HTTP and answered in DNS as `name.query.consul`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::shapes::{CheckOut, HealthEntry, NodeOut, ServiceOut};
+use super::{body_bytes, index_headers, reply, Api, ApiError, ApiResult, Params};
+use crate::registry::query::{find, PreparedQuery, QuerySpec};
+use crate::registry::State as Registry;
+
+type Shared = State<Arc<Api>>;
+
+/// The definition fields a query keeps (everything else is identity).
+const KEPT: &[&str] = &["Service", "DNS", "Template", "Token"];
+
+/// Reads a create or update body: the definition and its name and session.
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(String, String, Value), ApiError> {
+    let body = body_bytes(body)?;
+    let mut v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))?;
+    super::canonical_keys(&mut v);
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("request decode failed: not a JSON object"))?;
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let (name, session) = (text("Name"), text("Session"));
+    let definition: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| KEPT.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let definition = Value::Object(definition);
+    QuerySpec::parse(&name, &definition)
+        .map_err(|e| ApiError::bad_request(format!("Invalid prepared query: {e}")))?;
+    Ok((name, session, definition))
+}
+
+/// A query as Consul shows it.
+fn shape(q: &PreparedQuery) -> Value {
+    let mut v = json!({
+        "ID": q.id,
+        "Name": q.name,
+        "Session": q.session,
+        "Token": "",
+        "Service": {},
+        "DNS": {"TTL": ""},
+        "Template": {"Type": "", "Regexp": "", "RemoveEmptyTags": false},
+        "CreateIndex": q.create_index,
+        "ModifyIndex": q.modify_index,
+    });
+    for (k, val) in q.definition.as_object().into_iter().flatten() {
+        if k != "Token" {
+            v[k] = val.clone();
+        }
+    }
+    v
+}
+
+/// Refuses a second query of the same name (templates share a namespace
+/// with plain names, as Consul's).
+fn name_free(s: &Registry, name: &str, except: Option<&str>) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    let taken = s
+        .queries()
+        .any(|q| q.name.eq_ignore_ascii_case(name) && Some(q.id.as_str()) != except);
+    if taken {
+        return Err(ApiError::bad_request(format!(
+            "Prepared query name \"{name}\" is already in use"
+        )));
+    }
+    Ok(())
+}
+
+fn session_exists(s: &Registry, session: &str) -> Result<(), ApiError> {
+    if !session.is_empty() && s.session(session).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "Invalid session {session:?}"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let (name, session, definition) = parse_body(body)?;
+    let id = super::session::uuid();
+    let q = PreparedQuery {
+        id: id.clone(),
+        name,
+        session,
+        definition,
+        create_index: 0,
+        modify_index: 0,
+    };
+    api.registry
+        .write_api(|t| {
+            name_free(t.state(), &q.name, None)?;
+            session_exists(t.state(), &q.session)?;
+            t.upsert_query(q);
+            Ok::<_, ApiError>(())
+        })
+        .await??;
+    Ok(reply(api.registry.index(), &json!({ "ID": id })))
+}
+
+pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let out: Vec<Value> = s.queries().map(shape).collect();
+        super::encoded(s.tables().queries, &out)
+    })
+    .await
+}
+
+pub async fn get(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let q = s
+            .query(&id)
+            .ok_or_else(|| ApiError::not_found("Query not found"))?;
+        super::encoded(q.modify_index, &[shape(q)])
+    })
+    .await
+}
+
+pub async fn update(
+    State(api): Shared,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (name, session, definition) = parse_body(body)?;
+    api.registry
+        .write_api(|t| {
+            let Some(old) = t.state().query(&id).cloned() else {
+                return Err(ApiError::not_found("Query not found"));
+            };
+            name_free(t.state(), &name, Some(&id))?;
+            session_exists(t.state(), &session)?;
+            t.upsert_query(PreparedQuery {
+                name,
+                session,
+                definition,
+                ..old
+            });
+            Ok(())
+        })
+        .await??;
+    Ok(ok(&api))
+}
+
+pub async fn delete(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+    api.registry.write_api(|t| t.remove_query(&id)).await?;
+    Ok(ok(&api))
+}
+
+fn ok(api: &Api) -> Response {
+    let mut r = Response::new(axum::body::Body::empty());
+    index_headers(r.headers_mut(), api.registry.index());
+    r
+}
+
+fn not_found(index: u64) -> Response {
+    let mut r = (StatusCode::NOT_FOUND, "Query not found\n").into_response();
+    index_headers(r.headers_mut(), index);
+    r
+}
+
+/// Runs a query by ID or name (templates included) against the registry.
+pub async fn execute(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.check_dc(&params)?;
+    let limit = params.u64("limit")?.map(|l| l as usize);
+    let asked = id.to_ascii_lowercase();
+    let (index, body) = api.registry.read(|s| {
+        let Some((q, spec)) = find(s.queries(), &asked).or_else(|| find(s.queries(), &id)) else {
+            return (s.tables().queries, None);
+        };
+        let mut nodes: Vec<HealthEntry<'_>> = s
+            .service_instances(&spec.service.to_ascii_lowercase())
+            .filter(|v| v.node.is_some_and(|n| n.datacenter == api.datacenter))
+            .filter(|v| spec.matches(v))
+            .filter_map(|v| {
+                let node = v.node?;
+                let key = v.instance.key();
+                Some(HealthEntry {
+                    node: NodeOut::new(node),
+                    service: ServiceOut::new(v.instance, &node.datacenter),
+                    checks: s
+                        .checks_of(&key)
+                        .map(|c| CheckOut::new(c, Some(v.instance)))
+                        .collect(),
+                })
+            })
+            .collect();
+        // Consul shuffles the result: each execution spreads the load.
+        fastrand::shuffle(&mut nodes);
+        if let Some(l) = limit {
+            nodes.truncate(l);
+        }
+        let ttl = spec.ttl.map(|t| format!("{t}s")).unwrap_or_default();
+        let body = json!({
+            "Service": spec.service,
+            "Nodes": nodes,
+            "DNS": {"TTL": ttl},
+            "Datacenter": api.datacenter,
+            "Failovers": 0,
+            "Index": q.modify_index,
+        });
+        (s.index(), Some(body))
+    });
+    match body {
+        Some(b) => Ok(reply(index, &b)),
+        None => Ok(not_found(index)),
+    }
+}
+
+/// The query a name resolves to, templates filled in.
+pub async fn explain(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+    let asked = id.to_ascii_lowercase();
+    let (index, body) = api.registry.read(|s| {
+        let Some((q, spec)) = find(s.queries(), &asked).or_else(|| find(s.queries(), &id)) else {
+            return (s.tables().queries, None);
+        };
+        let mut v = shape(q);
+        v["Service"]["Service"] = json!(spec.service);
+        v["Service"]["Tags"] = json!(spec.tags);
+        (s.tables().queries, Some(json!({ "Query": v })))
+    });
+    match body {
+        Some(b) => Ok(reply(index, &b)),
+        None => Ok(not_found(index)),
+    }
+}
