@@ -312,6 +312,16 @@ struct DnsFileConfig {
     /// The server ID answered to NSID and CHAOS `id.server`/`hostname.bind`.
     /// [default: the node name]
     server_id: Option<String>,
+    /// DNS cookie secret, 32 hex digits, shared by a fleet. [default:
+    /// random at each start]
+    cookie_secret: Option<String>,
+    /// The secret before a rotation, still accepted.
+    cookie_secret_previous: Option<String>,
+    /// Answers a second per /24 (/56) to untrusted UDP clients without a
+    /// valid server cookie; 0 turns limiting off. [default: 20]
+    rrl_responses_per_second: Option<u32>,
+    /// Every Nth rate-limited answer is sent truncated (0: none). [default: 2]
+    rrl_slip: Option<u32>,
     /// Drop instances in warning state too, not only critical ones.
     only_passing: Option<bool>,
     /// Most A/AAAA records in one answer; 0 for no limit. [default: 0]
@@ -561,6 +571,10 @@ pub struct DnsConfig {
     pub udp_payload_max_trusted: u16,
     /// NSID and CHAOS id; empty: the node name.
     pub server_id: String,
+    pub cookie_secret: Option<[u8; 16]>,
+    pub cookie_secret_previous: Option<[u8; 16]>,
+    pub rrl_responses_per_second: u32,
+    pub rrl_slip: u32,
     pub only_passing: bool,
     /// 0: no limit.
     pub a_record_limit: u32,
@@ -687,6 +701,10 @@ impl Default for DnsConfig {
             udp_payload_max: DEFAULT_UDP_PAYLOAD,
             udp_payload_max_trusted: DEFAULT_UDP_PAYLOAD_TRUSTED,
             server_id: String::new(),
+            cookie_secret: None,
+            cookie_secret_previous: None,
+            rrl_responses_per_second: 20,
+            rrl_slip: 2,
             only_passing: false,
             a_record_limit: 0,
             udp_answer_limit: 3,
@@ -800,6 +818,16 @@ impl Config {
                 "dns_config.udp_payload_max: {udp_payload_max} is below the 512 bytes every DNS client accepts"
             )));
         }
+        let secret = |v: &Option<String>, key: &str| {
+            v.as_deref()
+                .map(|h| {
+                    crate::dns::cookie::parse_secret(h)
+                        .map_err(|e| invalid(format!("dns_config.{key}: {e}")))
+                })
+                .transpose()
+        };
+        let cookie_secret = secret(&d.cookie_secret, "cookie_secret")?;
+        let cookie_secret_previous = secret(&d.cookie_secret_previous, "cookie_secret_previous")?;
         let udp_payload_max_trusted = d
             .udp_payload_max_trusted
             .unwrap_or(DEFAULT_UDP_PAYLOAD_TRUSTED)
@@ -1059,6 +1087,10 @@ impl Config {
                 },
                 udp_payload_max_trusted,
                 server_id: d.server_id.unwrap_or_default(),
+                cookie_secret,
+                cookie_secret_previous,
+                rrl_responses_per_second: d.rrl_responses_per_second.unwrap_or(20),
+                rrl_slip: d.rrl_slip.unwrap_or(2),
                 node_meta_txt: d.enable_additional_node_meta_txt.unwrap_or(true),
                 shed_after_ms: d.shed_after_ms.unwrap_or(1000).max(1),
                 soa: Soa {

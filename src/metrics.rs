@@ -223,6 +223,12 @@ pub struct DnsStats {
     pub upstream_failures: AtomicU64,
     /// Queries dropped unanswered because signpost was overloaded.
     pub shed: AtomicU64,
+    /// Answers to untrusted clients without a valid cookie that response
+    /// rate limiting dropped, or sent truncated (slip).
+    pub rrl_dropped: AtomicU64,
+    pub rrl_slipped: AtomicU64,
+    /// Queries whose server cookie was not valid (BADCOOKIE).
+    pub bad_cookies: AtomicU64,
 }
 
 const QTYPES: [(u16, &str); 9] = [
@@ -386,6 +392,21 @@ impl Collector for DnsStats {
                 "dns_shed",
                 "Queries dropped unanswered under overload",
                 &self.shed,
+            ),
+            (
+                "dns_rrl_dropped",
+                "Answers to rate-limited clients (untrusted, no valid cookie) dropped",
+                &self.rrl_dropped,
+            ),
+            (
+                "dns_rrl_slipped",
+                "Answers to rate-limited clients sent empty with TC (slip)",
+                &self.rrl_slipped,
+            ),
+            (
+                "dns_bad_cookies",
+                "Queries with an invalid server cookie, answered BADCOOKIE",
+                &self.bad_cookies,
             ),
         ] {
             let v = v.load(Ordering::Relaxed);

@@ -82,6 +82,12 @@ pub struct Handler {
     /// Clients answered up to `udp_payload_max_trusted` (the
     /// `allow_recursion` ranges: loopback and private networks by default).
     trusted: Vec<ipnet::IpNet>,
+    /// Server cookies, and the rate limit for UDP clients that are neither
+    /// trusted nor proven by a cookie (see `cookie`).
+    cookies: super::cookie::Cookies,
+    rrl: super::cookie::RateLimit,
+    /// Says at most every 10 s that rate limiting is dropping answers.
+    rrl_log: crate::metrics::Throttle,
 }
 
 /// CHAOS class, for `id.server` and `hostname.bind` (RFC 4892).
@@ -134,6 +140,33 @@ enum Draw {
     Lazy,
     Fixed,
     Affine { start: usize, stride: usize },
+}
+
+/// Seconds since the epoch, for cookie timestamps (read only when a query
+/// carries a cookie).
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Turns a reply into its empty, truncated form: header and question,
+/// TC set, no records (RRL's slip: a real client retries over TCP).
+fn slip(out: &mut Vec<u8>) {
+    if out.len() < HEADER_LEN {
+        return;
+    }
+    let mut end = HEADER_LEN;
+    if out[5] > 0 {
+        while end < out.len() && out[end] != 0 {
+            end += 1 + out[end] as usize;
+        }
+        end = (end + 5).min(out.len());
+    }
+    out.truncate(end);
+    out[2] |= 0x02;
+    out[6..12].fill(0);
 }
 
 /// CHAOS TXT `id.server` and `hostname.bind` answer the server ID, as
@@ -276,7 +309,11 @@ impl Handler {
         zones: Vec<StaticZone>,
         forwarder: Option<Arc<Forwarder>>,
     ) -> Handler {
+        let dns = answers.config().dns.clone();
         Handler {
+            cookies: super::cookie::Cookies::new(dns.cookie_secret, dns.cookie_secret_previous),
+            rrl: super::cookie::RateLimit::new(dns.rrl_responses_per_second, dns.rrl_slip),
+            rrl_log: Default::default(),
             answers,
             zones: arc_swap::ArcSwap::from_pointee(zones),
             forwarder,
@@ -451,7 +488,10 @@ impl Handler {
         self.forwarder.as_ref()
     }
 
-    /// Answers one query from memory, or says to drop or forward it.
+    /// Answers one query from memory, or says to drop or forward it. Over
+    /// UDP, a client outside the trusted ranges without a valid server
+    /// cookie is rate limited: its answer may be dropped, or sent empty
+    /// with TC (slip).
     pub fn handle(
         &self,
         query: &[u8],
@@ -459,6 +499,39 @@ impl Handler {
         client: IpAddr,
         out: &mut Vec<u8>,
         scratch: &mut Scratch,
+    ) -> Outcome {
+        let mut limited = false;
+        let outcome = self.answer(query, transport, client, out, scratch, &mut limited);
+        if !limited || outcome != Outcome::Reply {
+            return outcome;
+        }
+        match self.rrl.check(client, std::time::Instant::now()) {
+            super::cookie::Verdict::Send => Outcome::Reply,
+            super::cookie::Verdict::Slip => {
+                self.stats.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                slip(out);
+                Outcome::Reply
+            }
+            super::cookie::Verdict::Drop => {
+                self.stats.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                if self.rrl_log.due() {
+                    tracing::warn!(
+                        "rate limiting UDP answers to untrusted clients without a valid cookie (from {client}, among others; counted in signpost_dns_rrl_*)"
+                    );
+                }
+                Outcome::Drop
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+        scratch: &mut Scratch,
+        limited: &mut bool,
     ) -> Outcome {
         let q = match parse_query(query) {
             Parsed::Drop => return Outcome::Drop,
@@ -483,9 +556,33 @@ impl Handler {
             recursion_available: self.forwarder.is_some(),
         };
         let trusted = self.is_trusted(client);
-        let budget = self.budget(transport, q.edns, trusted);
+        let cookie = q.edns.and_then(|e| e.cookie);
+        let now = cookie.map(|_| unix_now()).unwrap_or(0);
+        let proven = cookie.is_some_and(|c| {
+            c.server_len > 0 && self.cookies.valid(&c.client, c.server(), client, now)
+        });
+        // Neither trusted nor proven over UDP: the classic 512 bytes at
+        // most, and rate limited (see `handle`).
+        *limited = transport == Transport::Udp && !trusted && !proven;
+        let mut budget = self.budget(transport, q.edns, trusted);
+        if *limited {
+            budget = budget.min(PLAIN_UDP_MAX);
+        }
         let payload = self.udp_cap(trusted);
         let mut w = ResponseWriter::new(out, &q, budget);
+        if let Some(c) = cookie {
+            w.cookie(
+                &c.client,
+                &self.cookies.server_cookie(&c.client, client, now),
+            );
+            // A server cookie that is not ours (or too old): BADCOOKIE with
+            // a fresh one, so that the client retries with it.
+            if c.server_len > 0 && !proven && *limited {
+                self.stats.bad_cookies.fetch_add(1, Ordering::Relaxed);
+                w.finish(Rcode::BadCookie, flags, payload);
+                return Outcome::Reply;
+            }
+        }
         let server_id = if dns.server_id.is_empty() {
             settings.node_name.as_bytes()
         } else {

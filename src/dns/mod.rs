@@ -8,6 +8,7 @@
 //! and their limits).
 
 pub mod answers;
+pub mod cookie;
 pub mod forward;
 pub mod handler;
 pub mod name;

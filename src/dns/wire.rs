@@ -42,6 +42,9 @@ pub enum Rcode {
     /// EDNS extended code 16: its low 4 bits go in the header, the rest in
     /// the OPT record.
     BadVers = 16,
+    /// A server cookie that is not valid (RFC 7873): the reply carries a
+    /// fresh one to retry with.
+    BadCookie = 23,
 }
 
 /// The EDNS part of a query.
@@ -52,6 +55,22 @@ pub struct Edns {
     pub dnssec_ok: bool,
     /// The query carries an NSID option (RFC 5001): say which server this is.
     pub nsid: bool,
+    pub cookie: Option<Cookie>,
+}
+
+/// A COOKIE option (RFC 7873): the client's cookie, and the server cookie
+/// it echoes (`server_len` 0: none yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cookie {
+    pub client: [u8; 8],
+    pub server: [u8; 32],
+    pub server_len: u8,
+}
+
+impl Cookie {
+    pub fn server(&self) -> &[u8] {
+        &self.server[..self.server_len as usize]
+    }
 }
 
 /// EDNS option codes signpost reads.
@@ -196,6 +215,7 @@ pub fn parse_query(b: &[u8]) -> Parsed<'_> {
                 version: (ttl_hi & 0xFF) as u8,
                 dnssec_ok: ttl_lo & 0x8000 != 0,
                 nsid: false,
+                cookie: None,
             };
             // The options: NSID asked for; a COOKIE of a length RFC 7873
             // does not allow (a client cookie is 8 bytes, with a server
@@ -214,6 +234,16 @@ pub fn parse_query(b: &[u8]) -> Parsed<'_> {
                     OPTION_NSID => e.nsid = true,
                     OPTION_COOKIE if len != 8 && !(16..=40).contains(&len) => {
                         return err(Rcode::FormErr, Some(e));
+                    }
+                    OPTION_COOKIE => {
+                        let data = &b[at - len as usize..at];
+                        let mut c = Cookie {
+                            client: data[..8].try_into().expect("8 bytes"),
+                            server: [0; 32],
+                            server_len: (len - 8) as u8,
+                        };
+                        c.server[..len as usize - 8].copy_from_slice(&data[8..]);
+                        e.cookie = Some(c);
                     }
                     _ => {}
                 }
@@ -284,8 +314,9 @@ pub struct ResponseWriter<'b> {
     edns: bool,
     /// Copied into the reply's OPT (RFC 3225).
     dnssec_ok: bool,
-    /// The server ID for the reply's NSID option, when asked for.
-    nsid: Option<Vec<u8>>,
+    /// The reply's EDNS options (NSID, COOKIE), encoded; empty for most
+    /// replies, so no allocation.
+    options: Vec<u8>,
 }
 
 /// Header flags of a response.
@@ -317,17 +348,33 @@ impl<'b> ResponseWriter<'b> {
             truncated: false,
             edns,
             dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
-            nsid: None,
+            options: Vec::new(),
+        }
+    }
+
+    fn option(&mut self, code: u16, data: &[&[u8]]) {
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        self.limit = self.limit.saturating_sub(4 + len);
+        self.options.extend_from_slice(&code.to_be_bytes());
+        self.options.extend_from_slice(&(len as u16).to_be_bytes());
+        for d in data {
+            self.options.extend_from_slice(d);
+        }
+    }
+
+    /// Answers a COOKIE option with the client's cookie and a server
+    /// cookie (call before adding records).
+    pub fn cookie(&mut self, client: &[u8; 8], server: &[u8; 16]) {
+        if self.edns {
+            self.option(OPTION_COOKIE, &[client, server]);
         }
     }
 
     /// Answers an NSID request with `id` (call before adding records: it
     /// takes its room from the budget).
     pub fn nsid(&mut self, id: &[u8]) {
-        if self.edns && self.nsid.is_none() {
-            let id = &id[..id.len().min(255)];
-            self.limit = self.limit.saturating_sub(4 + id.len());
-            self.nsid = Some(id.to_vec());
+        if self.edns {
+            self.option(OPTION_NSID, &[&id[..id.len().min(255)]]);
         }
     }
 
@@ -339,7 +386,7 @@ impl<'b> ResponseWriter<'b> {
         buf.extend_from_slice(&[f1, (rcode as u16 & 0xF) as u8, 0, 0, 0, 0, 0, 0, 0, 0]);
         if edns {
             buf[11] = 1;
-            push_opt(buf, PLAIN_UDP_MAX as u16, rcode, false, None);
+            push_opt(buf, PLAIN_UDP_MAX as u16, rcode, false, &[]);
         }
     }
 
@@ -419,27 +466,20 @@ impl<'b> ResponseWriter<'b> {
         let mut ar = self.counts[2];
         if self.edns {
             ar += 1;
-            push_opt(b, payload, rcode, self.dnssec_ok, self.nsid.as_deref());
+            push_opt(b, payload, rcode, self.dnssec_ok, &self.options);
         }
         b[10..12].copy_from_slice(&ar.to_be_bytes());
     }
 }
 
-fn push_opt(b: &mut Vec<u8>, payload: u16, rcode: Rcode, dnssec_ok: bool, nsid: Option<&[u8]>) {
+fn push_opt(b: &mut Vec<u8>, payload: u16, rcode: Rcode, dnssec_ok: bool, options: &[u8]) {
     let ext = ((rcode as u16) >> 4) as u8;
     b.push(0);
     b.extend_from_slice(&rtype::OPT.to_be_bytes());
     b.extend_from_slice(&payload.to_be_bytes());
     b.extend_from_slice(&[ext, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
-    match nsid {
-        None => b.extend_from_slice(&[0, 0]),
-        Some(id) => {
-            b.extend_from_slice(&(4 + id.len() as u16).to_be_bytes());
-            b.extend_from_slice(&OPTION_NSID.to_be_bytes());
-            b.extend_from_slice(&(id.len() as u16).to_be_bytes());
-            b.extend_from_slice(id);
-        }
-    }
+    b.extend_from_slice(&(options.len() as u16).to_be_bytes());
+    b.extend_from_slice(options);
 }
 
 /// `name TYPE` of a message's first question, for logs.

@@ -648,3 +648,134 @@ async fn dig_agrees() {
     assert!(out.contains(" tc "), "{out}");
     srv.stop().await;
 }
+
+/// A query with an EDNS COOKIE option: the client cookie, then a server
+/// cookie when given.
+fn with_cookie(name: &str, rtype: RecordType, client: &[u8; 8], server: &[u8]) -> Vec<u8> {
+    let mut q = query_bytes(name, rtype, Some(4096));
+    let n = q.len();
+    let len = 8 + server.len();
+    q[n - 1] = (4 + len) as u8;
+    q.extend_from_slice(&[0, 10, 0, len as u8]);
+    q.extend_from_slice(client);
+    q.extend_from_slice(server);
+    q
+}
+
+/// The COOKIE option's bytes in a reply.
+fn reply_cookie(m: &Message) -> Vec<u8> {
+    let edns = m.edns.as_ref().expect("OPT");
+    let opt = edns
+        .options()
+        .get(hickory_proto::rr::rdata::opt::EdnsCode::Cookie)
+        .expect("a COOKIE option in the reply");
+    let mut buf = Vec::new();
+    let mut enc = hickory_proto::serialize::binary::BinEncoder::new(&mut buf);
+    hickory_proto::serialize::binary::BinEncodable::emit(opt, &mut enc).unwrap();
+    buf
+}
+
+#[tokio::test]
+async fn cookies_and_rate_limiting_for_untrusted_clients() {
+    // Loopback is not trusted here: this client is "on the internet".
+    let (srv, _zones) =
+        server_with(|c| c.recursors.allow = vec!["192.0.2.0/24".parse().unwrap()]).await;
+    let client = [1, 2, 3, 4, 5, 6, 7, 8];
+    // No valid server cookie: at most 512 bytes, and a server cookie to
+    // come back with.
+    let q = with_cookie("many.service.consul.", RecordType::SRV, &client, &[]);
+    let reply = udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap();
+    assert!(reply.len() <= 512, "{} bytes without a cookie", reply.len());
+    let m = Message::from_vec(&reply).unwrap();
+    assert!(m.metadata.truncation);
+    let cookie = reply_cookie(&m);
+    assert_eq!(
+        cookie.len(),
+        24,
+        "client cookie and a 16-byte server cookie"
+    );
+    assert_eq!(&cookie[..8], &client);
+    // With it: proven, the untrusted cap (1232) applies, not 512.
+    let q = with_cookie(
+        "many.service.consul.",
+        RecordType::SRV,
+        &client,
+        &cookie[8..],
+    );
+    let reply = udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap();
+    assert!(
+        reply.len() > 512 && reply.len() <= 1232,
+        "{} bytes",
+        reply.len()
+    );
+    // A server cookie that is not ours: BADCOOKIE (23) and a fresh one.
+    let q = with_cookie("web.service.consul.", RecordType::A, &client, &[9; 16]);
+    let m = Message::from_vec(&udp_raw(srv.dns, &q, Duration::from_secs(2)).unwrap()).unwrap();
+    assert_eq!(u16::from(m.metadata.response_code), 23);
+    assert_eq!(reply_cookie(&m).len(), 24);
+
+    // A flood without cookies: rate limited, with slip; a proven client
+    // and TCP are not.
+    let flood = |q: Vec<u8>| {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut sent = 0usize;
+        let (mut full, mut slipped, mut bytes) = (0, 0, 0usize);
+        let mut buf = [0u8; 4096];
+        // Bursts of 20, each read before the next: the client's own
+        // receive buffer must not be what drops replies.
+        for burst in 0..10u16 {
+            for i in 0..20u16 {
+                let mut q = q.clone();
+                q[..2].copy_from_slice(&(burst * 20 + i).to_be_bytes());
+                sent += sock.send_to(&q, srv.dns).unwrap();
+            }
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            while let Ok(n) = sock.recv(&mut buf) {
+                bytes += n;
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                if m.answers.is_empty() && m.metadata.truncation {
+                    slipped += 1;
+                } else {
+                    full += 1;
+                }
+            }
+        }
+        (full, slipped, bytes as f64 / sent as f64)
+    };
+    let (full, slipped, amplification) = flood(query_bytes(
+        "many.service.consul.",
+        RecordType::SRV,
+        Some(4096),
+    ));
+    // 20 a second, and the burst took about a second: at most ~40.
+    assert!(full <= 45, "{full} full answers in a flood of 200");
+    assert!(slipped >= 50, "{slipped} slipped");
+    let (proven, _, proven_amplification) = flood(with_cookie(
+        "many.service.consul.",
+        RecordType::SRV,
+        &client,
+        &cookie[8..],
+    ));
+    assert_eq!(proven, 200, "a proven client is not limited");
+    let metrics = http("GET", &srv.url("/metrics"), None).await.body;
+    assert!(
+        metrics.contains("signpost_dns_rrl_dropped_total"),
+        "{metrics}"
+    );
+    eprintln!(
+        "amplification (bytes out / bytes in) of a 200-query SRV flood: {amplification:.2} unproven, {proven_amplification:.2} with a valid cookie"
+    );
+    let m = Message::from_vec(
+        &tcp_raw(
+            srv.dns,
+            &query_bytes("many.service.consul.", RecordType::SRV, None),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(m.answers.len(), 40, "TCP is not limited");
+    srv.stop().await;
+}
