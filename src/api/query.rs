@@ -183,13 +183,49 @@ pub async fn execute(
     api.check_dc(&params)?;
     let limit = params.u64("limit")?.map(|l| l as usize);
     let asked = id.to_ascii_lowercase();
+    // Where to look, in order: here, then the failover datacenters the
+    // agent knows (sidecar mode), each watched before it is read.
+    let spec = api.registry.read(|s| {
+        find(s.queries(), &asked)
+            .or_else(|| find(s.queries(), &id))
+            .map(|(_, spec)| spec)
+    });
+    let service = spec.as_ref().map(|s| s.service.to_ascii_lowercase());
+    let mut order = vec![api.datacenter.clone()];
+    if let (Some(spec), Some(sync)) = (&spec, &api.consul) {
+        let remote = crate::sync::consul::Sidecar(sync.clone());
+        use crate::dns::handler::Remote;
+        let here = api.registry.read(|s| {
+            s.service_instances(service.as_deref().unwrap_or(""))
+                .any(|v| v.node.is_some_and(|n| n.datacenter == api.datacenter) && spec.matches(&v))
+        });
+        if !here {
+            for dc in spec.failover_datacenters() {
+                if remote.knows(&dc) {
+                    let watch = remote.watch(dc.clone(), service.clone().unwrap_or_default());
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), watch).await;
+                    order.push(dc);
+                }
+            }
+        }
+    }
     let (index, body) = api.registry.read(|s| {
         let Some((q, spec)) = find(s.queries(), &asked).or_else(|| find(s.queries(), &id)) else {
             return (s.tables().queries, None);
         };
+        let service = spec.service.to_ascii_lowercase();
+        let (failovers, dc) = order
+            .iter()
+            .enumerate()
+            .find(|(_, dc)| {
+                s.service_instances(&service)
+                    .any(|v| v.node.is_some_and(|n| &n.datacenter == *dc) && spec.matches(&v))
+            })
+            .map(|(i, dc)| (i, dc.clone()))
+            .unwrap_or((0, api.datacenter.clone()));
         let mut nodes: Vec<HealthEntry<'_>> = s
-            .service_instances(&spec.service.to_ascii_lowercase())
-            .filter(|v| v.node.is_some_and(|n| n.datacenter == api.datacenter))
+            .service_instances(&service)
+            .filter(|v| v.node.is_some_and(|n| n.datacenter == dc))
             .filter(|v| spec.matches(v))
             .filter_map(|v| {
                 let node = v.node?;
@@ -214,8 +250,8 @@ pub async fn execute(
             "Service": spec.service,
             "Nodes": nodes,
             "DNS": {"TTL": ttl},
-            "Datacenter": api.datacenter,
-            "Failovers": 0,
+            "Datacenter": dc,
+            "Failovers": failovers,
             "Index": q.modify_index,
         });
         (s.index(), Some(body))

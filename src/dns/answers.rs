@@ -209,6 +209,9 @@ pub struct Answers {
     /// Lower-cased service names that plain queries search, so that a
     /// change to one rebuilds them. Listener only.
     query_services: Mutex<BTreeSet<String>>,
+    /// Plain queries with `Failover.Datacenters`: name (and ID) → the
+    /// search to repeat in those datacenters when none is here.
+    query_failover: NameMap<Arc<crate::registry::query::QuerySpec>>,
 }
 
 /// type, class, TTL, RDLENGTH and RDATA of a record, encoded by hickory
@@ -306,7 +309,13 @@ impl Answers {
             queries: NameMap::default(),
             templates: ArcSwap::from_pointee(Vec::new()),
             query_services: Mutex::new(BTreeSet::new()),
+            query_failover: NameMap::default(),
         }
+    }
+
+    /// The search of a plain query that fails over to other datacenters.
+    pub fn query_failover(&self, lower: &str) -> Option<Arc<crate::registry::query::QuerySpec>> {
+        self.query_failover.get(lower).map(|s| Arc::clone(&s))
     }
 
     /// A plain prepared query's answers, by lower-cased name or ID.
@@ -329,6 +338,7 @@ impl Answers {
         let mut templates = Vec::new();
         let mut services = BTreeSet::new();
         let mut keep: HashMap<Box<str>, Arc<RecordSet>> = HashMap::new();
+        let mut failover: HashMap<Box<str>, Arc<QuerySpec>> = HashMap::new();
         for q in state.queries() {
             let Ok(spec) = QuerySpec::parse(&q.name, &q.definition) else {
                 continue;
@@ -340,6 +350,14 @@ impl Answers {
             }
             let service = spec.service.to_ascii_lowercase();
             services.insert(service.clone());
+            if !spec.failover_datacenters().is_empty() {
+                let spec = Arc::new(spec.clone());
+                for key in [lower.clone(), q.id.to_ascii_lowercase()] {
+                    if !key.is_empty() {
+                        failover.insert(key.into_boxed_str(), Arc::clone(&spec));
+                    }
+                }
+            }
             let ttl = spec
                 .ttl
                 .unwrap_or_else(|| self.config().dns.service_ttl.get(&service));
@@ -374,6 +392,10 @@ impl Answers {
         self.queries.retain(|k, _| keep.contains_key(k));
         for (k, v) in keep {
             self.queries.insert(k, v);
+        }
+        self.query_failover.retain(|k, _| failover.contains_key(k));
+        for (k, v) in failover {
+            self.query_failover.insert(k, v);
         }
         *self
             .query_services

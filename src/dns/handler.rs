@@ -424,6 +424,24 @@ impl Handler {
                 String::from_utf8_lossy(dc).to_ascii_lowercase(),
                 String::from_utf8_lossy(name).to_ascii_lowercase(),
             )),
+            // A prepared query failing over: the first of its datacenters
+            // whose service is not watched yet.
+            Lookup::Query { name, .. } => {
+                let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                let spec = self
+                    .answers
+                    .template(&name)
+                    .map(Arc::new)
+                    .or_else(|| self.answers.query_failover(&name))?;
+                let service = spec.service.to_ascii_lowercase();
+                let remote = self.remote.as_ref()?;
+                spec.failover_datacenters().into_iter().find_map(|dc| {
+                    (remote.knows(&dc)
+                        && self.answers.service_in(&dc, &service).is_none()
+                        && !remote.touch(&dc, &service))
+                    .then(|| (dc, service.clone()))
+                })
+            }
             _ => None,
         }
     }
@@ -929,22 +947,40 @@ impl Handler {
                 if let Some(set) = self.answers.query(lower_name) {
                     return self.write_set(w, &set, ask, scratch);
                 }
-                let Some(spec) = self.answers.template(lower_name) else {
-                    return Found::NxDomain;
-                };
-                // A template's search, from the service's sets: instances
-                // with every tag asked and none of the `!tag`s.
-                let mut service = [0u8; 63];
-                let Some(set) = lower(spec.service.as_bytes(), &mut service)
-                    .and_then(|n| self.answers.service(n))
-                else {
-                    return Found::NxDomain;
-                };
-                let filtered = filter_by_tags(&set, &spec.tags);
-                if filtered.entries.is_empty() {
-                    return Found::NxDomain;
+                let template = self.answers.template(lower_name);
+                if let Some(spec) = &template {
+                    // A template's search, from the service's sets:
+                    // instances with every tag asked and none of the `!tag`s.
+                    let mut service = [0u8; 63];
+                    let set = lower(spec.service.as_bytes(), &mut service)
+                        .and_then(|n| self.answers.service(n));
+                    if let Some(set) = set {
+                        let filtered = filter_by_tags(&set, &spec.tags);
+                        if !filtered.entries.is_empty() {
+                            return self.write_set(w, &filtered, ask, scratch);
+                        }
+                    }
                 }
-                self.write_set(w, &filtered, ask, scratch)
+                // Nothing here: the failover datacenters, in order.
+                let spec = template
+                    .map(Arc::new)
+                    .or_else(|| self.answers.query_failover(lower_name));
+                let Some(spec) = spec else {
+                    return Found::NxDomain;
+                };
+                for dc in spec.failover_datacenters() {
+                    match self.remote_set(dc.as_bytes(), spec.service.as_bytes()) {
+                        Ok(Some(set)) => {
+                            let filtered = filter_by_tags(&set, &spec.tags);
+                            if !filtered.entries.is_empty() {
+                                return self.write_set(w, &filtered, ask, scratch);
+                            }
+                        }
+                        Err(Found::Remote) => return Found::Remote,
+                        Ok(None) | Err(_) => {}
+                    }
+                }
+                Found::NxDomain
             }
             Lookup::Unknown => Found::NxDomain,
         }

@@ -175,6 +175,16 @@ impl QuerySpec {
         Some(spec)
     }
 
+    /// `Failover.Datacenters`, in order.
+    pub fn failover_datacenters(&self) -> Vec<String> {
+        field(&self.failover, "Datacenters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_ascii_lowercase))
+            .collect()
+    }
+
     /// Whether an instance is one this search returns.
     pub fn matches(&self, v: &InstanceView<'_>) -> bool {
         let healthy = match v.health {

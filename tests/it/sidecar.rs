@@ -464,3 +464,55 @@ async fn syncs_1000_services_of_10_instances() {
     srv.stop().await;
     task.abort();
 }
+
+#[tokio::test]
+async fn prepared_queries_fail_over_to_the_agents_other_datacenters() {
+    let (fake, addr, _task) = Fake::start("127.0.0.1:0".parse().unwrap()).await;
+    fake.set(|c| {
+        c.index = 5;
+        // Here the only instance is critical; dc2 has a passing one.
+        c.services.insert(
+            ("dc1".into(), "redis".into()),
+            vec![entry("near", "10.1.10.12", "redis-1", "redis", "critical")],
+        );
+        c.services.insert(
+            ("dc2".into(), "redis".into()),
+            vec![entry("far", "10.2.10.12", "redis-2", "redis", "passing")],
+        );
+    });
+    let srv = sidecar(&format!("http://{addr}")).await;
+    eventually(SYNCED, "first sync", || async {
+        http("GET", &srv.url("/ready"), None).await.status == 200
+    })
+    .await;
+    let r = http(
+        "POST",
+        &srv.url("/v1/query"),
+        Some(r#"{"Name":"redis-ha","Service":{"Service":"redis","Failover":{"Datacenters":["dc2"]}}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http("GET", &srv.url("/v1/query/redis-ha/execute"), None).await;
+    let v = r.json();
+    assert_eq!(
+        (v["Datacenter"].as_str(), v["Failovers"].as_u64()),
+        (Some("dc2"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["Nodes"][0]["Service"]["ID"], "redis-2");
+    eventually(SYNCED, "DNS fails over to dc2", || async {
+        a_records(srv.dns, "redis-ha.query.consul.").await == ["10.2.10.12"]
+    })
+    .await;
+    // Back here once the local instance passes.
+    fake.set(|c| {
+        c.index = 6;
+        c.services.get_mut(&("dc1".into(), "redis".into())).unwrap()[0] =
+            entry("near", "10.1.10.12", "redis-1", "redis", "passing");
+    });
+    eventually(SYNCED, "local again", || async {
+        a_records(srv.dns, "redis-ha.query.consul.").await == ["10.1.10.12"]
+    })
+    .await;
+    srv.stop().await;
+}
