@@ -209,6 +209,10 @@ pub struct Answers {
     /// Lower-cased service names that plain queries search, so that a
     /// change to one rebuilds them. Listener only.
     query_services: Mutex<BTreeSet<String>>,
+    /// Every tag some local instance carries, counted by service, for the
+    /// empty non-terminals of RFC 2782 names (`_v1.service.consul`). Read
+    /// only on the NXDOMAIN path; never held across an await.
+    tags: Mutex<TagIndex>,
     /// Plain queries with `Failover.Datacenters`: name (and ID) → the
     /// search to repeat in those datacenters when none is here.
     query_failover: NameMap<Arc<crate::registry::query::QuerySpec>>,
@@ -310,7 +314,18 @@ impl Answers {
             templates: ArcSwap::from_pointee(Vec::new()),
             query_services: Mutex::new(BTreeSet::new()),
             query_failover: NameMap::default(),
+            tags: Mutex::new(TagIndex::default()),
         }
+    }
+
+    /// Whether some local instance carries `tag` (any case).
+    pub fn has_tag(&self, tag: &[u8]) -> bool {
+        let tag = String::from_utf8_lossy(tag).to_ascii_lowercase();
+        self.tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .contains_key(tag.as_str())
     }
 
     /// The search of a plain query that fails over to other datacenters.
@@ -710,6 +725,33 @@ impl PtrIndex {
     }
 }
 
+/// Tags of local services: service → its tags, tag → how many services
+/// carry it.
+#[derive(Debug, Default)]
+struct TagIndex {
+    by_service: HashMap<String, Vec<Box<str>>>,
+    counts: HashMap<Box<str>, u32>,
+}
+
+impl TagIndex {
+    fn set(&mut self, service: &str, tags: Vec<Box<str>>) {
+        for old in self.by_service.remove(service).unwrap_or_default() {
+            if let Some(c) = self.counts.get_mut(&old) {
+                *c -= 1;
+                if *c == 0 {
+                    self.counts.remove(&old);
+                }
+            }
+        }
+        for t in &tags {
+            *self.counts.entry(t.clone()).or_default() += 1;
+        }
+        if !tags.is_empty() {
+            self.by_service.insert(service.to_string(), tags);
+        }
+    }
+}
+
 /// The key of a service's answer set in another datacenter.
 fn remote_key(lower: &str, dc: &str) -> String {
     format!("{lower}\0{dc}")
@@ -730,6 +772,14 @@ impl ChangeListener for Answers {
         let mut remote = self.remote_dcs.lock().unwrap_or_else(|e| e.into_inner());
         for lower in &changes.services {
             let mut sets = self.build_service(state, lower);
+            let tags = sets
+                .get(&self.config().datacenter)
+                .map(|set| set.tags.keys().cloned().collect())
+                .unwrap_or_default();
+            self.tags
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set(lower, tags);
             match sets.remove(&self.config().datacenter) {
                 Some(set) => {
                     self.services

@@ -692,8 +692,9 @@ impl Handler {
             // Names with names below them (`service.consul`, `dc1.consul`,
             // `_tcp.service.consul`) exist (RFC 8020): NODATA.
             Found::NxDomain
-                if super::name::empty_non_terminal(&labels, head)
-                    .is_some_and(|dc| self.dc_known(dc)) =>
+                if super::name::empty_non_terminal(&labels, head).is_some_and(|nt| {
+                    self.dc_known(nt.dc) && nt.tag.is_none_or(|t| self.answers.has_tag(t))
+                }) =>
             {
                 Rcode::NoError
             }

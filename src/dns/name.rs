@@ -180,20 +180,33 @@ fn is_kind(label: &[u8]) -> bool {
     is(label, "service") || is(label, "node") || is(label, "addr") || is(label, "query")
 }
 
+/// A name that may be an empty non-terminal: it is one if its datacenter
+/// (`None`: the local one) is known and, for an RFC 2782 tag label, some
+/// instance carries the tag.
+pub struct NonTerminal<'a> {
+    pub dc: Option<&'a [u8]>,
+    /// `_tag` under `service`, without the underscore; `None` for `_tcp`,
+    /// `_udp` and the other forms.
+    pub tag: Option<&'a [u8]>,
+}
+
 /// Whether the `head` labels in front of the domain name an empty
 /// non-terminal of signpost's namespace: `service`, `node`, `addr`,
 /// `query` (with or without a datacenter), a datacenter alone, and
-/// `_tcp`/`_udp` under `service`. `Some(dc)`: it is one, if that
-/// datacenter (`None`: the local one) is known.
-pub fn empty_non_terminal<'a>(labels: &Labels<'a>, head: usize) -> Option<Option<&'a [u8]>> {
+/// `_tcp`, `_udp` or `_<tag>` under `service` (RFC 2782's
+/// `_name._tag.service` has names below `_tag.service`).
+pub fn empty_non_terminal<'a>(labels: &Labels<'a>, head: usize) -> Option<NonTerminal<'a>> {
     let l = |i: usize| labels.get(i);
     let proto = |x: &[u8]| is(x, "_tcp") || is(x, "_udp");
+    let tag = |x: &'a [u8]| (!proto(x)).then(|| &x[1..]);
+    let under = |x: &[u8]| x.len() > 1 && x[0] == b'_';
+    let nt = |dc, tag| Some(NonTerminal { dc, tag });
     match head {
-        1 if is_kind(l(0)) => Some(None),
-        1 => Some(Some(l(0))),
-        2 if is_kind(l(0)) => Some(Some(l(1))),
-        2 if proto(l(0)) && is(l(1), "service") => Some(None),
-        3 if proto(l(0)) && is(l(1), "service") => Some(Some(l(2))),
+        1 if is_kind(l(0)) => nt(None, None),
+        1 => nt(Some(l(0)), None),
+        2 if is_kind(l(0)) => nt(Some(l(1)), None),
+        2 if under(l(0)) && is(l(1), "service") => nt(None, tag(l(0))),
+        3 if under(l(0)) && is(l(1), "service") => nt(Some(l(2)), tag(l(0))),
         _ => None,
     }
 }

@@ -235,6 +235,10 @@ fn table() -> Vec<Case> {
         case("addr.dc1.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
         case("dc1.consul.", A, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
         case("service.alt.example.", A, "").authority("alt.example. 3 IN SOA testnode.node.dc1.alt.example. hostmaster.alt.example. 1 3600 600 86400 3"),
+        case("_v1.service.consul.", SRV, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("_ten.service.dc1.consul.", SRV, "").authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
+        case("_nosuchtag.service.consul.", SRV, "").rcode(ResponseCode::NXDomain)
+            .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
         case("dc2.consul.", A, "").rcode(ResponseCode::NXDomain)
             .authority("consul. 3 IN SOA testnode.node.dc1.consul. hostmaster.consul. 1 3600 600 86400 3"),
         // Zone transfers are refused.
