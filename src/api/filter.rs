@@ -142,7 +142,14 @@ struct Parser {
     toks: Vec<(usize, Tok)>,
     at: usize,
     end: usize,
+    /// Parentheses and `not`s open now: bounded, so that a hostile
+    /// expression cannot exhaust the stack of the recursive descent.
+    depth: usize,
 }
+
+/// Nesting allowed, and the longest expression taken.
+const MAX_DEPTH: usize = 64;
+const MAX_LEN: usize = 16 * 1024;
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -187,13 +194,21 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Filter, FilterError> {
+        if self.depth >= MAX_DEPTH {
+            return self.error(format!("nested deeper than {MAX_DEPTH}"));
+        }
         if self.keyword("not") {
             self.at += 1;
-            return Ok(Filter::Not(Box::new(self.unary()?)));
+            self.depth += 1;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Filter::Not(Box::new(inner)));
         }
         if self.peek() == Some(&Tok::Open) {
             self.at += 1;
+            self.depth += 1;
             let inner = self.or()?;
+            self.depth -= 1;
             if self.peek() != Some(&Tok::Close) {
                 return self.error("expected \")\"");
             }
@@ -352,6 +367,12 @@ fn is_keyword(w: &str) -> bool {
 
 impl Filter {
     pub fn parse(s: &str) -> Result<Filter, FilterError> {
+        if s.len() > MAX_LEN {
+            return Err(FilterError {
+                pos: MAX_LEN,
+                reason: format!("longer than {MAX_LEN} bytes"),
+            });
+        }
         let toks = lex(s)?;
         if toks.is_empty() {
             return Err(FilterError {
@@ -363,6 +384,7 @@ impl Filter {
             toks,
             at: 0,
             end: s.len(),
+            depth: 0,
         };
         let f = p.or()?;
         if p.at < p.toks.len() {
@@ -523,6 +545,24 @@ mod tests {
             let f = Filter::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
             assert_eq!(f.matches(&entry()), *want, "{expr}");
         }
+    }
+
+    #[test]
+    fn hostile_nesting_is_refused_not_a_crash() {
+        let deep = format!(
+            "{}Service == web{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        assert!(Filter::parse(&deep).is_err());
+        let nots = format!("{}Service == web", "not ".repeat(3000));
+        let e = Filter::parse(&nots).expect_err("too deep");
+        assert!(e.reason.contains("nested"), "{e}");
+        let ok = format!("{}Service == web{}", "(".repeat(60), ")".repeat(60));
+        assert!(Filter::parse(&ok).is_ok());
+        // A long flat chain is iterative, not recursive: fine.
+        let chain = vec!["Service == web"; 500].join(" or ");
+        assert!(Filter::parse(&chain).is_ok());
     }
 
     #[test]
