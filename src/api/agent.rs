@@ -194,6 +194,11 @@ pub async fn maintenance(
     }
     let reason = params.get("reason").unwrap_or("");
     let check = maintenance_check(&api, Some((&id, name)), reason);
+    set_maintenance(&api, check, enable).await
+}
+
+/// Adds (enable) or removes the maintenance check.
+async fn set_maintenance(api: &Api, check: Check, enable: bool) -> ApiResult {
     api.registry
         .write_api(|txn| {
             if enable {
@@ -203,7 +208,7 @@ pub async fn maintenance(
             }
         })
         .await?;
-    Ok(ok(&api))
+    Ok(ok(api))
 }
 
 /// `/v1/agent/maintenance`: the whole node out of DNS (a critical node
@@ -212,16 +217,7 @@ pub async fn node_maintenance(State(api): Shared, RawQuery(q): RawQuery) -> ApiR
     let params = Params::parse(q.as_deref());
     let enable = enable_param(&params)?;
     let check = maintenance_check(&api, None, params.get("reason").unwrap_or(""));
-    api.registry
-        .write_api(|txn| {
-            if enable {
-                txn.upsert_check(check);
-            } else {
-                txn.remove_check(&check.node, &check.id);
-            }
-        })
-        .await?;
-    Ok(ok(&api))
+    set_maintenance(&api, check, enable).await
 }
 
 /// Consul's answer to a local-health probe: the status as text and as the

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, RawQuery, State};
 
 use super::catalog::{has_tags, node_index, service_index};
-use super::shapes::{CheckOut, HealthEntry, NodeOut, ServiceOut};
+use super::shapes::{CheckOut, HealthEntry};
 use super::{encoded, keep, Api, ApiError, ApiResult, Params};
 use crate::registry::{Check, Health, InstanceKey, State as Registry};
 
@@ -38,15 +38,7 @@ pub async fn service(
             if !has_tags(&v.instance.tags, &tags) || (passing && v.health != Health::Passing) {
                 continue;
             }
-            let key = v.instance.key();
-            out.push(HealthEntry {
-                node: NodeOut::new(node),
-                service: ServiceOut::new(v.instance, &node.datacenter),
-                checks: s
-                    .checks_of(&key)
-                    .map(|c| CheckOut::new(c, Some(v.instance)))
-                    .collect(),
-            });
+            out.push(HealthEntry::new(s, node, v.instance));
         }
         out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
         keep(filter.as_ref(), &mut out);

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use super::shapes::{CheckOut, HealthEntry, NodeOut, ServiceOut};
+use super::shapes::HealthEntry;
 use super::{body_bytes, index_headers, reply, Api, ApiError, ApiResult, Params};
 use crate::registry::query::{find, PreparedQuery, QuerySpec};
 use crate::registry::State as Registry;
@@ -227,18 +227,7 @@ pub async fn execute(
             .service_instances(&service)
             .filter(|v| v.node.is_some_and(|n| n.datacenter == dc))
             .filter(|v| spec.matches(v))
-            .filter_map(|v| {
-                let node = v.node?;
-                let key = v.instance.key();
-                Some(HealthEntry {
-                    node: NodeOut::new(node),
-                    service: ServiceOut::new(v.instance, &node.datacenter),
-                    checks: s
-                        .checks_of(&key)
-                        .map(|c| CheckOut::new(c, Some(v.instance)))
-                        .collect(),
-                })
-            })
+            .filter_map(|v| Some(HealthEntry::new(s, v.node?, v.instance)))
             .collect();
         // Consul shuffles the result: each execution spreads the load.
         fastrand::shuffle(&mut nodes);

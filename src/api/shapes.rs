@@ -252,6 +252,24 @@ pub struct HealthEntry<'a> {
     pub checks: Vec<CheckOut<'a>>,
 }
 
+impl<'a> HealthEntry<'a> {
+    /// An instance on `node` with its own and its node's checks.
+    pub fn new(
+        s: &'a crate::registry::State,
+        node: &'a crate::registry::Node,
+        inst: &'a crate::registry::Instance,
+    ) -> HealthEntry<'a> {
+        HealthEntry {
+            node: NodeOut::new(node),
+            service: ServiceOut::new(inst, &node.datacenter),
+            checks: s
+                .checks_of(&inst.key())
+                .map(|c| CheckOut::new(c, Some(inst)))
+                .collect(),
+        }
+    }
+}
+
 /// A KV entry, value in base64 as Consul sends it.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
