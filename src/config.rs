@@ -166,6 +166,10 @@ pub struct Flags {
     #[arg(long = "consul-client-key", value_name = "FILE", global = true)]
     pub consul_client_key: Option<PathBuf>,
 
+    /// Serve the web UI at /ui/ on the HTTP listener. [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", global = true)]
+    pub ui: Option<bool>,
+
     /// Register running containers from the Docker engine, as Registrator
     /// does: at URL, or $DOCKER_HOST, or unix:///var/run/docker.sock.
     #[arg(long = "docker", value_name = "URL", num_args = 0..=1, default_missing_value = "", global = true)]
@@ -264,6 +268,10 @@ pub struct FileConfig {
     http_body_timeout: Option<Seconds>,
     http_idle_timeout: Option<Seconds>,
     http_allow_unauthenticated: Option<bool>,
+    ui: Option<bool>,
+    /// Names a browser may reach the HTTP API by, besides IP addresses and
+    /// localhost (DNS rebinding protection).
+    http_allowed_hosts: Option<Vec<String>>,
     /// `true` for the default engine, or its URL.
     docker: Option<DockerSetting>,
     docker_host_ip: Option<IpAddr>,
@@ -461,6 +469,10 @@ pub struct Config {
     pub consul: Option<ConsulConfig>,
     /// The Docker engine as a source, when set.
     pub docker: Option<DockerConfig>,
+    /// The web UI at /ui/.
+    pub ui: bool,
+    /// Host names browsers may use for the API (see `browser_host_check`).
+    pub http_allowed_hosts: Vec<String>,
     pub dns_config: DnsConfig,
 }
 
@@ -741,6 +753,8 @@ impl Config {
             recursors: Recursors::default(),
             consul: None,
             docker: None,
+            ui: true,
+            http_allowed_hosts: Vec::new(),
             dns_config: DnsConfig::default(),
         }
     }
@@ -1068,6 +1082,8 @@ impl Config {
             recursors,
             consul,
             docker,
+            ui: flags.ui.or(file.ui).unwrap_or(true),
+            http_allowed_hosts: file.http_allowed_hosts.unwrap_or_default(),
             dns_config: DnsConfig {
                 service_ttl: match d.service_ttl {
                     Some(spec) => TtlMap::from_spec(spec).map_err(invalid)?,

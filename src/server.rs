@@ -194,6 +194,9 @@ impl Signpost {
             events: Default::default(),
             consul: consul.clone(),
             docker: docker.as_ref().map(|(d, _)| d.clone()),
+            dns: handler.clone(),
+            ui: config.ui,
+            allowed_hosts: config.http_allowed_hosts.clone(),
         }));
         let (http_stop, stopped) = tokio::sync::watch::channel(false);
         let http_task = tokio::spawn(api::serve::serve(

@@ -18,6 +18,7 @@ pub mod serve;
 pub mod session;
 mod shapes;
 mod txn;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -69,6 +70,19 @@ pub struct Api {
     pub consul: Option<Arc<crate::sync::consul::ConsulSync>>,
     /// The Docker source, for its status.
     pub docker: Option<Arc<crate::sync::docker::DockerSync>>,
+    /// The DNS handler, for the UI's "what does DNS answer now".
+    pub dns: Arc<crate::dns::handler::Handler>,
+    /// Serve the web UI at /ui/.
+    pub ui: bool,
+    /// Host names browsers may use to reach the API besides IP literals
+    /// and `localhost` (`http_allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Api {
+    pub fn only_passing(&self) -> bool {
+        self.dns.only_passing()
+    }
 }
 
 type Shared = AxState<Arc<Api>>;
@@ -486,6 +500,46 @@ async fn require_token(AxState(api): Shared, req: Request, next: Next) -> Respon
     }
 }
 
+/// DNS rebinding protection: a request a browser sends (it carries
+/// `Sec-Fetch-Site` or `Origin`) must name the listener by an IP literal,
+/// `localhost`, or a name in `http_allowed_hosts`; otherwise a page on
+/// another site could reach the API through a name it points at
+/// 127.0.0.1. Programs (curl, Consul's clients) send neither header and
+/// are unaffected.
+async fn browser_host_check(AxState(api): Shared, req: Request, next: Next) -> Response {
+    let from_browser =
+        req.headers().contains_key("Sec-Fetch-Site") || req.headers().contains_key("Origin");
+    if from_browser {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !host_allowed(host, &api.allowed_hosts) {
+            return ApiError::forbidden(format!(
+                "host {host:?} is not an address of this listener: add it to http_allowed_hosts to use it from a browser"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// An IP literal, `localhost`, or an allowed name, with or without a port.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map(|(h, _)| h)
+            .unwrap_or(host)
+    };
+    name.parse::<IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 /// Every answer carries `X-Consul-Index`, errors included: Consul's
 /// clients (python-consul) read it from every response and fail without it.
 /// Reads also carry the consistency they were served with, and refuse
@@ -625,9 +679,19 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/session/node/{node}", get(session::node));
     let v1 = v1
         .route("/signpost/sync", get(ops::sync_status))
-        .route("/signpost/docker", get(ops::docker_status));
-    Router::new()
-        .route("/health", get(ops::live))
+        .route("/signpost/docker", get(ops::docker_status))
+        .route("/signpost/dns", get(ui::dns))
+        .route("/signpost/ui/services", get(ui::services))
+        .route("/signpost/ui/service/{name}", get(ui::service));
+    let mut app = Router::new();
+    if api.ui {
+        app = app
+            .route("/", get(ui::root))
+            .route("/ui", get(ui::root))
+            .route("/ui/", get(ui::file))
+            .route("/ui/{*path}", get(ui::file));
+    }
+    app.route("/health", get(ops::live))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .nest("/v1", v1)
@@ -637,6 +701,10 @@ pub fn router(api: Arc<Api>) -> Router {
             read_body_in_time,
         ))
         .layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            browser_host_check,
+        ))
         .layer(middleware::from_fn_with_state(
             api.clone(),
             index_on_every_reply,

@@ -329,6 +329,12 @@ impl Handler {
         self
     }
 
+    /// Whether warning instances are left out of answers (for the UI's
+    /// "why not in DNS").
+    pub fn only_passing(&self) -> bool {
+        self.answers.config().dns.only_passing
+    }
+
     fn is_trusted(&self, client: IpAddr) -> bool {
         let client = match client {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(client),

@@ -20,4 +20,5 @@ mod resolver;
 mod sessions;
 mod sidecar;
 mod store;
+mod ui;
 mod zones;

@@ -1,0 +1,246 @@
+//! The web UI at `/ui/`: static files embedded in the binary (no network,
+//! no JavaScript toolchain at build time), and two reads made for it:
+//! a service summary with sources and health counts, and "what does DNS
+//! answer now", run through the real DNS handler in process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use serde_json::json;
+
+use super::{encoded, reply, Api, ApiError, ApiResult, Params};
+use crate::dns::handler::Transport;
+use crate::registry::{Health, Source};
+
+type Shared = State<Arc<Api>>;
+
+/// The files, embedded: (path under /ui/, content type, body).
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "",
+        "text/html; charset=utf-8",
+        include_str!("ui/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("ui/app.css"),
+    ),
+];
+
+/// A version tag for caching: the files change only with the binary.
+fn etag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let h = FILES.iter().fold(0xcbf29ce484222325u64, |h, (_, _, body)| {
+            body.bytes()
+                .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+        });
+        format!("\"{}-{h:016x}\"", env!("CARGO_PKG_VERSION"))
+    })
+}
+
+pub async fn root() -> Redirect {
+    Redirect::temporary("/ui/")
+}
+
+pub async fn file(headers: HeaderMap, path: Option<Path<String>>) -> Response {
+    let name = path.map(|Path(p)| p).unwrap_or_default();
+    let Some((_, kind, body)) = FILES.iter().find(|(n, _, _)| *n == name) else {
+        return (StatusCode::NOT_FOUND, "no such file\n").into_response();
+    };
+    let tag = etag();
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == tag)
+    {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, *kind),
+            // Revalidated each time (cheap: 304 by ETag), so an upgraded
+            // binary's UI is never mixed with a cached old one.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::ETAG, tag),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        *body,
+    )
+        .into_response()
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Api => "API",
+        Source::File => "zones/",
+        Source::Consul => "Consul",
+        Source::Docker => "Docker",
+    }
+}
+
+fn in_maintenance(s: &crate::registry::State, key: &crate::registry::InstanceKey) -> bool {
+    s.checks_of(key)
+        .any(|c| c.id.starts_with("_service_maintenance:") || c.id == "_node_maintenance")
+}
+
+/// `/v1/signpost/ui/services`: every service with its tags, sources and
+/// instance counts by health (maintenance apart), blocking on any change.
+pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    api.blocking(&params, |s| {
+        let mut out = Vec::new();
+        for lower in s.service_names() {
+            let mut name = lower.to_string();
+            let mut tags = BTreeSet::new();
+            let mut sources = BTreeSet::new();
+            let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+            for v in s.service_instances(lower) {
+                name = v.instance.name.clone();
+                tags.extend(v.instance.tags.iter().cloned());
+                sources.insert(source_name(v.instance.source));
+                let state = if in_maintenance(s, &v.instance.key()) {
+                    "Maintenance"
+                } else {
+                    match v.health {
+                        Health::Passing => "Passing",
+                        Health::Warning => "Warning",
+                        Health::Critical => "Critical",
+                    }
+                };
+                *counts.entry(state).or_default() += 1;
+            }
+            out.push(json!({
+                "Name": name, "Tags": tags, "Sources": sources,
+                "Passing": counts.get("Passing").copied().unwrap_or(0),
+                "Warning": counts.get("Warning").copied().unwrap_or(0),
+                "Critical": counts.get("Critical").copied().unwrap_or(0),
+                "Maintenance": counts.get("Maintenance").copied().unwrap_or(0),
+            }));
+        }
+        encoded(s.index(), &out)
+    })
+    .await
+}
+
+/// `/v1/signpost/ui/service/:name`: each instance with its checks, source,
+/// and whether DNS answers it now and why not.
+pub async fn service(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let only_passing = api.only_passing();
+    let lower = name.to_ascii_lowercase();
+    api.blocking(&params, |s| {
+        let mut out = Vec::new();
+        for v in s.service_instances(&lower) {
+            let key = v.instance.key();
+            let node = v.node;
+            let worst = s
+                .checks_of(&key)
+                .filter(|c| c.status == v.health && v.health != Health::Passing)
+                .map(|c| c.name.clone())
+                .next();
+            let why = if node.is_none_or(|n| n.datacenter != api.datacenter) {
+                Some("in another datacenter".to_string())
+            } else if in_maintenance(s, &key) {
+                Some("in maintenance".to_string())
+            } else {
+                match v.health {
+                    Health::Critical => Some(format!(
+                        "critical: {}",
+                        worst.unwrap_or_else(|| "a check".into())
+                    )),
+                    Health::Warning if only_passing => Some(format!(
+                        "warning ({}), and only_passing is on",
+                        worst.unwrap_or_else(|| "a check".into())
+                    )),
+                    _ => None,
+                }
+            };
+            let checks: Vec<_> = s
+                .checks_of(&key)
+                .map(|c| super::shapes::CheckOut::new(c, Some(v.instance)))
+                .collect();
+            out.push(json!({
+                "Node": v.instance.node,
+                "NodeAddress": node.map(|n| n.address.as_str()).unwrap_or(""),
+                "Service": super::shapes::ServiceOut::new(v.instance, node.map(|n| n.datacenter.as_str()).unwrap_or("")),
+                "Source": source_name(v.instance.source),
+                "Health": v.health,
+                "InDNS": why.is_none(),
+                "WhyNot": why,
+                "Checks": checks,
+            }));
+        }
+        encoded(s.service_index(&lower), &out)
+    })
+    .await
+}
+
+/// `/v1/signpost/dns?name=&type=`: the records signpost answers now, as
+/// `dig` would print them, through the real handler (over its TCP path, so
+/// nothing is truncated).
+pub async fn dns(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let name = params.get("name").unwrap_or("").trim();
+    if name.is_empty() {
+        return Err(ApiError::bad_request("missing name"));
+    }
+    let rtype: RecordType = params
+        .get("type")
+        .unwrap_or("A")
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| ApiError::bad_request("unknown record type"))?;
+    let fqdn = if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    };
+    let qname = Name::from_ascii(&fqdn)
+        .map_err(|e| ApiError::bad_request(format!("invalid name {name:?}: {e}")))?;
+    let mut m = Message::query();
+    m.metadata.id = fastrand::u16(..);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(qname, rtype));
+    let bytes = m.to_vec().map_err(|e| ApiError::internal(e.to_string()))?;
+    let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let wire = api.dns.remote(&bytes, Transport::Tcp, client).await;
+    let answer = Message::from_vec(&wire)
+        .map_err(|e| ApiError::internal(format!("cannot read the answer: {e}")))?;
+    let section = |records: &[hickory_proto::rr::Record]| -> Vec<String> {
+        records.iter().map(|r| r.to_string()).collect()
+    };
+    let status = format!("{:?}", answer.metadata.response_code).to_ascii_uppercase();
+    Ok(reply(
+        api.registry.index(),
+        &json!({
+            "Question": format!("{fqdn} IN {rtype}"),
+            "Status": status,
+            "Authoritative": answer.metadata.authoritative,
+            "Answer": section(&answer.answers),
+            "Authority": section(&answer.authorities),
+            "Additional": section(&answer.additionals),
+        }),
+    ))
+}

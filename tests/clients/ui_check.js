@@ -1,0 +1,87 @@
+// Drives the web UI in headless Chromium (playwright-core): the services
+// view, a service whose instance fails while the page is open (shown as
+// critical without a reload), and the KV editor's check-and-set. Run by
+// tests/it/ui.rs: `node ui_check.js MODULE_DIR BASE_URL [SCREENSHOT_DIR]`.
+"use strict";
+const assert = require("assert/strict");
+const path = require("path");
+
+const [moduleDir, base, shots] = process.argv.slice(2);
+const { chromium } = require(path.resolve(moduleDir, "node_modules", "playwright-core"));
+
+async function put(p, body) {
+  const r = await fetch(base + p, { method: "PUT", body });
+  const text = await r.text();
+  assert.ok(r.ok, `${p}: ${r.status} ${text}`);
+  return text;
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const shot = async (name) => {
+    if (shots) await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+  };
+
+  await page.goto(base + "/");
+  await page.waitForSelector("text=web");
+  assert.match(await page.textContent("main"), /2 passing/);
+  await shot("services");
+  // The filter box narrows the list, by keyboard.
+  await page.keyboard.type("db");
+  await page.waitForFunction(() => !document.querySelector("main").textContent.includes("api"));
+  console.log("ok services view");
+
+  // An API-registered service with a TTL check, failed while its page is
+  // open.
+  for (const i of [1, 2]) {
+    await put("/v1/agent/service/register", JSON.stringify({
+      Name: "shop", ID: `shop-${i}`, Address: `10.0.0.${i}`, Port: 8000 + i, Tags: ["v1"],
+      Meta: { version: "1.4" }, Check: { TTL: "60s", Status: "passing" },
+    }));
+  }
+  await page.goto(base + "/ui/#/service/shop");
+  await page.waitForSelector("text=shop-2");
+  assert.doesNotMatch(await page.textContent("main"), /no: critical/);
+  const t = Date.now();
+  await put("/v1/agent/check/fail/service:shop-2?note=connection%20refused", "");
+  await page.waitForSelector("text=no: critical", { timeout: 2000 });
+  const took = Date.now() - t;
+  await shot("service-failing");
+  console.log(`ok failing instance shown as critical ${took} ms after the check failed, without a reload`);
+
+  // KV: create, then a concurrent write makes the stale editor's save fail.
+  await put("/v1/kv/config/web/threads", "8");
+  await put("/v1/kv/config/web/settings", JSON.stringify({ workers: 4, debug: false }));
+  await page.goto(base + "/ui/#/kv/config/web/");
+  await page.click("text=settings");
+  await page.waitForSelector("textarea");
+  await shot("kv-editor");
+  await page.fill("textarea", JSON.stringify({ workers: 8 }));
+  await put("/v1/kv/config/web/settings", JSON.stringify({ workers: 16 }));
+  await page.click("main button.primary");
+  await page.waitForSelector("text=check-and-set failed");
+  const r = await fetch(base + "/v1/kv/config/web/settings?raw");
+  assert.equal(await r.text(), JSON.stringify({ workers: 16 }), "the other write survives");
+  console.log("ok KV editor refuses a stale save and says so");
+
+  await page.goto(base + "/ui/#/nodes");
+  await page.waitForSelector("text=testnode");
+  console.log("ok nodes view");
+
+  await page.goto(base + "/ui/#/dns");
+  await page.fill("#dns-name", "web.service.consul");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("text=ANSWER SECTION");
+  console.log("ok DNS view");
+  await browser.close();
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,139 @@
+//! The web UI: embedded files with caching headers, the reads made for it,
+//! the browser Host check, `--ui=false`, and the UI itself in headless
+//! Chromium (tests/clients/ui_check.js; skipped, saying so, where Chromium
+//! or playwright-core is not installed).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn ui_files_reads_and_host_check() {
+    let srv = TestServer::start(Some(&shipped_zones())).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client.get(srv.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["location"], "/ui/");
+    let r = client.get(srv.url("/ui/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+    assert!(
+        r.headers().get("access-control-allow-origin").is_none(),
+        "no CORS"
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains("/ui/app.js") && !html.contains("http://") && !html.contains("https://"));
+    let r = client.get(srv.url("/ui/app.js")).send().await.unwrap();
+    let etag = r.headers()["etag"].clone();
+    let r = client
+        .get(srv.url("/ui/app.js"))
+        .header("If-None-Match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // The reads made for the UI.
+    let v = http("GET", &srv.url("/v1/signpost/ui/services"), None)
+        .await
+        .json();
+    let web = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Name"] == "web")
+        .unwrap();
+    assert_eq!(web["Sources"], serde_json::json!(["zones/"]));
+    let r = http(
+        "GET",
+        &srv.url("/v1/signpost/dns?name=web.service.consul&type=A"),
+        None,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["Status"], "NOERROR");
+    assert!(!v["Answer"].as_array().unwrap().is_empty(), "{v}");
+    let r = http("GET", &srv.url("/v1/signpost/dns?name=&type=A"), None).await;
+    assert_eq!(r.status, 400);
+
+    // A browser naming another host (DNS rebinding) is refused; programs,
+    // IP literals and localhost are not.
+    let port = srv.http.port();
+    for (host, browser, want) in [
+        (format!("evil.example:{port}"), true, 403),
+        (format!("evil.example:{port}"), false, 200),
+        (format!("127.0.0.1:{port}"), true, 200),
+        (format!("localhost:{port}"), true, 200),
+    ] {
+        let mut req = client
+            .get(srv.url("/v1/catalog/services"))
+            .header("Host", host.as_str());
+        if browser {
+            req = req.header("Sec-Fetch-Site", "cross-site");
+        }
+        assert_eq!(
+            req.send().await.unwrap().status(),
+            want,
+            "{host} browser={browser}"
+        );
+    }
+    srv.stop().await;
+
+    let srv = TestServer::start_with(None, |c| {
+        c.ui = false;
+        c.http_allowed_hosts = vec!["signpost.lan".into()];
+    })
+    .await;
+    assert_eq!(http("GET", &srv.url("/ui/"), None).await.status, 404);
+    let r = client
+        .get(srv.url("/v1/catalog/services"))
+        .header("Host", "signpost.lan:8500")
+        .header("Origin", "http://signpost.lan:8500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a configured name");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_in_a_real_browser() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join("target/clients/node");
+    if !std::path::Path::new("/usr/bin/chromium").exists()
+        || !modules.join("node_modules/playwright-core").exists()
+    {
+        eprintln!(
+            "skipped: Chromium or playwright-core is not installed (scripts/test installs them)"
+        );
+        return;
+    }
+    let srv = TestServer::start(Some(&shipped_zones())).await;
+    let mut args = vec![
+        root.join("tests/clients/ui_check.js").display().to_string(),
+        modules.display().to_string(),
+        format!("http://{}", srv.http),
+    ];
+    if let Ok(dir) = std::env::var("SIGNPOST_SCREENSHOTS") {
+        args.push(dir);
+    }
+    let out = tokio::task::spawn_blocking(move || Command::new("node").args(&args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}");
+    srv.stop().await;
+}
