@@ -55,11 +55,33 @@ pub async fn root() -> Redirect {
     Redirect::temporary("/ui/")
 }
 
+/// Each file gzipped once, on first use (they are small; the binary
+/// carries them plain so that `cargo build` needs nothing else).
+fn gzipped(i: usize) -> &'static [u8] {
+    static GZ: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    &GZ.get_or_init(|| {
+        FILES
+            .iter()
+            .map(|(_, _, body)| {
+                use std::io::Write;
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(body.as_bytes()).expect("writing to memory");
+                e.finish().expect("writing to memory")
+            })
+            .collect()
+    })[i]
+}
+
 pub async fn file(headers: HeaderMap, path: Option<Path<String>>) -> Response {
     let name = path.map(|Path(p)| p).unwrap_or_default();
-    let Some((_, kind, body)) = FILES.iter().find(|(n, _, _)| *n == name) else {
+    let Some(i) = FILES.iter().position(|(n, _, _)| *n == name) else {
         return (StatusCode::NOT_FOUND, "no such file\n").into_response();
     };
+    let (_, kind, body) = FILES[i];
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     let tag = etag();
     if headers
         .get(header::IF_NONE_MATCH)
@@ -68,9 +90,16 @@ pub async fn file(headers: HeaderMap, path: Option<Path<String>>) -> Response {
     {
         return StatusCode::NOT_MODIFIED.into_response();
     }
+    let (encoding, bytes): (&str, &'static [u8]) = if gzip {
+        ("gzip", gzipped(i))
+    } else {
+        ("identity", body.as_bytes())
+    };
     (
         [
-            (header::CONTENT_TYPE, *kind),
+            (header::CONTENT_TYPE, kind),
+            (header::CONTENT_ENCODING, encoding),
+            (header::VARY, "Accept-Encoding"),
             // Revalidated each time (cheap: 304 by ETag), so an upgraded
             // binary's UI is never mixed with a cached old one.
             (header::CACHE_CONTROL, "no-cache"),
@@ -82,7 +111,7 @@ pub async fn file(headers: HeaderMap, path: Option<Path<String>>) -> Response {
                 "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
             ),
         ],
-        *body,
+        bytes,
     )
         .into_response()
 }

@@ -73,6 +73,17 @@ async function main() {
   await page.waitForSelector("text=testnode");
   console.log("ok nodes view");
 
+  const sess = JSON.parse(await put("/v1/session/create", JSON.stringify({ Name: "leader-election" })));
+  await page.goto(base + "/ui/#/sessions");
+  await page.waitForSelector("text=leader-election");
+  assert.match(await page.textContent("main"), new RegExp(sess.ID));
+  const r2 = await fetch(base + "/v1/query", { method: "POST",
+    body: JSON.stringify({ Name: "shop-v1", Service: { Service: "shop", Tags: ["v1"], OnlyPassing: true } }) });
+  assert.ok(r2.ok);
+  await page.goto(base + "/ui/#/queries");
+  await page.waitForSelector("text=shop-v1.query.consul");
+  console.log("ok sessions and prepared queries views");
+
   await page.goto(base + "/ui/#/dns");
   await page.fill("#dns-name", "web.service.consul");
   await page.keyboard.press("Enter");

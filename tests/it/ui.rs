@@ -32,6 +32,16 @@ async fn ui_files_reads_and_host_check() {
     assert!(html.contains("/ui/app.js") && !html.contains("http://") && !html.contains("https://"));
     let r = client.get(srv.url("/ui/app.js")).send().await.unwrap();
     let etag = r.headers()["etag"].clone();
+    let plain = r.bytes().await.unwrap().len();
+    let r = client
+        .get(srv.url("/ui/app.js"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let gz = r.bytes().await.unwrap().len();
+    assert!(gz * 2 < plain, "gzip {gz} of {plain} bytes");
     let r = client
         .get(srv.url("/ui/app.js"))
         .header("If-None-Match", etag)

@@ -288,6 +288,48 @@ function dnsView() {
   if (name.value) ask();
 }
 
+function sessionsView() {
+  const body = h("tbody");
+  show(h("h1", {}, "Sessions"), h("table", {}, h("thead", {}, h("tr", {},
+    h("th", {}, "Name"), h("th", {}, "ID"), h("th", {}, "Node"), h("th", {}, "Behavior"),
+    h("th", {}, "TTL"), h("th", {}, "Lock delay"), h("th", {}, "Checks"))), body));
+  follow("/v1/session/list", (list) => {
+    const rows = (list || []).map((s) => h("tr", {},
+      h("td", {}, s.Name || h("span", { class: "muted" }, "(unnamed)")),
+      h("td", {}, h("code", {}, s.ID)),
+      h("td", {}, s.Node),
+      h("td", {}, s.Behavior),
+      h("td", {}, s.TTL || "none"),
+      h("td", {}, `${Math.round(s.LockDelay / 1e9)}s`),
+      h("td", {}, [...(s.NodeChecks || []), ...((s.ServiceChecks || []).map((c) => c.ID))].join(", "))));
+    body.replaceChildren(...rows);
+    if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No sessions.")));
+  });
+}
+
+function queriesView() {
+  const body = h("tbody");
+  show(h("h1", {}, "Prepared queries"), h("table", {}, h("thead", {}, h("tr", {},
+    h("th", {}, "Name"), h("th", {}, "Service"), h("th", {}, "Tags"), h("th", {}, "Only passing"),
+    h("th", {}, "Template"), h("th", {}, "Failover"), h("th", {}, "DNS name"))), body));
+  follow("/v1/query", (list) => {
+    const rows = (list || []).map((q) => {
+      const s = q.Service || {};
+      const dnsName = `${q.Name || q.ID}.query.consul`;
+      return h("tr", {},
+        h("td", {}, q.Name || h("span", { class: "muted" }, q.ID)),
+        h("td", {}, s.Service || ""),
+        h("td", {}, tags(s.Tags)),
+        h("td", {}, s.OnlyPassing ? "yes" : "no"),
+        h("td", {}, (q.Template && q.Template.Type) || "none"),
+        h("td", {}, ((s.Failover && s.Failover.Datacenters) || []).join(", ") || "none"),
+        h("td", {}, h("a", { href: "#/dns", onclick: () => sessionStorage.setItem("dns-name", dnsName) }, dnsName)));
+    });
+    body.replaceChildren(...rows);
+    if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No prepared queries.")));
+  });
+}
+
 // --- routing --------------------------------------------------------------
 
 function route() {
@@ -302,6 +344,8 @@ function route() {
   else if (view === "nodes") nodesView();
   else if (view === "kv") kvView(arg);
   else if (view === "dns") dnsView();
+  else if (view === "sessions") sessionsView();
+  else if (view === "queries") queriesView();
   else servicesView();
 }
 
