@@ -6,7 +6,7 @@
 const assert = require("assert/strict");
 const path = require("path");
 
-const [moduleDir, base, shots] = process.argv.slice(2);
+const [moduleDir, base, shots, mode] = process.argv.slice(2);
 const { chromium } = require(path.resolve(moduleDir, "node_modules", "playwright-core"));
 
 async function put(p, body) {
@@ -24,8 +24,30 @@ async function main() {
   });
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   const shot = async (name) => {
-    if (shots) await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+    if (shots && shots !== "-") await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
   };
+  if (mode && mode.startsWith("token:")) {
+    // Writes need a token: refused with the API's reason, then accepted
+    // once the user enters it.
+    await page.goto(base + "/ui/#/kv/");
+    await page.fill("input[aria-label='New key name']", "app/flag");
+    await page.click("text=Create");
+    await page.fill("textarea", "on");
+    await page.click("main button.primary");
+    await page.waitForSelector("text=Permission denied");
+    await page.fill("#token", mode.slice(6));
+    await page.click("#token-form button");
+    await page.fill("input[aria-label='New key name']", "app/flag");
+    await page.click("text=Create");
+    await page.fill("textarea", "on");
+    await page.click("main button.primary");
+    await page.waitForSelector("text=Saved.");
+    const r = await fetch(base + "/v1/kv/app/flag?raw");
+    assert.equal(await r.text(), "on");
+    console.log("ok a refused write shows the API's reason; with the token it is saved");
+    await browser.close();
+    return;
+  }
 
   await page.goto(base + "/");
   await page.waitForSelector("text=web");

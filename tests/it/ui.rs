@@ -146,4 +146,26 @@ async fn ui_in_a_real_browser() {
     eprintln!("{text}");
     assert!(out.status.success(), "{text}");
     srv.stop().await;
+
+    // With a token: the UI's writes are refused until the user enters it.
+    let srv = TestServer::start_with(None, |c| c.http_token = Some("s3cret".into())).await;
+    let args = vec![
+        root.join("tests/clients/ui_check.js").display().to_string(),
+        modules.display().to_string(),
+        format!("http://{}", srv.http),
+        "-".into(),
+        "token:s3cret".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new("node").args(&args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}");
+    srv.stop().await;
 }

@@ -228,7 +228,7 @@ function kvView(prefix) {
 
 /** Shows one key; saving uses ?cas= with the index it was read at, so an
  * edit made meanwhile by someone else is never silently overwritten. */
-async function editKey(pane, key, entry) {
+async function editKey(pane, key, entry, note) {
   if (entry === undefined) {
     const r = await api(`/v1/kv/${key}`);
     entry = r.status === 404 ? null : JSON.parse(r.text)[0];
@@ -237,14 +237,13 @@ async function editKey(pane, key, entry) {
   const value = describe(bytes);
   const area = h("textarea", { "aria-label": `Value of ${key}` });
   area.value = value.raw === null ? "" : value.raw;
-  const status = h("div", { role: "status" });
+  const status = h("div", { role: "status" }, note ? h("div", { class: "ok" }, note) : null);
   const cas = entry ? entry.ModifyIndex : 0;
   const save = h("button", { class: "primary", onclick: async () => {
     try {
       const r = await api(`/v1/kv/${key}?cas=${cas}`, { method: "PUT", body: area.value });
       if (r.text.trim() === "true") {
-        status.replaceChildren(h("div", { class: "ok" }, "Saved."));
-        editKey(pane, key);
+        editKey(pane, key, undefined, "Saved.");
       } else {
         status.replaceChildren(errorBox("Not saved: the key changed since you opened it (check-and-set failed). Reload it to see the new value."));
       }
