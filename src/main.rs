@@ -136,9 +136,26 @@ fn main() -> ExitCode {
                     "open file limit: {now} (soft limit was {before}; the hard limit caps it)"
                 );
             }
-            tokio::runtime::Runtime::new()
+            let result = tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")
-                .and_then(|rt| rt.block_on(run(config, cli.opts)))
+                .and_then(|rt| rt.block_on(run(config, cli.opts)));
+            // Leave without exit-time destructors: a SIGTERM during startup
+            // drops `start` half-way, and its DNS threads may still be
+            // running while atexit handlers tear down the allocator. Every
+            // acknowledged write is on disk already (a clean shutdown
+            // closed the store; a cut-short start only read it).
+            let code = match &result {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            };
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(code) }
         }
     };
     match result {
