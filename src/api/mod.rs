@@ -328,6 +328,12 @@ const USER_MAPS: &[&str] = &[
     "Header",
 ];
 
+/// FIELDS by their folded spelling, built once: a body's every key is
+/// looked up here (folding every field for every key cost a few hundred
+/// allocations a registration).
+static FOLDED_FIELDS: std::sync::LazyLock<std::collections::HashMap<String, &'static str>> =
+    std::sync::LazyLock::new(|| FIELDS.iter().map(|f| (folded(f), *f)).collect());
+
 fn folded(k: &str) -> String {
     k.chars()
         .filter(|c| *c != '_')
@@ -341,18 +347,25 @@ fn folded(k: &str) -> String {
 pub(crate) fn canonical_keys(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
-            let old = std::mem::take(map);
-            for (k, mut val) in old {
-                let f = folded(&k);
-                let key = FIELDS
-                    .iter()
-                    .find(|c| folded(c) == f)
-                    .map(|c| c.to_string())
-                    .unwrap_or(k);
-                if !USER_MAPS.contains(&key.as_str()) {
-                    canonical_keys(&mut val);
+            // Only keys spelled otherwise move; a body in Consul's own
+            // spelling (the common case) is left as parsed.
+            let renames: Vec<(String, &'static str)> = map
+                .keys()
+                .filter(|k| !FIELDS.contains(&k.as_str()))
+                .filter_map(|k| {
+                    let canonical = FOLDED_FIELDS.get(folded(k).as_str())?;
+                    Some((k.clone(), *canonical))
+                })
+                .collect();
+            for (old, new) in renames {
+                if let Some(v) = map.remove(&old) {
+                    map.insert(new.to_string(), v);
                 }
-                map.insert(key, val);
+            }
+            for (k, val) in map.iter_mut() {
+                if !USER_MAPS.contains(&k.as_str()) {
+                    canonical_keys(val);
+                }
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(canonical_keys),
