@@ -309,7 +309,7 @@ fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/clients")
 }
 
-fn run_script(program: &std::path::Path, args: &[String], limit: Duration) {
+pub fn run_script(program: &std::path::Path, args: &[String], limit: Duration) {
     let mut child = Command::new(program)
         .args(args)
         .stdout(std::process::Stdio::piped())

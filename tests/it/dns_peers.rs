@@ -168,22 +168,8 @@ async fn unbound_with_qname_minimisation_resolves_through_signpost() {
         got.sort();
         assert_eq!(got, ["127.0.1.1", "127.0.1.2", "127.0.1.3"], "{via:?}");
     }
-    let m = query(
-        unbound,
-        Via::Udp,
-        "_api._tcp.service.consul.",
-        RecordType::SRV,
-    )
-    .await;
-    let ports: BTreeSet<u16> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(s) => Some(s.port),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(ports, BTreeSet::from([9000, 9001, 9002]));
+    let ports = srv_ports(unbound, Via::Udp, "_api._tcp.service.consul.").await;
+    assert_eq!(ports, [9000, 9001, 9002]);
     // A name that does not exist is still NXDOMAIN through unbound.
     let m = query(unbound, Via::Udp, "nope.service.consul.", RecordType::A).await;
     assert_eq!(

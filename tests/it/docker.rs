@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::{RData, RecordType};
 use signpost::config::DockerConfig;
 
 use crate::support::*;
@@ -248,19 +247,8 @@ async fn start_signpost(engine: &Engine, internal: bool) -> TestServer {
     .await
 }
 
-/// SRV answers of `name` as (port, target) pairs, sorted.
 async fn srv(server: std::net::SocketAddr, name: &str) -> Vec<u16> {
-    let m = query(server, Via::Udp, name, RecordType::SRV).await;
-    let mut v: Vec<u16> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(s) => Some(s.port),
-            _ => None,
-        })
-        .collect();
-    v.sort();
-    v
+    srv_ports(server, Via::Udp, name).await
 }
 
 async fn wait_srv(server: std::net::SocketAddr, name: &str, want: &[u16], what: &str) {

@@ -284,6 +284,21 @@ pub async fn a_records(server: SocketAddr, name: &str) -> Vec<String> {
     v
 }
 
+/// The ports of the SRV answers of `name` over `via`, sorted.
+pub async fn srv_ports(server: SocketAddr, via: Via, name: &str) -> Vec<u16> {
+    let mut v: Vec<u16> = query(server, via, name, RecordType::SRV)
+        .await
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::SRV(s) => Some(s.port),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Polls `probe` every 50 ms until it returns true; fails the test, saying
 /// `what`, once `limit` has passed.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)

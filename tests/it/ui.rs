@@ -4,7 +4,6 @@
 //! or playwright-core is not installed).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::support::*;
 
@@ -113,6 +112,19 @@ async fn ui_files_reads_and_host_check() {
     srv.stop().await;
 }
 
+/// Runs the browser script with Node (clients.rs's runner, bounded).
+async fn node(args: Vec<String>) {
+    tokio::task::spawn_blocking(move || {
+        crate::clients::run_script(
+            std::path::Path::new("node"),
+            &args,
+            std::time::Duration::from_secs(120),
+        )
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ui_in_a_real_browser() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -134,17 +146,7 @@ async fn ui_in_a_real_browser() {
     if let Ok(dir) = std::env::var("SIGNPOST_SCREENSHOTS") {
         args.push(dir);
     }
-    let out = tokio::task::spawn_blocking(move || Command::new("node").args(&args).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "{text}");
+    node(args).await;
     srv.stop().await;
 
     // With a token: the UI's writes are refused until the user enters it.
@@ -156,16 +158,6 @@ async fn ui_in_a_real_browser() {
         "-".into(),
         "token:s3cret".into(),
     ];
-    let out = tokio::task::spawn_blocking(move || Command::new("node").args(&args).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "{text}");
+    node(args).await;
     srv.stop().await;
 }
