@@ -100,19 +100,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(signpost::cli::consul_style_args(std::env::args().collect()));
     match cli.command {
         Some(Command::Completion { shell }) => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "signpost", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a write error, and
+            // `signpost completion bash | head` closes the pipe early.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "signpost", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
             return ExitCode::SUCCESS;
         }
         Some(Command::Man) => {
-            let man = clap_mangen::Man::new(Cli::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: cannot write the man page: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+            let mut page = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                eprintln!("error: cannot render the man page: {e}");
+                return ExitCode::FAILURE;
+            }
+            use std::io::Write;
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::stdout().write_all(&page);
+            return ExitCode::SUCCESS;
         }
         Some(c) if c.is_client() => {
             return ExitCode::from(signpost::cli::run(c) as u8);
