@@ -87,7 +87,7 @@ pub async fn register_service(
                 let stale: Vec<String> = txn
                     .state()
                     .checks_of(&key)
-                    .filter(|c| c.service_id.as_deref() == Some(key.id.as_str()))
+                    .filter(|c| c.service_id.as_deref() == Some(&*key.id))
                     .filter(|c| {
                         !keep.contains(c.id.as_str()) && !c.id.starts_with("_service_maintenance:")
                     })

@@ -190,13 +190,17 @@ impl Registry {
 
     /// Shows `state` to readers, rebuilds the answers for `changes` and
     /// wakes watchers. Called with the writers' lock held, so publications
-    /// happen in index order.
-    fn publish(&self, state: State, changes: &Changes) {
+    /// happen in index order. Returns the state it replaced, for the caller
+    /// to drop once the lock is released: freeing a batch's worth of
+    /// replaced map nodes is work no writer should wait behind.
+    #[must_use = "drop the replaced state after releasing the writers' lock"]
+    fn publish(&self, state: State, changes: &Changes) -> Arc<State> {
         let index = state.index;
         let state = Arc::new(state);
-        self.visible.store(state.clone());
+        let old = self.visible.swap(state.clone());
         self.listener.changed(&state, changes);
         self.index_tx.send_replace(index);
+        old
     }
 
     /// Runs `f` as one transaction that needs no disk (zones/, Consul,
@@ -212,7 +216,9 @@ impl Registry {
         }
         if w.settled() {
             let state = w.tip.clone();
-            self.publish(state, &changes);
+            let replaced = self.publish(state, &changes);
+            drop(w);
+            drop(replaced);
         } else {
             let after = w.tip.clone();
             w.queued.push_back(Pending {
@@ -276,7 +282,7 @@ impl Registry {
         let (_, changes, _) = Self::apply(&mut w, |txn| txn.restore(saved));
         if !changes.is_empty() {
             let state = w.tip.clone();
-            self.publish(state, &changes);
+            drop(self.publish(state, &changes));
         }
         count
     }
@@ -389,21 +395,24 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
                         .fetch_add(writes, Ordering::Relaxed);
                     recovered(&reg, &mut failing_since);
                 }
-                let mut w = reg.lock();
+                let mut batch = batch;
                 let mut changes = Changes::default();
-                let mut replies = Vec::new();
-                for p in batch {
-                    changes.merge(p.changes);
-                    replies.extend(p.reply);
+                let mut replies = Vec::with_capacity(batch.len());
+                for p in &mut batch {
+                    changes.merge(std::mem::take(&mut p.changes));
+                    replies.extend(p.reply.take());
                 }
-                if !changes.is_empty() {
-                    reg.publish(after, &changes);
-                }
+                let mut w = reg.lock();
+                let replaced = (!changes.is_empty()).then(|| reg.publish(after, &changes));
                 w.in_flight = false;
                 drop(w);
                 for r in replies {
                     let _ = r.send(Ok(()));
                 }
+                // Freed only once the writers have their answers: the
+                // batch's rows and the state it replaced are the bulk of a
+                // batch's deallocations.
+                drop((batch, replaced));
             }
             Err(e) => {
                 failed(&reg, &e, &mut failing_since);
@@ -430,12 +439,13 @@ fn refuse(reg: &Registry, batch: Vec<Pending>, e: &StoreError) {
             changes.merge(c);
         }
     }
-    if !changes.is_empty() {
+    let replaced = (!changes.is_empty()).then(|| {
         let state = w.tip.clone();
-        reg.publish(state, &changes);
-    }
+        reg.publish(state, &changes)
+    });
     w.in_flight = false;
     drop(w);
+    drop(replaced);
     reg.status
         .refused_writes
         .fetch_add(replies.len() as u64, Ordering::Relaxed);

@@ -361,7 +361,7 @@ impl State {
         self.instances
             .range(from..)
             .map(|(k, _)| k)
-            .take_while(move |k| k.node == node)
+            .take_while(move |k| *k.node == *node)
     }
 
     pub fn view(&self, key: &InstanceKey) -> Option<InstanceView<'_>> {
@@ -385,11 +385,11 @@ impl State {
     /// An instance's own checks followed by its node's checks.
     pub fn checks_of<'a>(&'a self, key: &InstanceKey) -> impl Iterator<Item = &'a Check> + 'a {
         let own = CheckOwner {
-            node: key.node.clone(),
-            service_id: Some(key.id.clone()),
+            node: key.node.to_string(),
+            service_id: Some(key.id.to_string()),
         };
         let node = CheckOwner {
-            node: key.node.clone(),
+            node: key.node.to_string(),
             service_id: None,
         };
         let own = self.checks.get(&own).into_iter().flat_map(|m| m.values());
@@ -515,7 +515,7 @@ impl Txn<'_> {
         let lower = self.state.insert_instance(inst);
         self.touched.instances.insert(key.clone());
         self.changes.services.insert(lower);
-        self.changes.nodes.insert(key.node.clone());
+        self.changes.nodes.insert(key.node.to_string());
     }
 
     /// Removes an instance and its checks.
@@ -525,11 +525,11 @@ impl Txn<'_> {
         let lower = inst.name.to_ascii_lowercase();
         self.state.unindex_service(&lower, key);
         self.remove_checks_of(&CheckOwner {
-            node: key.node.clone(),
-            service_id: Some(key.id.clone()),
+            node: key.node.to_string(),
+            service_id: Some(key.id.to_string()),
         });
         self.changes.services.insert(lower);
-        self.changes.nodes.insert(key.node.clone());
+        self.changes.nodes.insert(key.node.to_string());
         Some(Arc::unwrap_or_clone(inst))
     }
 
@@ -550,10 +550,7 @@ impl Txn<'_> {
         self.changes.nodes.insert(owner.node.clone());
         match &owner.service_id {
             Some(id) => {
-                let key = InstanceKey {
-                    node: owner.node.clone(),
-                    id: id.clone(),
-                };
+                let key = InstanceKey::new(&owner.node, id);
                 if let Some(name) = self.state.instances.get(&key).map(|i| i.name.clone()) {
                     self.touch_service(&name);
                 }
@@ -902,7 +899,7 @@ impl Txn<'_> {
         }
         for key in &touched.instances {
             if let Some(i) = from.instance(key) {
-                if self.state.nodes.contains_key(&key.node) {
+                if self.state.nodes.contains_key(&*key.node) {
                     self.upsert_instance(i.clone());
                 }
             }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -117,10 +118,12 @@ impl Node {
 }
 
 /// Identifies an instance: its node and its ID, unique on that node.
+/// `Arc<str>`: the registry's persistent maps copy keys whenever a write
+/// copies a path (sixteen a node), so a key must clone without allocating.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceKey {
-    pub node: String,
-    pub id: String,
+    pub node: Arc<str>,
+    pub id: Arc<str>,
 }
 
 /// One service instance (Consul: a "service node").
@@ -154,18 +157,15 @@ pub struct TaggedAddress {
 impl InstanceKey {
     pub fn new(node: &str, id: &str) -> InstanceKey {
         InstanceKey {
-            node: node.to_string(),
-            id: id.to_string(),
+            node: node.into(),
+            id: id.into(),
         }
     }
 }
 
 impl Instance {
     pub fn key(&self) -> InstanceKey {
-        InstanceKey {
-            node: self.node.clone(),
-            id: self.id.clone(),
-        }
+        InstanceKey::new(&self.node, &self.id)
     }
 }
 
