@@ -91,7 +91,12 @@ struct Outcomes {
 /// once space is back, writes succeed again without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_writes_change_nothing_and_writes_recover_when_space_is_back() {
-    let Some(fs) = Tmpfs::mount("3m") else { return };
+    // Big enough that the store cannot fill it before the filler does (a
+    // release build writes tens of MiB/s): the filler must hold the space
+    // that removing it gives back.
+    let Some(fs) = Tmpfs::mount("64m") else {
+        return;
+    };
     let data = fs.path().join("data");
     let data_arg = data.to_str().unwrap().to_string();
     let mut srv = run_binary(&["--data-dir", &data_arg, "--node", "n1"]);
@@ -134,7 +139,11 @@ async fn refused_writes_change_nothing_and_writes_recover_when_space_is_back() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(20), "writes acknowledged", || {
+        let out = out.clone();
+        async move { out.lock().unwrap().acked.len() >= 20 }
+    })
+    .await;
     let fs_for_fill = fs.path().to_path_buf();
     let filler = tokio::task::spawn_blocking(move || fill(&fs_for_fill))
         .await
