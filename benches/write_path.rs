@@ -3,7 +3,10 @@
 //! reads. Reports durable writes/s, write latency (a 200 means the change is
 //! on disk and in DNS, so this is the write-to-DNS latency, checked by a DNS
 //! query after a sample of the acknowledgements), and HTTP read latency alone
-//! and under the write load, as ratios from one run.
+//! and under the write load, as ratios from one run. A last phase reads
+//! under a paced write load (`WRITE_BENCH_PACED` writes/s, default 2,000,
+//! from 8 writers): below saturation, reads should not notice the writes
+//! at all, since no read waits for the disk or a writer.
 //!
 //! `cargo bench --bench write_path` runs an in-process signpost on a temp
 //! dir. `WRITE_BENCH_URL=http://127.0.0.1:8500 WRITE_BENCH_DNS=127.0.0.1:8600`
@@ -89,6 +92,46 @@ async fn read_phase(base: &str, seconds: f64, stop_writers: Option<&AtomicBool>)
     v
 }
 
+/// Writes at `rate` a second from 8 writers (open loop: each sends on
+/// its own clock, whatever the answers' latency) until `stop`; returns how
+/// many were acknowledged.
+async fn paced_writes(base: &str, rate: f64, stop: Arc<AtomicBool>) -> u64 {
+    const WRITERS: usize = 8;
+    let every = Duration::from_secs_f64(WRITERS as f64 / rate.max(1.0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (stop, done, base) = (stop.clone(), done.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let body = format!(
+                    r#"{{"Name":"p{w}x{i}","Address":"10.200.{}.{}","Port":80}}"#,
+                    i / 250 % 250,
+                    i % 250 + 1
+                );
+                let r = client
+                    .put(format!("{base}/v1/agent/service/register"))
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("write");
+                assert!(r.status().is_success(), "write refused: {}", r.status());
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed)
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("write_path: run with `cargo bench --bench write_path`");
@@ -96,6 +139,7 @@ fn main() {
     }
     let seconds: f64 = env_or("WRITE_BENCH_SECONDS", 5.0);
     let writers: usize = env_or("WRITE_BENCH_WRITERS", 32);
+    let paced: f64 = env_or("WRITE_BENCH_PACED", 2000.0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
@@ -198,6 +242,23 @@ fn main() {
         println!("  HTTP read alone, ms       p50 {:.2}  p99 {:.2}", ms(a50), ms(a99));
         println!("  HTTP read under writes    p50 {:.2}  p99 {:.2}", ms(l50), ms(l99));
         println!("  read p99 ratio, loaded/alone: {:.2}", ms(l99) / ms(a99).max(1e-9));
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let pacer = tokio::spawn({
+            let (base, stop) = (base.clone(), stop.clone());
+            async move { paced_writes(&base, paced, stop).await }
+        });
+        let under_paced = read_phase(&base, seconds, Some(&stop)).await;
+        let paced_done = pacer.await.unwrap();
+        let (p50, p99) = (percentile(&under_paced, 0.5), percentile(&under_paced, 0.99));
+        println!(
+            "  HTTP read under {:.0} writes/s (paced)  p50 {:.2}  p99 {:.2}  ratio to alone {:.2}",
+            paced_done as f64 / started.elapsed().as_secs_f64(),
+            ms(p50),
+            ms(p99),
+            ms(p99) / ms(a99).max(1e-9)
+        );
         if let Some(s) = &local {
             let st = s.registry.store_status();
             let b = st.batches.load(Ordering::Relaxed).max(1);
