@@ -92,6 +92,18 @@ async fn read_phase(base: &str, seconds: f64, stop_writers: Option<&AtomicBool>)
     v
 }
 
+/// Registers service `name` at `address`; panics unless it is acknowledged.
+async fn register(client: &reqwest::Client, base: &str, name: &str, address: &str) {
+    let body = format!(r#"{{"Name":"{name}","Address":"{address}","Port":80}}"#);
+    let r = client
+        .put(format!("{base}/v1/agent/service/register"))
+        .body(body)
+        .send()
+        .await
+        .expect("write");
+    assert!(r.status().is_success(), "write refused: {}", r.status());
+}
+
 /// Writes at `rate` a second from 8 writers (open loop: each sends on
 /// its own clock, whatever the answers' latency) until `stop`; returns how
 /// many were acknowledged.
@@ -109,18 +121,8 @@ async fn paced_writes(base: &str, rate: f64, stop: Arc<AtomicBool>) -> u64 {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let body = format!(
-                    r#"{{"Name":"p{w}x{i}","Address":"10.200.{}.{}","Port":80}}"#,
-                    i / 250 % 250,
-                    i % 250 + 1
-                );
-                let r = client
-                    .put(format!("{base}/v1/agent/service/register"))
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("write");
-                assert!(r.status().is_success(), "write refused: {}", r.status());
+                let address = format!("10.200.{}.{}", i / 250 % 250, i % 250 + 1);
+                register(&client, &base, &format!("p{w}x{i}"), &address).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
@@ -189,20 +191,9 @@ fn main() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("b{w}x{i}");
-                    let body = format!(
-                        r#"{{"Name":"{name}","Address":"10.{}.{}.{}","Port":80}}"#,
-                        w + 1,
-                        i / 250 % 250,
-                        i % 250 + 1
-                    );
+                    let address = format!("10.{}.{}.{}", w + 1, i / 250 % 250, i % 250 + 1);
                     let t = Instant::now();
-                    let r = client
-                        .put(format!("{base}/v1/agent/service/register"))
-                        .body(body)
-                        .send()
-                        .await
-                        .expect("write");
-                    assert!(r.status().is_success(), "write refused: {}", r.status());
+                    register(&client, &base, &name, &address).await;
                     lat.lock().unwrap().push(t.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
                     if i.is_multiple_of(50) {
