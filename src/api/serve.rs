@@ -161,11 +161,27 @@ pub async fn serve(
 struct Activity {
     last_io: Mutex<Option<Instant>>,
     requests: AtomicUsize,
+    /// Since when a request's headers are awaited: from the connection's
+    /// start, and from the first byte of each later request, until hyper
+    /// hands the request over. Kept here rather than as hyper's header
+    /// read timeout, which also runs while a keep-alive connection waits
+    /// for nothing, and so cut every idle connection at 10 s (logged as a
+    /// slow client) instead of at the idle timeout.
+    head_since: Mutex<Option<Instant>>,
 }
 
 impl Activity {
     fn touch(&self) {
         *self.last_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn head_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.head_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the headers of the request in progress have been awaited.
+    fn head_waited(&self) -> Duration {
+        self.head_since().map(|t| t.elapsed()).unwrap_or_default()
     }
 
     fn idle_for(&self) -> Duration {
@@ -192,9 +208,14 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) {
             self.activity.touch();
+            // Bytes between requests start the next one's headers.
+            if buf.filled().len() > before && self.activity.requests.load(Ordering::Relaxed) == 0 {
+                self.activity.head_since().get_or_insert_with(Instant::now);
+            }
         }
         r
     }
@@ -243,6 +264,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     activity.touch();
+    *activity.head_since() = Some(Instant::now());
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
@@ -250,6 +272,7 @@ async fn connection(
     let act = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         act.requests.fetch_add(1, Ordering::Relaxed);
+        *act.head_since() = None;
         let guard = InFlight(Arc::clone(&act));
         let app = app.clone();
         async move {
@@ -260,27 +283,27 @@ async fn connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(conns.limits.header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
-    let idle = conns.limits.idle_timeout;
-    let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle));
+    let (idle, head) = (conns.limits.idle_timeout, conns.limits.header_timeout);
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle).min(head));
     let mut stopping = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    if e.is_timeout() {
-                        conns.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                        conns.report(&format!("closed an HTTP connection from {peer}: headers not received within {:?}", conns.limits.header_timeout));
-                    } else {
-                        tracing::debug!("http connection from {peer}: {e}");
-                    }
+                    tracing::debug!("http connection from {peer}: {e}");
                 }
                 return;
             }
             _ = tick.tick() => {
+                if activity.head_waited() >= head {
+                    conns.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    conns.report(&format!("closed an HTTP connection from {peer}: headers not received within {head:?}"));
+                    return;
+                }
                 if activity.idle_for() >= idle {
                     conns.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("closing an HTTP connection from {peer} idle for {idle:?}");

@@ -350,6 +350,53 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// A keep-alive connection waiting for its next request is idle, not a
+/// slow client: it lasts until the idle timeout, not the header timeout
+/// (hyper's own header timeout cut every idle connection at 10 s). Once a
+/// next request starts, its headers must still arrive in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_last_until_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let srv = TestServer::start_with(None, |c| {
+        c.http_limits.header_timeout = Duration::from_secs(1);
+        c.http_limits.idle_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let addr = srv.signpost().http_addr();
+    let request = b"GET /v1/catalog/services HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept.write_all(request).await.unwrap();
+    assert!(
+        !closed_within(&mut kept, Duration::from_millis(2500)).await,
+        "an idle keep-alive connection was cut at the header timeout"
+    );
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(5)).await,
+        "an idle keep-alive connection outlived the idle timeout"
+    );
+
+    // A second request that never finishes its headers is cut as before.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.write_all(b"GET /v1/catalog/services HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "a second request's slow headers were not cut"
+    );
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    let metrics = http("GET", &srv.url("/metrics"), None).await.body;
+    let cut = metrics
+        .lines()
+        .find(|l| l.starts_with("signpost_http_timed_out"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(cut, Some(2), "both cuts counted: {metrics}");
+}
+
 /// `GET /health` from another loopback address (another client).
 async fn health_from_elsewhere(srv: &TestServer) -> u16 {
     let client = reqwest::Client::builder()
