@@ -153,10 +153,12 @@ pub struct State {
     check_owner: imbl::HashMap<(String, String), CheckOwner>,
     /// (lower-cased service name, instance): one flat ordered set, so that a
     /// service's instances are a range and adding one to a service with
-    /// 50,000 copies a path, not the service's whole list.
-    by_service: OrdSet<(String, InstanceKey)>,
+    /// 50,000 copies a path, not the service's whole list. Names are
+    /// `Arc<str>` here and below for the same reason as [`InstanceKey`]'s
+    /// fields: a path copy clones every key of its nodes.
+    by_service: OrdSet<(Arc<str>, InstanceKey)>,
     /// Lower-cased service name → its instance count and change index.
-    services: OrdMap<String, ServiceEntry>,
+    services: OrdMap<Arc<str>, ServiceEntry>,
     kv: OrdMap<String, Arc<KvEntry>>,
     sessions: OrdMap<String, Arc<Session>>,
     /// Prepared queries by ID.
@@ -242,12 +244,13 @@ impl State {
     fn insert_instance(&mut self, inst: Instance) -> String {
         let key = inst.key();
         let lower = inst.name.to_ascii_lowercase();
+        let shared: Arc<str> = lower.as_str().into();
         if self
             .by_service
-            .insert((lower.clone(), key.clone()))
+            .insert((shared.clone(), key.clone()))
             .is_none()
         {
-            self.services.entry(lower.clone()).or_default().instances += 1;
+            self.services.entry(shared).or_default().instances += 1;
         }
         self.instances.insert(key, Arc::new(inst));
         lower
@@ -256,7 +259,7 @@ impl State {
     fn unindex_service(&mut self, lower: &str, key: &InstanceKey) {
         if self
             .by_service
-            .remove(&(lower.to_string(), key.clone()))
+            .remove(&(Arc::from(lower), key.clone()))
             .is_some()
         {
             if let Some(e) = self.services.get_mut(lower) {
@@ -271,7 +274,7 @@ impl State {
     fn stamp(&mut self, changes: &Changes, index: u64) {
         let t = &mut self.tables;
         for s in &changes.services {
-            if let Some(e) = self.services.get_mut(s) {
+            if let Some(e) = self.services.get_mut(s.as_str()) {
                 e.index = index;
             }
             t.services = index;
@@ -332,7 +335,7 @@ impl State {
 
     /// Lower-cased names of every service with at least one instance.
     pub fn service_names(&self) -> impl Iterator<Item = &str> {
-        self.services.keys().map(String::as_str)
+        self.services.keys().map(|k| &**k)
     }
 
     /// Every instance of a service (by lower-cased name), with its node and
@@ -341,7 +344,7 @@ impl State {
         &'a self,
         lower_name: &str,
     ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
-        let name = lower_name.to_string();
+        let name: Arc<str> = lower_name.into();
         self.by_service
             .range((name.clone(), InstanceKey::new("", ""))..)
             .take_while(move |(n, _)| *n == name)
@@ -841,7 +844,7 @@ impl Txn<'_> {
     /// Marks every service and node changed, so the listener rebuilds all
     /// of them (after its settings changed on reload).
     pub fn touch_all(&mut self) {
-        let services: Vec<String> = self.state.services.keys().cloned().collect();
+        let services: Vec<String> = self.state.services.keys().map(|k| k.to_string()).collect();
         let nodes: Vec<String> = self.state.nodes.keys().cloned().collect();
         self.changes.services.extend(services);
         self.changes.nodes.extend(nodes);
