@@ -210,9 +210,8 @@ pub struct Answers {
     /// change to one rebuilds them. Listener only.
     query_services: Mutex<BTreeSet<String>>,
     /// Every tag some local instance carries, counted by service, for the
-    /// empty non-terminals of RFC 2782 names (`_v1.service.consul`). Read
-    /// only on the NXDOMAIN path; never held across an await.
-    tags: Mutex<TagIndex>,
+    /// empty non-terminals of RFC 2782 names (`_v1.service.consul`).
+    tags: TagIndex,
     /// Plain queries with `Failover.Datacenters`: name (and ID) → the
     /// search to repeat in those datacenters when none is here.
     query_failover: NameMap<Arc<crate::registry::query::QuerySpec>>,
@@ -314,18 +313,14 @@ impl Answers {
             templates: ArcSwap::from_pointee(Vec::new()),
             query_services: Mutex::new(BTreeSet::new()),
             query_failover: NameMap::default(),
-            tags: Mutex::new(TagIndex::default()),
+            tags: TagIndex::default(),
         }
     }
 
     /// Whether some local instance carries `tag` (any case).
     pub fn has_tag(&self, tag: &[u8]) -> bool {
         let tag = String::from_utf8_lossy(tag).to_ascii_lowercase();
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .counts
-            .contains_key(tag.as_str())
+        self.tags.counts.contains_key(tag.as_str())
     }
 
     /// The search of a plain query that fails over to other datacenters.
@@ -729,17 +724,21 @@ impl PtrIndex {
 /// carry it.
 #[derive(Debug, Default)]
 struct TagIndex {
-    by_service: HashMap<String, Vec<Box<str>>>,
-    counts: HashMap<Box<str>, u32>,
+    /// Written by the listener only; never held across an await.
+    by_service: Mutex<HashMap<String, Vec<Box<str>>>>,
+    /// Read by DNS queries (the NXDOMAIN path): a sharded map, so that a
+    /// flood of such queries on every DNS thread takes no common lock.
+    counts: NameMap<u32>,
 }
 
 impl TagIndex {
-    fn set(&mut self, service: &str, tags: Vec<Box<str>>) {
-        for old in self.by_service.remove(service).unwrap_or_default() {
-            if let Some(c) = self.counts.get_mut(&old) {
-                *c -= 1;
-                if *c == 0 {
-                    self.counts.remove(&old);
+    fn set(&self, service: &str, tags: Vec<Box<str>>) {
+        let mut by_service = self.by_service.lock().unwrap_or_else(|e| e.into_inner());
+        for old in by_service.remove(service).unwrap_or_default() {
+            if let dashmap::Entry::Occupied(mut c) = self.counts.entry(old) {
+                *c.get_mut() -= 1;
+                if *c.get() == 0 {
+                    c.remove();
                 }
             }
         }
@@ -747,7 +746,7 @@ impl TagIndex {
             *self.counts.entry(t.clone()).or_default() += 1;
         }
         if !tags.is_empty() {
-            self.by_service.insert(service.to_string(), tags);
+            by_service.insert(service.to_string(), tags);
         }
     }
 }
@@ -776,10 +775,7 @@ impl ChangeListener for Answers {
                 .get(&self.config().datacenter)
                 .map(|set| set.tags.keys().cloned().collect())
                 .unwrap_or_default();
-            self.tags
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set(lower, tags);
+            self.tags.set(lower, tags);
             match sets.remove(&self.config().datacenter) {
                 Some(set) => {
                     self.services

@@ -194,22 +194,36 @@ fn chaos(w: &mut ResponseWriter<'_>, q: &Query<'_>, labels: &Labels<'_>, id: &[u
 }
 
 /// The entries of `set` carrying every tag of `tags` and none of its
-/// `!tag`s (membership by identity: a tag's set shares the entries).
+/// `!tag`s (membership by identity: a tag's set shares the entries). Each
+/// tag's members are looked up once, so a query costs one pass over the
+/// service's entries, not one per entry and tag.
 fn filter_by_tags(set: &super::answers::ServiceSet, tags: &[String]) -> super::answers::RecordSet {
-    let member = |tag: &str, e: &Arc<super::answers::Entry>| {
-        set.tags
-            .get(tag.to_ascii_lowercase().as_str())
-            .is_some_and(|t| t.entries.iter().any(|x| Arc::ptr_eq(x, e)))
-    };
+    let rules: Vec<(
+        bool,
+        std::collections::HashSet<*const super::answers::Entry>,
+    )> = tags
+        .iter()
+        .map(|t| {
+            let (wanted, tag) = match t.strip_prefix('!') {
+                Some(not) => (false, not),
+                None => (true, t.as_str()),
+            };
+            let members = set
+                .tags
+                .get(tag.to_ascii_lowercase().as_str())
+                .map(|t| t.entries.iter().map(Arc::as_ptr).collect())
+                .unwrap_or_default();
+            (wanted, members)
+        })
+        .collect();
     let entries: Vec<_> = set
         .all
         .entries
         .iter()
         .filter(|e| {
-            tags.iter().all(|t| match t.strip_prefix('!') {
-                Some(not) => !member(not, e),
-                None => member(t, e),
-            })
+            rules
+                .iter()
+                .all(|(wanted, members)| members.contains(&Arc::as_ptr(e)) == *wanted)
         })
         .cloned()
         .collect();
