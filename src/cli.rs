@@ -16,6 +16,9 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::health::probe::cause;
+use crate::sync::consul::consul_index;
+
 /// Where the agent is and who we are to it.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
@@ -327,12 +330,7 @@ impl Agent {
             reason: cause(&e),
         })?;
         let status = resp.status().as_u16();
-        let index = resp
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let index = consul_index(resp.headers());
         let body = resp.bytes().await.map_err(|e| CliError::Unreachable {
             addr: self.base.clone(),
             reason: cause(&e),
@@ -355,17 +353,6 @@ impl Agent {
     async fn delete(&self, path: &str) -> Result<Reply> {
         self.call(reqwest::Method::DELETE, path, None).await
     }
-}
-
-/// The innermost reason of a request failure, lowercase.
-fn cause(e: &reqwest::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason = s.to_string();
-        source = s.source();
-    }
-    reason.to_lowercase()
 }
 
 /// A key or prefix as a URL path (slashes kept).

@@ -113,8 +113,9 @@ pub async fn http(clients: &HttpClients, c: &HttpCheck<'_>) -> (Health, String) 
 
 /// Why a request failed, from the innermost errors out: reqwest's own
 /// message ("error sending request for url") names no reason, its sources
-/// do (connection refused, a DNS failure, the TLS alert).
-fn cause(e: &reqwest::Error) -> String {
+/// do (connection refused, a DNS failure, the TLS alert). Also the CLI's
+/// reason when the agent cannot be reached.
+pub fn cause(e: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

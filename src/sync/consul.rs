@@ -411,12 +411,7 @@ impl ConsulSync {
             .map_err(|e| SyncError::Unreachable(e.to_string()))?;
         let arrived = Instant::now();
         let status = resp.status();
-        let index = resp
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let index = consul_index(resp.headers());
         let body = resp
             .bytes()
             .await
@@ -821,6 +816,16 @@ impl Remote for Sidecar {
             let _ = ready.wait_for(|done| *done).await;
         })
     }
+}
+
+/// A reply's `X-Consul-Index` (0 when missing or malformed, which makes the
+/// next blocking read a plain one).
+pub fn consul_index(headers: &reqwest::header::HeaderMap) -> u64 {
+    headers
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
