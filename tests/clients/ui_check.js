@@ -95,6 +95,10 @@ async function main() {
   await page.waitForSelector("text=testnode");
   console.log("ok nodes view");
 
+  await page.goto(base + "/ui/#/sessions");
+  await page.waitForSelector("text=No sessions.");
+  assert.equal(await page.getAttribute("td.muted", "colspan"), "7", "the empty row spans the table");
+
   const sess = JSON.parse(await put("/v1/session/create", JSON.stringify({ Name: "leader-election" })));
   await page.goto(base + "/ui/#/sessions");
   await page.waitForSelector("text=leader-election");

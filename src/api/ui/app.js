@@ -25,6 +25,21 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** A table with these column headings above `body`. */
+function table(headings, body) {
+  return h("table", {}, h("thead", {}, h("tr", {}, headings.map((t) => h("th", {}, t)))), body);
+}
+
+/** Shows `rows` in `body`, or one muted row saying `empty` when there are
+ * none (and `empty` is given). */
+function fill(body, rows, empty) {
+  body.replaceChildren(...rows);
+  if (!rows.length && empty) {
+    const columns = body.closest("table").tHead.rows[0].cells.length;
+    body.append(h("tr", {}, h("td", { colspan: columns, class: "muted" }, empty)));
+  }
+}
+
 function token() {
   return localStorage.getItem("signpost-token") || "";
 }
@@ -108,14 +123,13 @@ function servicesView() {
             s.Warning ? h("span", { class: "warning" }, `${s.Warning} warning`) : null,
             s.Critical ? h("span", { class: "critical" }, `${s.Critical} critical`) : null,
             s.Maintenance ? h("span", { class: "maintenance" }, `${s.Maintenance} maintenance`) : null)));
-    tbody.replaceChildren(...rows);
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No services match.")));
+    fill(tbody, rows, "No services match.");
   };
   filter.addEventListener("input", draw);
   show(
     h("h1", {}, "Services"),
     h("div", { class: "toolbar" }, filter),
-    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Service"), h("th", {}, "Tags"), h("th", {}, "Source"), h("th", {}, "Instances"))), tbody));
+    table(["Service", "Tags", "Source", "Instances"], tbody));
   filter.focus();
   follow("/v1/signpost/ui/services", (d) => { data = d || []; draw(); });
 }
@@ -124,9 +138,7 @@ function serviceView(name) {
   const body = h("tbody");
   show(
     h("h1", {}, h("a", { href: "#/services" }, "Services"), " / ", name),
-    h("table", {}, h("thead", {}, h("tr", {},
-      h("th", {}, "Instance"), h("th", {}, "Node"), h("th", {}, "Address"), h("th", {}, "Tags and meta"),
-      h("th", {}, "Weights"), h("th", {}, "Health and checks"), h("th", {}, "In DNS"))), body));
+    table(["Instance", "Node", "Address", "Tags and meta", "Weights", "Health and checks", "In DNS"], body));
   follow(`/v1/signpost/ui/service/${encodeURIComponent(name)}`, (list) => {
     const rows = (list || []).map((i) => {
       const s = i.Service;
@@ -144,15 +156,13 @@ function serviceView(name) {
         h("td", {}, badge(i.Health), checks),
         h("td", {}, i.InDNS ? h("span", { class: "passing" }, "yes") : h("span", { class: "critical" }, `no: ${i.WhyNot}`)));
     });
-    body.replaceChildren(...rows);
-    if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No instances.")));
+    fill(body, rows, "No instances.");
   });
 }
 
 function nodesView() {
   const body = h("tbody");
-  show(h("h1", {}, "Nodes"), h("table", {}, h("thead", {}, h("tr", {},
-    h("th", {}, "Node"), h("th", {}, "Address"), h("th", {}, "Meta"), h("th", {}, "Services"), h("th", {}, "Node checks"))), body));
+  show(h("h1", {}, "Nodes"), table(["Node", "Address", "Meta", "Services", "Node checks"], body));
   follow("/v1/catalog/nodes", async (nodes) => {
     const rows = [];
     for (const n of nodes || []) {
@@ -167,7 +177,7 @@ function nodesView() {
         h("td", {}, (svc.Services || []).map((s) => h("div", {}, h("a", { href: `#/service/${encodeURIComponent(s.Service)}` }, s.ID)))),
         h("td", {}, checks.filter((c) => !c.ServiceID).map((c) => h("div", {}, badge(c.Status), " ", c.Name)))));
     }
-    body.replaceChildren(...rows);
+    fill(body, rows);
   });
 }
 
@@ -289,9 +299,8 @@ function dnsView() {
 
 function sessionsView() {
   const body = h("tbody");
-  show(h("h1", {}, "Sessions"), h("table", {}, h("thead", {}, h("tr", {},
-    h("th", {}, "Name"), h("th", {}, "ID"), h("th", {}, "Node"), h("th", {}, "Behavior"),
-    h("th", {}, "TTL"), h("th", {}, "Lock delay"), h("th", {}, "Checks"))), body));
+  show(h("h1", {}, "Sessions"),
+    table(["Name", "ID", "Node", "Behavior", "TTL", "Lock delay", "Checks"], body));
   follow("/v1/session/list", (list) => {
     const rows = (list || []).map((s) => h("tr", {},
       h("td", {}, s.Name || h("span", { class: "muted" }, "(unnamed)")),
@@ -301,16 +310,14 @@ function sessionsView() {
       h("td", {}, s.TTL || "none"),
       h("td", {}, `${Math.round(s.LockDelay / 1e9)}s`),
       h("td", {}, [...(s.NodeChecks || []), ...((s.ServiceChecks || []).map((c) => c.ID))].join(", "))));
-    body.replaceChildren(...rows);
-    if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No sessions.")));
+    fill(body, rows, "No sessions.");
   });
 }
 
 function queriesView() {
   const body = h("tbody");
-  show(h("h1", {}, "Prepared queries"), h("table", {}, h("thead", {}, h("tr", {},
-    h("th", {}, "Name"), h("th", {}, "Service"), h("th", {}, "Tags"), h("th", {}, "Only passing"),
-    h("th", {}, "Template"), h("th", {}, "Failover"), h("th", {}, "DNS name"))), body));
+  show(h("h1", {}, "Prepared queries"),
+    table(["Name", "Service", "Tags", "Only passing", "Template", "Failover", "DNS name"], body));
   follow("/v1/query", (list) => {
     const rows = (list || []).map((q) => {
       const s = q.Service || {};
@@ -324,8 +331,7 @@ function queriesView() {
         h("td", {}, ((s.Failover && s.Failover.Datacenters) || []).join(", ") || "none"),
         h("td", {}, h("a", { href: "#/dns", onclick: () => sessionStorage.setItem("dns-name", dnsName) }, dnsName)));
     });
-    body.replaceChildren(...rows);
-    if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No prepared queries.")));
+    fill(body, rows, "No prepared queries.");
   });
 }
 
