@@ -248,26 +248,29 @@ async fn watch_runs_its_handler_on_health_and_kv_changes() {
     srv.stop().await;
 }
 
+/// `signpost lock ARGS...` against `srv`, its stderr kept for the asserts.
+fn lock(srv: &TestServer, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_signpost"))
+        .arg("lock")
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", srv.http.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("signpost lock")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_serialises_commands_and_stops_one_that_lost_it() {
     let srv = TestServer::start(None).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let job = |name: &str| {
-        Command::new(env!("CARGO_BIN_EXE_signpost"))
-            .args([
-                "lock",
-                "locks/job",
-                &format!(
-                    "echo start {name} >> {l}; sleep 1; echo end {name} >> {l}",
-                    l = log.display()
-                ),
-            ])
-            .env("CONSUL_HTTP_ADDR", srv.http.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let script = format!(
+            "echo start {name} >> {l}; sleep 1; echo end {name} >> {l}",
+            l = log.display()
+        );
+        lock(&srv, &["locks/job", &script])
     };
     let a = job("a");
     std::thread::sleep(Duration::from_millis(300));
@@ -290,24 +293,14 @@ async fn lock_serialises_commands_and_stops_one_that_lost_it() {
 
     // A semaphore of two: three jobs, never more than two at once.
     let sem_log = dir.path().join("sem");
-    let slot = |name: &str| {
-        Command::new(env!("CARGO_BIN_EXE_signpost"))
-            .args([
-                "lock",
-                "-n",
-                "2",
-                "locks/pool",
-                &format!(
-                    "echo + >> {l}; sleep 1; echo - >> {l}",
-                    l = sem_log.display()
-                ),
-            ])
-            .env("CONSUL_HTTP_ADDR", srv.http.to_string())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    let slot = || {
+        let script = format!(
+            "echo + >> {l}; sleep 1; echo - >> {l}",
+            l = sem_log.display()
+        );
+        lock(&srv, &["-n", "2", "locks/pool", &script])
     };
-    let jobs = [slot("x"), slot("y"), slot("z")];
+    let jobs = [slot(), slot(), slot()];
     for j in jobs {
         let out = j.wait_with_output().unwrap();
         assert!(
@@ -325,12 +318,7 @@ async fn lock_serialises_commands_and_stops_one_that_lost_it() {
 
     // A holder whose session is destroyed loses the lock: its command is
     // stopped and it exits 1.
-    let held = Command::new(env!("CARGO_BIN_EXE_signpost"))
-        .args(["lock", "locks/long", "sleep 30"])
-        .env("CONSUL_HTTP_ADDR", srv.http.to_string())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let held = lock(&srv, &["locks/long", "sleep 30"]);
     let url = srv.url("/v1/kv/locks/long/.lock");
     let mut session = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
