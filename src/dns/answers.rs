@@ -107,6 +107,19 @@ pub struct RecordSet {
     pub next: AtomicU32,
 }
 
+impl RecordSet {
+    /// A set of `entries`, with what is derived from them: `targets`
+    /// distinct SRV targets, and whether every weight is the same.
+    pub fn of(entries: Vec<Arc<Entry>>, targets: u32) -> RecordSet {
+        RecordSet {
+            uniform: entries.windows(2).all(|p| p[0].weight == p[1].weight),
+            targets,
+            entries,
+            next: AtomicU32::default(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ServiceSet {
     pub all: RecordSet,
@@ -371,7 +384,7 @@ impl Answers {
             let ttl = spec
                 .ttl
                 .unwrap_or_else(|| self.config().dns.service_ttl.get(&service));
-            let mut set = RecordSet::default();
+            let mut entries = Vec::new();
             let mut ids = HashMap::new();
             let mut node_txt = HashMap::new();
             for v in state.service_instances(&service) {
@@ -382,16 +395,13 @@ impl Answers {
                     continue;
                 }
                 if let Some(e) = self.entry(&v, ttl, &mut ids, &mut node_txt) {
-                    set.entries.push(Arc::new(e));
+                    entries.push(Arc::new(e));
                 }
             }
-            if set.entries.is_empty() {
+            if entries.is_empty() {
                 continue;
             }
-            set.targets = ids.len() as u32;
-            let w = set.entries[0].weight;
-            set.uniform = set.entries.iter().all(|e| e.weight == w);
-            let set = Arc::new(set);
+            let set = Arc::new(RecordSet::of(entries, ids.len() as u32));
             if !lower.is_empty() {
                 keep.insert(lower.into_boxed_str(), Arc::clone(&set));
             }
@@ -628,9 +638,7 @@ impl Answers {
         for (dc, set) in sets.iter_mut() {
             let targets = target_ids.get(dc).map(|t| t.len() as u32).unwrap_or(0);
             for r in std::iter::once(&mut set.all).chain(set.tags.values_mut()) {
-                r.targets = targets;
-                let w = r.entries[0].weight;
-                r.uniform = r.entries.iter().all(|e| e.weight == w);
+                *r = RecordSet::of(std::mem::take(&mut r.entries), targets);
             }
         }
         sets

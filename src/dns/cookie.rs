@@ -10,12 +10,12 @@
 //! BIND's response rate limiting do. A client that echoes a valid server
 //! cookie proved its address and is exempt.
 
-use std::collections::HashMap;
 use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use siphasher::sip::SipHasher24;
 
 /// RFC 9018: a server cookie older than an hour is invalid; one from up to
@@ -95,13 +95,11 @@ pub struct RateLimit {
     rate: u32,
     /// Every `slip`-th limited answer goes out truncated; 0: none do.
     slip: u32,
-    /// A std mutex: held for one lookup, never across an await.
-    buckets: Mutex<Buckets>,
-}
-
-struct Buckets {
-    map: HashMap<[u8; 8], Bucket>,
-    swept: Instant,
+    /// Sharded: every DNS thread checks here for every limited answer, so
+    /// a flood must not serialise them on one lock.
+    buckets: DashMap<[u8; 8], Bucket, foldhash::fast::RandomState>,
+    /// When the buckets were last swept; taken only while they are full.
+    swept: Mutex<Instant>,
 }
 
 struct Bucket {
@@ -133,10 +131,8 @@ impl RateLimit {
         RateLimit {
             rate,
             slip,
-            buckets: Mutex::new(Buckets {
-                map: HashMap::new(),
-                swept: Instant::now(),
-            }),
+            buckets: DashMap::default(),
+            swept: Mutex::new(Instant::now()),
         }
     }
 
@@ -144,17 +140,26 @@ impl RateLimit {
         if self.rate == 0 {
             return Verdict::Send;
         }
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if b.map.len() >= MAX_PREFIXES && now.duration_since(b.swept) > Duration::from_millis(100) {
-            b.map
-                .retain(|_, v| now.duration_since(v.last) < Duration::from_secs(2));
-            b.swept = now;
-        }
-        if b.map.len() >= MAX_PREFIXES {
-            return Verdict::Drop;
+        if self.buckets.len() >= MAX_PREFIXES {
+            // One thread sweeps; the others need not wait for it.
+            let swept = match self.swept.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut swept) = swept {
+                if now.duration_since(*swept) > Duration::from_millis(100) {
+                    self.buckets
+                        .retain(|_, v| now.duration_since(v.last) < Duration::from_secs(2));
+                    *swept = now;
+                }
+            }
+            if self.buckets.len() >= MAX_PREFIXES {
+                return Verdict::Drop;
+            }
         }
         let rate = f64::from(self.rate);
-        let bucket = b.map.entry(prefix(ip)).or_insert(Bucket {
+        let mut bucket = self.buckets.entry(prefix(ip)).or_insert(Bucket {
             tokens: rate,
             last: now,
             limited: 0,
@@ -231,6 +236,25 @@ mod tests {
             Verdict::Send,
             "refilled"
         );
+    }
+
+    #[test]
+    fn tracked_prefixes_are_bounded_and_swept_when_idle() {
+        let rl = RateLimit::new(5, 2);
+        let t = Instant::now();
+        for i in 0..MAX_PREFIXES as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(i << 8));
+            assert_eq!(rl.check(ip, t), Verdict::Send);
+        }
+        // Beyond the /24s above (they end at 1.134.159.0/24).
+        let new: IpAddr = "203.0.113.1".parse().unwrap();
+        assert_eq!(rl.check(new, t), Verdict::Drop, "full: a new prefix waits");
+        assert_eq!(
+            rl.check(new, t + Duration::from_secs(3)),
+            Verdict::Send,
+            "idle prefixes swept"
+        );
+        assert_eq!(rl.buckets.len(), 1);
     }
 
     #[test]

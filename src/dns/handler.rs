@@ -227,13 +227,7 @@ fn filter_by_tags(set: &super::answers::ServiceSet, tags: &[String]) -> super::a
         })
         .cloned()
         .collect();
-    let w = entries.first().map(|e| e.weight).unwrap_or(0);
-    super::answers::RecordSet {
-        uniform: entries.iter().all(|e| e.weight == w),
-        targets: set.all.targets,
-        entries,
-        next: Default::default(),
-    }
+    super::answers::RecordSet::of(entries, set.all.targets)
 }
 
 fn gcd(mut a: usize, mut b: usize) -> usize {
