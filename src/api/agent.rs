@@ -20,13 +20,25 @@ use crate::registry::{Check, CheckKind, Health, InstanceKey, Source, Txn};
 
 type Shared = State<Arc<Api>>;
 
-/// The check Consul (and signpost) adds to put a service in maintenance.
+/// The prefix of the check Consul (and signpost) adds to put a service in
+/// maintenance; the service ID follows.
+const SERVICE_MAINTENANCE: &str = "_service_maintenance:";
+
+/// Consul's ID of the node maintenance check.
+const NODE_MAINTENANCE: &str = "_node_maintenance";
+
+/// The check that puts service `service_id` in maintenance.
 pub fn maintenance_check_id(service_id: &str) -> String {
-    format!("_service_maintenance:{service_id}")
+    format!("{SERVICE_MAINTENANCE}{service_id}")
+}
+
+/// Whether a check is a maintenance one (a service's or the node's).
+pub fn is_maintenance_check(id: &str) -> bool {
+    id.starts_with(SERVICE_MAINTENANCE) || id == NODE_MAINTENANCE
 }
 
 /// Consul answers agent writes with 200 and an empty body.
-fn ok(api: &Api) -> Response {
+pub(super) fn ok(api: &Api) -> Response {
     let mut r = Response::new(axum::body::Body::empty());
     index_headers(r.headers_mut(), api.registry.index());
     r
@@ -89,7 +101,7 @@ pub async fn register_service(
                     .checks_of(&key)
                     .filter(|c| c.service_id.as_deref() == Some(&*key.id))
                     .filter(|c| {
-                        !keep.contains(c.id.as_str()) && !c.id.starts_with("_service_maintenance:")
+                        !keep.contains(c.id.as_str()) && !c.id.starts_with(SERVICE_MAINTENANCE)
                     })
                     .map(|c| c.id.clone())
                     .collect();
@@ -175,9 +187,6 @@ fn maintenance_check(api: &Api, service: Option<(&str, String)>, reason: &str) -
         modify_index: 0,
     }
 }
-
-/// Consul's ID of the node maintenance check.
-const NODE_MAINTENANCE: &str = "_node_maintenance";
 
 pub async fn maintenance(
     State(api): Shared,

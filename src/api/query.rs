@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::shapes::HealthEntry;
-use super::{body_bytes, index_headers, reply, Api, ApiError, ApiResult, Params};
+use super::{index_headers, reply, Api, ApiError, ApiResult, Params};
 use crate::registry::query::{find, PreparedQuery, QuerySpec};
 use crate::registry::State as Registry;
 
@@ -22,10 +22,7 @@ const KEPT: &[&str] = &["Service", "DNS", "Template", "Token"];
 
 /// Reads a create or update body: the definition and its name and session.
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(String, String, Value), ApiError> {
-    let body = body_bytes(body)?;
-    let mut v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))?;
-    super::canonical_keys(&mut v);
+    let v: Value = super::json_body(body)?;
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::bad_request("request decode failed: not a JSON object"))?;
@@ -153,24 +150,24 @@ pub async fn update(
             Ok(())
         })
         .await??;
-    Ok(ok(&api))
+    Ok(super::agent::ok(&api))
 }
 
 pub async fn delete(State(api): Shared, Path(id): Path<String>) -> ApiResult {
     api.registry.write_api(|t| t.remove_query(&id)).await?;
-    Ok(ok(&api))
-}
-
-fn ok(api: &Api) -> Response {
-    let mut r = Response::new(axum::body::Body::empty());
-    index_headers(r.headers_mut(), api.registry.index());
-    r
+    Ok(super::agent::ok(&api))
 }
 
 fn not_found(index: u64) -> Response {
     let mut r = (StatusCode::NOT_FOUND, "Query not found\n").into_response();
     index_headers(r.headers_mut(), index);
     r
+}
+
+/// The query asked for by ID or name, any case (templates included), and
+/// the search it gives.
+fn lookup<'a>(s: &'a Registry, asked: &str) -> Option<(&'a PreparedQuery, QuerySpec)> {
+    find(s.queries(), &asked.to_ascii_lowercase()).or_else(|| find(s.queries(), asked))
 }
 
 /// Runs a query by ID or name (templates included) against the registry.
@@ -182,14 +179,9 @@ pub async fn execute(
     let params = Params::parse(q.as_deref());
     api.check_dc(&params)?;
     let limit = params.u64("limit")?.map(|l| l as usize);
-    let asked = id.to_ascii_lowercase();
     // Where to look, in order: here, then the failover datacenters the
     // agent knows (sidecar mode), each watched before it is read.
-    let spec = api.registry.read(|s| {
-        find(s.queries(), &asked)
-            .or_else(|| find(s.queries(), &id))
-            .map(|(_, spec)| spec)
-    });
+    let spec = api.registry.read(|s| lookup(s, &id).map(|(_, spec)| spec));
     let service = spec.as_ref().map(|s| s.service.to_ascii_lowercase());
     let mut order = vec![api.datacenter.clone()];
     if let (Some(spec), Some(sync)) = (&spec, &api.consul) {
@@ -210,7 +202,7 @@ pub async fn execute(
         }
     }
     let (index, body) = api.registry.read(|s| {
-        let Some((q, spec)) = find(s.queries(), &asked).or_else(|| find(s.queries(), &id)) else {
+        let Some((q, spec)) = lookup(s, &id) else {
             return (s.tables().queries, None);
         };
         let service = spec.service.to_ascii_lowercase();
@@ -253,9 +245,8 @@ pub async fn execute(
 
 /// The query a name resolves to, templates filled in.
 pub async fn explain(State(api): Shared, Path(id): Path<String>) -> ApiResult {
-    let asked = id.to_ascii_lowercase();
     let (index, body) = api.registry.read(|s| {
-        let Some((q, spec)) = find(s.queries(), &asked).or_else(|| find(s.queries(), &id)) else {
+        let Some((q, spec)) = lookup(s, &id) else {
             return (s.tables().queries, None);
         };
         let mut v = shape(q);

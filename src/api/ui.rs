@@ -3,7 +3,7 @@
 //! a service summary with sources and health counts, and "what does DNS
 //! answer now", run through the real DNS handler in process.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -127,7 +127,7 @@ fn source_name(s: Source) -> &'static str {
 
 fn in_maintenance(s: &crate::registry::State, key: &crate::registry::InstanceKey) -> bool {
     s.checks_of(key)
-        .any(|c| c.id.starts_with("_service_maintenance:") || c.id == "_node_maintenance")
+        .any(|c| super::agent::is_maintenance_check(&c.id))
 }
 
 /// `/v1/signpost/ui/services`: every service with its tags, sources and
@@ -140,28 +140,27 @@ pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
             let mut name = lower.to_string();
             let mut tags = BTreeSet::new();
             let mut sources = BTreeSet::new();
-            let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+            // Passing, warning, critical, maintenance.
+            let mut counts = [0u32; 4];
             for v in s.service_instances(lower) {
                 name = v.instance.name.clone();
                 tags.extend(v.instance.tags.iter().cloned());
                 sources.insert(source_name(v.instance.source));
-                let state = if in_maintenance(s, &v.instance.key()) {
-                    "Maintenance"
+                let i = if in_maintenance(s, &v.instance.key()) {
+                    3
                 } else {
                     match v.health {
-                        Health::Passing => "Passing",
-                        Health::Warning => "Warning",
-                        Health::Critical => "Critical",
+                        Health::Passing => 0,
+                        Health::Warning => 1,
+                        Health::Critical => 2,
                     }
                 };
-                *counts.entry(state).or_default() += 1;
+                counts[i] += 1;
             }
             out.push(json!({
                 "Name": name, "Tags": tags, "Sources": sources,
-                "Passing": counts.get("Passing").copied().unwrap_or(0),
-                "Warning": counts.get("Warning").copied().unwrap_or(0),
-                "Critical": counts.get("Critical").copied().unwrap_or(0),
-                "Maintenance": counts.get("Maintenance").copied().unwrap_or(0),
+                "Passing": counts[0], "Warning": counts[1],
+                "Critical": counts[2], "Maintenance": counts[3],
             }));
         }
         encoded(s.index(), &out)

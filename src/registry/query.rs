@@ -46,8 +46,9 @@ pub struct QuerySpec {
     /// `DNS.TTL`, in seconds.
     pub ttl: Option<u32>,
     pub template: Option<(TemplateKind, bool)>,
-    /// `Failover.Datacenters` and `NearestN`, kept for explain; signpost
-    /// answers from its own datacenter (see README).
+    /// `Failover.Datacenters` (tried in order in sidecar mode, see
+    /// [`QuerySpec::failover_datacenters`]) and `NearestN` (kept for
+    /// explain only: signpost has no network coordinates).
     pub failover: Value,
 }
 
