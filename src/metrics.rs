@@ -510,8 +510,13 @@ impl Collector for ForwardCollector {
             ),
             (
                 "forward_marked_down",
-                "Times an upstream was marked down after a failure or a timeout",
+                "Times an upstream was marked down (failures in a row, or a refused connection)",
                 f.stats.marked_down.load(Ordering::Relaxed),
+            ),
+            (
+                "forward_timeouts",
+                "Forwarded questions an upstream did not answer within recursor_timeout",
+                f.stats.timeouts.load(Ordering::Relaxed),
             ),
         ] {
             counter(&mut encoder, name, help, v)?;

@@ -576,7 +576,17 @@ async fn index_on_every_reply(AxState(api): Shared, req: Request, next: Next) ->
             (None, None) => "leader",
         });
     }
+    let cached =
+        req.method() == Method::GET && Params::parse(req.uri().query()).get("cached").is_some();
     let mut r = next.run(req).await;
+    if cached && r.status().is_success() {
+        // Consul's agent cache headers (Traefik, Fabio and consul-template
+        // send ?cached): every signpost read is from memory, current now.
+        r.headers_mut()
+            .insert("X-Cache", HeaderValue::from_static("HIT"));
+        r.headers_mut()
+            .insert(header::AGE, HeaderValue::from_static("0"));
+    }
     if !r.headers().contains_key("X-Consul-Index") {
         index_headers(r.headers_mut(), api.registry.index());
     }
@@ -587,6 +597,51 @@ async fn index_on_every_reply(AxState(api): Shared, req: Request, next: Next) ->
         );
     }
     r
+}
+
+/// Gives every refusal a one-line reason: the router's own 405 (and any
+/// other error that a layer below answered with no body) says what was
+/// wrong, as every handler's [`ApiError`] does.
+async fn reason_on_every_refusal(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let r = next.run(req).await;
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || axum::body::HttpBody::size_hint(r.body()).exact() != Some(0)
+    {
+        return r;
+    }
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = r
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut m = format!("method {method} is not allowed on {path}");
+        if !allowed.is_empty() {
+            m.push_str(&format!(" (allowed: {allowed})"));
+        }
+        if path.ends_with('/') {
+            m.push_str("; is an ID or name missing at the end of the path?");
+        }
+        m
+    } else {
+        format!(
+            "{method} {path}: {}",
+            status
+                .canonical_reason()
+                .unwrap_or("refused")
+                .to_lowercase()
+        )
+    };
+    let (mut parts, _) = r.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(format!("{message}\n")))
 }
 
 /// Reads a request's body within the body timeout, so that a client that
@@ -723,5 +778,6 @@ pub fn router(api: Arc<Api>) -> Router {
             index_on_every_reply,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(reason_on_every_refusal))
         .with_state(api)
 }

@@ -338,10 +338,19 @@ impl TryFrom<RawCheck> for CheckDef {
         if runnable > 1 {
             return Err("check: give only one of HTTP, TCP and TTL".into());
         }
-        // Consul's reason, word for word: a TTL check is never run, so an
-        // interval on it means the definition is not what its author thinks.
-        if raw.ttl.is_some_and(|t| !t.is_zero()) && raw.interval.is_some_and(|i| !i.is_zero()) {
-            return Err("check: Interval and TTL cannot both be specified".into());
+        // Consul 1.x refuses this pair; Consul of the widely copied
+        // walkthroughs' era took it as a TTL check, and so does signpost: a
+        // TTL check is never run, so the interval has nothing to pace.
+        if let (Some(ttl), Some(interval)) = (raw.ttl, raw.interval) {
+            if !ttl.is_zero() && !interval.is_zero() {
+                tracing::warn!(
+                    check = raw.id.as_deref().or(raw.name.as_deref()).unwrap_or(""),
+                    "check gives both TTL ({}) and Interval ({}): taken as a TTL check, the Interval is ignored",
+                    format_duration(ttl),
+                    format_duration(interval)
+                );
+                raw.interval = None;
+            }
         }
         let interval = |kind: &str| -> Result<Duration, String> {
             let i = raw

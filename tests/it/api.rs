@@ -742,6 +742,28 @@ async fn bad_input_gets_a_4xx_with_a_one_line_reason_and_changes_nothing() {
         ("PUT", "/v1/kv/", Some("v"), 400, "Missing key name"),
         ("PUT", "/v1/kv/k?flags=x", Some("v"), 400, "invalid flags"),
         ("GET", "/v1/nonsense", None, 404, "no such endpoint"),
+        // The router's own refusals say why too.
+        (
+            "PUT",
+            "/v1/agent/service/deregister/",
+            None,
+            405,
+            "an ID or name missing",
+        ),
+        (
+            "DELETE",
+            "/v1/catalog/services",
+            None,
+            405,
+            "method DELETE is not allowed",
+        ),
+        (
+            "POST",
+            "/v1/kv/k",
+            Some("v"),
+            405,
+            "method POST is not allowed",
+        ),
     ];
     for (method, path, body, status, reason) in cases {
         let r = http(method, &srv.url(path), body).await;

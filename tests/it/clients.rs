@@ -267,21 +267,92 @@ async fn agent_health_maintenance_hash_and_consistency() {
     srv.stop().await;
 }
 
+/// The widely copied walkthrough, verbatim: `service.json` with a check
+/// that gives both `Interval` and `TTL`, registered with `curl -X PUT -d
+/// @service.json`, made passing through its TTL, then resolved. Consul of
+/// that era took it as a TTL check; so does signpost. A check that is
+/// ambiguous (HTTP or TCP beside a TTL) is still refused.
 #[tokio::test]
-async fn checks_say_why_they_fail_and_interval_with_ttl_is_refused() {
+async fn the_walkthroughs_ttl_check_with_an_interval_registers_and_checks_say_why_they_fail() {
     let srv = TestServer::start(None).await;
-    let r = http(
-        "PUT",
-        &srv.url("/v1/agent/service/register"),
-        Some(r#"{"Name":"x","Check":{"TTL":"10s","Interval":"5s"}}"#),
+    let dir = tempfile::tempdir().unwrap();
+    let service = dir.path().join("service.json");
+    std::fs::write(
+        &service,
+        r#"{
+  "ID": "CarsDatabase",
+  "Name": "CarsDatabase",
+  "Tags": ["primary"],
+  "Address": "127.0.0.1",
+  "Port": 3306,
+  "Check": {
+    "Name": "Cars Database Heartbeat",
+    "Interval": "10s",
+    "TTL": "15s"
+  }
+}
+"#,
     )
+    .unwrap();
+    let curl = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("curl (apt-get install curl): {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().to_string(), body.to_string())
+    };
+    let (code, body) = curl(vec![
+        "-X".into(),
+        "PUT".into(),
+        "-d".into(),
+        format!("@{}", service.display()),
+        srv.url("/v1/agent/service/register"),
+    ])
     .await;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("Interval and TTL cannot both be specified"),
-        "{}",
-        r.body
+    assert_eq!(code, "200", "{body}");
+    let checks = http("GET", &srv.url("/v1/agent/checks"), None).await.json();
+    let check = &checks["service:CarsDatabase"];
+    assert_eq!(check["Type"], "ttl", "{checks}");
+    assert_eq!(check["Status"], "critical", "{checks}");
+    assert!(a_records(srv.dns, "CarsDatabase.service.consul.")
+        .await
+        .is_empty());
+    let (code, body) = curl(vec![
+        "-X".into(),
+        "PUT".into(),
+        srv.url("/v1/agent/check/pass/service:CarsDatabase"),
+    ])
+    .await;
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(
+        a_records(srv.dns, "CarsDatabase.service.consul.").await,
+        ["127.0.0.1"]
     );
+    assert_eq!(
+        a_records(srv.dns, "primary.CarsDatabase.service.consul.").await,
+        ["127.0.0.1"]
+    );
+    for ambiguous in [
+        r#"{"Name":"x","Check":{"HTTP":"http://127.0.0.1/","TTL":"10s","Interval":"5s"}}"#,
+        r#"{"Name":"x","Check":{"TCP":"127.0.0.1:1","TTL":"10s","Interval":"5s"}}"#,
+    ] {
+        let r = http(
+            "PUT",
+            &srv.url("/v1/agent/service/register"),
+            Some(ambiguous),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{ambiguous}: {}", r.body);
+        assert!(
+            r.body.contains("only one of HTTP, TCP and TTL"),
+            "{}",
+            r.body
+        );
+    }
     let closed = free_port();
     register(
         &srv,

@@ -359,3 +359,162 @@ fn glibc_resolves_through_signpost_on_port_53_in_a_network_namespace() {
         "getent: {static_zone:?}"
     );
 }
+
+/// An upstream played by a thread on a loopback UDP socket: it answers
+/// every A question with 192.0.2.1, except names starting with `slow` (never
+/// answered, as a cold recursive lookup past the time-out), and nothing at
+/// all while `silent` is set.
+struct FakeUpstream {
+    addr: SocketAddr,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    fn start() -> FakeUpstream {
+        use std::sync::atomic::Ordering;
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (silent.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(question) = q.queries.first().cloned() else {
+                    continue;
+                };
+                if s.load(Ordering::Relaxed) || question.name().to_string().starts_with("slow") {
+                    continue;
+                }
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                r.metadata.recursion_desired = q.metadata.recursion_desired;
+                r.metadata.recursion_available = true;
+                r.add_query(question.clone());
+                if question.query_type() == RecordType::A {
+                    r.add_answer(hickory_proto::rr::Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        hickory_proto::rr::RData::A("192.0.2.1".parse().unwrap()),
+                    ));
+                }
+                let _ = sock.send_to(&r.to_vec().unwrap(), from);
+            }
+        });
+        FakeUpstream {
+            addr,
+            silent,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set_silent(&self, on: bool) {
+        self.silent.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics")) as u64
+}
+
+/// One name the single upstream is slow to resolve gets SERVFAIL; every
+/// other name keeps being forwarded (the upstream is not marked down for
+/// it). Only failures in a row mark it down; then most questions get
+/// SERVFAIL at once while trial questions still go through, and the first
+/// answer brings forwarding back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_name_never_takes_forwarding_down() {
+    let upstream = FakeUpstream::start();
+    let srv = front(vec![upstream.addr], |_| {}).await;
+    let m = ask(srv.dns, Via::Udp, "slow.example.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    for name in ["a.example.", "b.example.", "c.example."] {
+        let m = ask(srv.dns, Via::Udp, name, RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(m.answers.len(), 1, "{name}");
+    }
+    // Two slow names in a row and an answer between them: still up.
+    for name in [
+        "slow1.example.",
+        "slow2.example.",
+        "d.example.",
+        "slow3.example.",
+    ] {
+        ask(srv.dns, Via::Udp, name, RecordType::A).await;
+    }
+    let m = ask(srv.dns, Via::Udp, "e.example.", RecordType::A).await;
+    assert_eq!(m.answers.len(), 1);
+    let text = http("GET", &srv.url("/metrics"), None).await.body;
+    assert_eq!(
+        metric(&text, "signpost_forward_marked_down_total"),
+        0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "signpost_forward_timeouts_total"),
+        4,
+        "{text}"
+    );
+
+    // The upstream goes silent: three failures in a row mark it down.
+    upstream.set_silent(true);
+    for name in ["f.example.", "g.example.", "h.example."] {
+        let m = ask(srv.dns, Via::Udp, name, RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{name}");
+    }
+    let text = http("GET", &srv.url("/metrics"), None).await.body;
+    assert_eq!(
+        metric(&text, "signpost_forward_marked_down_total"),
+        1,
+        "{text}"
+    );
+    // While it is down most questions are answered SERVFAIL at once.
+    let names: Vec<String> = (0..40).map(|i| format!("down{i}.example.")).collect();
+    let replies = futures_util::future::join_all(
+        names
+            .iter()
+            .map(|n| ask(srv.dns, Via::Udp, n, RecordType::A)),
+    )
+    .await;
+    assert!(replies
+        .iter()
+        .all(|m| m.metadata.response_code == ResponseCode::ServFail));
+    let text = http("GET", &srv.url("/metrics"), None).await.body;
+    assert!(
+        metric(&text, "signpost_forward_upstreams_down_total") >= 30,
+        "{text}"
+    );
+    // It answers again: forwarding resumes.
+    upstream.set_silent(false);
+    eventually(Duration::from_secs(3), "forwarding resumes", || async {
+        ask(srv.dns, Via::Udp, "back.example.", RecordType::A)
+            .await
+            .answers
+            .len()
+            == 1
+    })
+    .await;
+    srv.stop().await;
+}

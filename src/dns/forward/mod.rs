@@ -10,10 +10,16 @@
 //! * [`admission`] caps the queries in flight, in total and per client,
 //!   shedding the oldest;
 //! * identical questions in flight share one upstream query;
-//! * an upstream that fails or times out is marked down and skipped (its
-//!   questions get SERVFAIL at once when no upstream is up, RFC 9520), and
-//!   probed in the background until it answers again, every 250 ms growing
-//!   to 1 s, so forwarding resumes within a second of its return.
+//! * an upstream is marked down only on evidence about the upstream, not
+//!   about one name: [`DOWN_AFTER`] failures in a row without an answer
+//!   between them, or a refused connection. One slow name or one lost
+//!   datagram costs that question a SERVFAIL, counted as a time-out, and
+//!   nothing else;
+//! * a down upstream is skipped and probed in the background until it
+//!   answers again, every 250 ms growing to 1 s; while every upstream is
+//!   down, one real question per upstream every [`TRIAL_EVERY`] is still
+//!   sent (the first answer marks it up again) and the rest get SERVFAIL
+//!   at once (RFC 9520), so a dead upstream never holds a backlog.
 
 pub mod admission;
 
@@ -41,6 +47,11 @@ use crate::config::Recursors;
 /// The first and the longest wait between probes of a down upstream.
 const PROBE_FIRST: Duration = Duration::from_millis(250);
 const PROBE_MAX: Duration = Duration::from_secs(1);
+/// Failures in a row (time-outs or errors, with no answer between them)
+/// that mark an upstream down.
+pub const DOWN_AFTER: u32 = 3;
+/// How often a down upstream is still sent one real question.
+pub const TRIAL_EVERY: Duration = Duration::from_millis(100);
 /// The longest a forwarded answer is cached, whatever its TTL.
 const MAX_CACHE_TTL: u32 = 86_400;
 
@@ -57,11 +68,22 @@ struct CacheKey {
 /// answer (None: every upstream failed) once there is one.
 type Shared = watch::Receiver<Option<Option<Arc<Message>>>>;
 
-/// Whether an upstream answers. std Mutex: a few loads and stores.
+/// Whether an upstream answers. std Mutex: a few loads and stores, never
+/// held across `.await`.
 #[derive(Default)]
 struct UpstreamState {
+    /// Failures since its last answer.
+    failures: u32,
     /// Since when it is down; `None` while up.
     down_since: Option<std::time::Instant>,
+    /// When a real question was last let through to it while down.
+    last_trial: Option<std::time::Instant>,
+}
+
+impl UpstreamState {
+    fn trial_open(&self) -> bool {
+        self.last_trial.is_none_or(|t| t.elapsed() >= TRIAL_EVERY)
+    }
 }
 
 /// Counters for `/metrics`.
@@ -73,6 +95,9 @@ pub struct ForwardStats {
     pub upstreams_down: AtomicU64,
     /// Times an upstream was marked down.
     pub marked_down: AtomicU64,
+    /// Questions an upstream did not answer in time (one name's time-out,
+    /// whether or not the upstream was then marked down).
+    pub timeouts: AtomicU64,
 }
 
 struct Cached {
@@ -96,6 +121,8 @@ pub struct Forwarder {
     resolving: Mutex<HashMap<(CacheKey, bool), Shared>>,
     health: Vec<Mutex<UpstreamState>>,
     pub stats: ForwardStats,
+    /// Paces the per-name time-out log line.
+    timeout_log: crate::metrics::Throttle,
 }
 
 /// Takes a shared question out of `resolving` when its leader is done or
@@ -167,14 +194,16 @@ impl Forwarder {
             resolving: Mutex::new(HashMap::new()),
             health: cfg.upstreams.iter().map(|_| Mutex::default()).collect(),
             stats: ForwardStats::default(),
+            timeout_log: crate::metrics::Throttle::default(),
         }
     }
 
     /// Takes a place in flight for a query from `client` (see
-    /// [`admission`]); `None` when every upstream is down, and the query
-    /// should be answered with [`servfail`](Self::servfail) at once.
+    /// [`admission`]); `None` when every upstream is down and none is due
+    /// a trial question, and the query should be answered with
+    /// [`servfail`](Self::servfail) at once.
     pub fn admit(&self, client: IpAddr) -> Option<Ticket> {
-        if !self.any_up() {
+        if !self.any_up() && !self.any_trial_open() {
             self.stats.upstreams_down.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -191,27 +220,64 @@ impl Forwarder {
         self.admission.in_flight()
     }
 
+    fn state(&self, i: usize) -> std::sync::MutexGuard<'_, UpstreamState> {
+        self.health[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn is_up(&self, i: usize) -> bool {
-        self.health[i]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .down_since
-            .is_none()
+        self.state(i).down_since.is_none()
     }
 
     fn any_up(&self) -> bool {
         (0..self.upstreams.len()).any(|i| self.is_up(i))
     }
 
-    /// Marks upstream `i` down and starts its prober, unless it is down
-    /// already.
-    fn mark_down(self: &Arc<Self>, i: usize, why: &str) {
+    fn any_trial_open(&self) -> bool {
+        (0..self.upstreams.len()).any(|i| self.state(i).trial_open())
+    }
+
+    /// Whether a question may go to upstream `i` now: it is up, or it is
+    /// down and due its trial question (taken here).
+    fn take_turn(&self, i: usize) -> bool {
+        let mut h = self.state(i);
+        if h.down_since.is_none() {
+            return true;
+        }
+        if h.trial_open() {
+            h.last_trial = Some(std::time::Instant::now());
+            return true;
+        }
+        false
+    }
+
+    /// Upstream `i` answered: its failures are forgotten, and it is up.
+    fn answered(&self, i: usize) {
+        let since = {
+            let mut h = self.state(i);
+            h.failures = 0;
+            h.down_since.take()
+        };
+        if let Some(since) = since {
+            tracing::warn!(
+                "upstream {} answers again after {:.1}s down",
+                self.upstreams[i],
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Upstream `i` failed a question. It is marked down (and its prober
+    /// started) after [`DOWN_AFTER`] failures in a row, or at once when
+    /// `conclusive` (the connection was refused: nothing listens there).
+    fn failed(self: &Arc<Self>, i: usize, why: &str, conclusive: bool) {
         {
-            let mut h = self.health[i].lock().unwrap_or_else(|e| e.into_inner());
-            if h.down_since.is_some() {
+            let mut h = self.state(i);
+            h.failures = h.failures.saturating_add(1);
+            if h.down_since.is_some() || (!conclusive && h.failures < DOWN_AFTER) {
                 return;
             }
             h.down_since = Some(std::time::Instant::now());
+            h.last_trial = Some(std::time::Instant::now());
         }
         self.stats.marked_down.fetch_add(1, Ordering::Relaxed);
         let upstream = self.upstreams[i];
@@ -233,6 +299,10 @@ impl Forwarder {
         ));
         loop {
             tokio::time::sleep(wait).await;
+            if self.is_up(i) {
+                // A trial question found it answering first.
+                return;
+            }
             wait = (wait * 2).min(PROBE_MAX);
             let id = fastrand::u16(..);
             q.metadata.id = id;
@@ -243,13 +313,7 @@ impl Forwarder {
             )
             .await;
             if matches!(answered, Ok(Ok(_))) {
-                let mut h = self.health[i].lock().unwrap_or_else(|e| e.into_inner());
-                let since = h.down_since.take();
-                drop(h);
-                tracing::warn!(
-                    "upstream {upstream} answers again after {:.1}s down",
-                    since.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0)
-                );
+                self.answered(i);
                 return;
             }
         }
@@ -364,7 +428,7 @@ impl Forwarder {
         query[..2].copy_from_slice(&id.to_be_bytes());
         let asked = Message::from_vec(raw).ok()?;
         for i in order {
-            if !self.is_up(i) {
+            if !self.take_turn(i) {
                 continue;
             }
             let upstream = self.upstreams[i];
@@ -377,14 +441,34 @@ impl Forwarder {
             let bytes = match tokio::time::timeout(self.timeout, exchange).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {
-                    self.mark_down(i, &e.to_string());
+                    let refused = e.kind() == io::ErrorKind::ConnectionRefused;
+                    self.failed(i, &e.to_string(), refused);
                     continue;
                 }
                 Err(_) => {
-                    self.mark_down(i, &format!("no answer within {:?}", self.timeout));
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    if self.timeout_log.due() {
+                        let q = asked.queries.first();
+                        tracing::info!(
+                            "upstream {upstream} gave no answer for {} {} within {:?} (counted in signpost_forward_timeouts; {DOWN_AFTER} failures in a row mark it down)",
+                            q.map(|q| q.name().to_string()).unwrap_or_default(),
+                            q.map(|q| q.query_type().to_string()).unwrap_or_default(),
+                            self.timeout
+                        );
+                    }
+                    self.failed(
+                        i,
+                        &format!(
+                            "{DOWN_AFTER} questions in a row unanswered within {:?}",
+                            self.timeout
+                        ),
+                        false,
+                    );
                     continue;
                 }
             };
+            // Any reply is evidence that the upstream is there.
+            self.answered(i);
             let Ok(m) = Message::from_vec(&bytes) else {
                 tracing::debug!("upstream {upstream} sent a malformed reply");
                 continue;
