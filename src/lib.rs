@@ -14,6 +14,8 @@
 //! * [`fds`]      — the open-file limit (raised at start, sizes TCP's).
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
 //! * [`metrics`]  — Prometheus metrics for `/metrics`.
+//! * [`net`]      — connection admission shared by the HTTP and DNS TCP
+//!   accept loops (caps that close the idlest connection, not the newest).
 //! * [`registry`] — nodes, instances, checks; one change index with a watch.
 //! * [`sync`]     — sources that feed the registry: service definition files,
 //!   a Consul agent (sidecar mode), the Docker engine.
@@ -31,6 +33,7 @@ pub mod dns;
 pub mod fds;
 pub mod health;
 pub mod metrics;
+pub mod net;
 pub mod registry;
 pub mod server;
 pub mod sync;

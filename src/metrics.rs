@@ -540,7 +540,7 @@ struct HttpCollector(Arc<crate::api::serve::HttpStats>);
 impl Collector for HttpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let h = &self.0;
-        let open = h.open.load(Ordering::Relaxed) as i64;
+        let open = h.conns.open.load(Ordering::Relaxed) as i64;
         gauge(
             &mut encoder,
             "http_connections",
@@ -550,13 +550,18 @@ impl Collector for HttpCollector {
         for (name, help, v) in [
             (
                 "http_refused_connection_limit",
-                "HTTP connections closed at once: the total connection limit was reached",
-                &h.refused_total,
+                "HTTP connections closed at the total connection limit to admit a new one (the biggest holder's idlest)",
+                &h.conns.evicted_total,
             ),
             (
                 "http_refused_per_client",
-                "HTTP connections closed at once: the client's connection limit was reached",
-                &h.refused_per_client,
+                "HTTP connections closed at a client's connection limit to admit its new one (its idlest, or the one waiting longest for headers)",
+                &h.conns.evicted_per_client,
+            ),
+            (
+                "http_refused_busy",
+                "New HTTP connections closed at once: at a limit, every candidate had a request in progress",
+                &h.conns.refused,
             ),
             (
                 "http_timed_out",
@@ -586,7 +591,7 @@ impl std::fmt::Debug for TcpCollector {
 
 impl Collector for TcpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let t = &self.0.stats;
+        let t = &self.0.admission.stats;
         let open = t.open.load(Ordering::Relaxed) as i64;
         gauge(
             &mut encoder,
@@ -597,18 +602,23 @@ impl Collector for TcpCollector {
         for (name, help, v) in [
             (
                 "dns_tcp_evicted_idle",
-                "Idle DNS TCP connections closed to admit a new one at the connection limit",
-                &t.evicted_idle,
+                "DNS TCP connections closed (after any query they had sent) to admit a new one at the connection limit",
+                &t.evicted_total,
+            ),
+            (
+                "dns_tcp_evicted_per_client",
+                "DNS TCP connections closed (after any query they had sent) to admit a new one from the same client at its limit",
+                &t.evicted_per_client,
             ),
             (
                 "dns_tcp_refused",
-                "New DNS TCP connections closed: the client was at its limit, or every connection was busy",
+                "New DNS TCP connections closed at once: every candidate connection was busy",
                 &t.refused,
             ),
             (
                 "dns_tcp_accept_errors",
                 "Failed DNS TCP accepts (out of file descriptors); each backs off 100 ms",
-                &t.accept_errors,
+                &self.0.accept_errors,
             ),
         ] {
             counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
@@ -628,9 +638,9 @@ impl Metrics {
 /// Lets a "limit reached" warning through at most once every 10 s: a flood
 /// hits a limit thousands of times a second, and the counters say how often.
 #[derive(Debug, Default)]
-pub struct Throttle(std::sync::Mutex<Option<std::time::Instant>>);
+pub struct LogLimiter(std::sync::Mutex<Option<std::time::Instant>>);
 
-impl Throttle {
+impl LogLimiter {
     /// True at most once every 10 s.
     pub fn due(&self) -> bool {
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,15 +1,17 @@
 //! The HTTP listener's accept loop, with the limits `axum::serve` lacks:
-//! a cap on connections in total and per client address, a timeout for a
+//! a cap on connections in total and per client address ([`crate::net`]:
+//! at a cap the idlest connection, or the one waiting longest for its
+//! headers, is closed to admit the new one, so a health probe is answered
+//! through a slowloris flood from its own address), a timeout for a
 //! request's headers (slowloris), an idle timeout for keep-alive
 //! connections, and a back-off when the process runs out of descriptors.
 //! The body-read timeout is a middleware (`api::read_body_in_time`).
 //!
-//! A connection over a cap is closed at once, before it costs a task;
-//! each refusal and each timeout is counted (`signpost_http_*`) and logged
-//! at most every 10 s.
+//! A connection with a request in progress (a blocking query) is never
+//! closed for a newcomer. Each closing and each timeout is counted
+//! (`signpost_http_*`) and logged at most every 10 s.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,87 +26,29 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::config::HttpLimits;
+use crate::net::{Admission, AdmissionStats, ConnState, Limits};
 
-/// What the listener refused or cut, for `/metrics`.
+/// What the listener closed or cut, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct HttpStats {
-    pub open: AtomicUsize,
-    pub refused_total: AtomicU64,
-    pub refused_per_client: AtomicU64,
+    /// Open connections, and those closed at the caps.
+    pub conns: Arc<AdmissionStats>,
     /// Connections closed for headers not sent in time or idling.
     pub timed_out: AtomicU64,
     pub accept_errors: AtomicU64,
 }
 
-/// Open connections per client address. std Mutex: one lookup per
-/// connection opened or closed.
+/// The listener's shared pieces: the admission table and the limits.
 struct Conns {
     limits: HttpLimits,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    admission: Arc<Admission>,
     stats: Arc<HttpStats>,
-    reports: crate::metrics::Throttle,
-}
-
-/// A connection's place; gives it back when dropped.
-struct Slot {
-    conns: Arc<Conns>,
-    client: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.conns.stats.open.fetch_sub(1, Ordering::Relaxed);
-        let mut map = self
-            .conns
-            .per_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.client);
-            }
-        }
-    }
 }
 
 impl Conns {
-    fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Slot> {
-        let mut map = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
-        let refused = if self.stats.open.load(Ordering::Relaxed) >= self.limits.max_connections {
-            self.stats.refused_total.fetch_add(1, Ordering::Relaxed);
-            Some("the connection limit")
-        } else if map.get(&client).copied().unwrap_or(0) >= self.limits.max_connections_per_client {
-            self.stats
-                .refused_per_client
-                .fetch_add(1, Ordering::Relaxed);
-            Some("the per-client connection limit")
-        } else {
-            None
-        };
-        if let Some(what) = refused {
-            drop(map);
-            self.report(&format!(
-                "refusing HTTP connections from {client}: {what} is reached"
-            ));
-            return None;
-        }
-        *map.entry(client).or_default() += 1;
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
-        Some(Slot {
-            conns: Arc::clone(self),
-            client,
-        })
-    }
-
     /// Logs at most every 10 s.
     fn report(&self, what: &str) {
-        if self.reports.due() {
-            tracing::warn!(
-                open = self.stats.open.load(Ordering::Relaxed),
-                "{what} (further ones counted in /metrics, logged every 10 s)"
-            );
-        }
+        self.admission.report(what);
     }
 }
 
@@ -118,11 +62,19 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let admission = Admission::with_stats(
+        "http",
+        Limits {
+            max: limits.max_connections,
+            per_client: limits.max_connections_per_client,
+            evict_busy: false,
+        },
+        Arc::clone(&stats.conns),
+    );
     let conns = Arc::new(Conns {
         limits,
-        per_client: Mutex::new(HashMap::new()),
+        admission,
         stats,
-        reports: Default::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -142,13 +94,13 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = conns.admit(peer.ip()) else {
+        let Some(place) = conns.admission.admit(peer.ip()) else {
             continue;
         };
         let (app, conns, stop) = (app.clone(), Arc::clone(&conns), stop.clone());
         tasks.spawn(async move {
-            connection(stream, peer, app, &conns, stop).await;
-            drop(slot);
+            connection(stream, peer, app, &conns, &place.state, stop).await;
+            drop(place);
         });
     }
     let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
@@ -245,12 +197,13 @@ impl AsyncWrite for Watched {
 
 /// Decrements a connection's requests in flight when a request ends,
 /// however it ends.
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Activity>, Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.requests.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.1.end();
     }
 }
 
@@ -259,6 +212,7 @@ async fn connection(
     peer: SocketAddr,
     app: Router,
     conns: &Conns,
+    state: &Arc<ConnState>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -270,10 +224,12 @@ async fn connection(
         activity: Arc::clone(&activity),
     });
     let act = Arc::clone(&activity);
+    let st = Arc::clone(state);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         act.requests.fetch_add(1, Ordering::Relaxed);
         *act.head_since() = None;
-        let guard = InFlight(Arc::clone(&act));
+        st.begin();
+        let guard = InFlight(Arc::clone(&act), Arc::clone(&st));
         let app = app.clone();
         async move {
             let r = app.oneshot(req.map(axum::body::Body::new)).await;
@@ -310,6 +266,9 @@ async fn connection(
                     return;
                 }
             }
+            // Chosen to make room for a newcomer (never while a request is
+            // in progress): closed at once.
+            _ = state.close.cancelled() => return,
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();

@@ -87,7 +87,7 @@ pub struct Handler {
     cookies: super::cookie::Cookies,
     rrl: super::cookie::RateLimit,
     /// Says at most every 10 s that rate limiting is dropping answers.
-    rrl_log: crate::metrics::Throttle,
+    rrl_log: crate::metrics::LogLimiter,
 }
 
 /// CHAOS class, for `id.server` and `hostname.bind` (RFC 4892).

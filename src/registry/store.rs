@@ -190,6 +190,32 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+thread_local! {
+    /// Set while this thread runs redb code under [`guarded`]: a panic
+    /// there is a damaged store, reported as an error, so the panic hook
+    /// stays quiet instead of printing what looks like a crash.
+    static IN_STORE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (redb code) so that a panic inside redb, which it has been
+/// seen to raise on damaged pages (`unreachable`, an invalid page type),
+/// becomes an error naming it, at start or on any later read or write.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_STORE.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = IN_STORE.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_STORE.with(|q| q.set(was));
+    result.map_err(|p| format!("the store is corrupted (redb: {})", panic_text(p)))
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` and reads it back whole. A
     /// store that cannot be read (empty file, bad header, failed integrity
@@ -241,10 +267,8 @@ impl Store {
                 return Err("the file is empty (0 bytes)".into());
             }
         }
-        // redb has been seen to panic on some corrupted pages; that is a
-        // damaged store, not a crash.
         let path = path.to_path_buf();
-        std::panic::catch_unwind(move || -> Result<(Store, Saved), String> {
+        guarded(move || -> Result<(Store, Saved), String> {
             let mut db = Self::open_db(&path).map_err(|e| format!("cannot open: {e}"))?;
             let repaired = !db
                 .check_integrity()
@@ -257,10 +281,11 @@ impl Store {
             }
             let mut store = Store { db: Some(db), path };
             store.create_tables().map_err(|e| e.reason)?;
-            let saved = store.load_inner().map_err(|e| format!("cannot read: {e}"))?;
+            let saved = store
+                .load_inner()
+                .map_err(|e| format!("cannot read: {e}"))?;
             Ok((store, saved))
-        })
-        .unwrap_or_else(|p| Err(format!("the store is corrupted (redb: {})", panic_text(p))))
+        })?
     }
 
     fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
@@ -276,6 +301,16 @@ impl Store {
                 if session.progress() == 0.0 {
                     tracing::warn!("repairing store {shown} (it was not closed cleanly)");
                 }
+                // redb reports this stage only when the last commit fails
+                // its checksums. Every commit is two-phase (see `run`), so
+                // a crash cannot cause that: the file is damaged, and rolling
+                // back to the commit before would drop acknowledged writes.
+                if (session.progress() - 0.3).abs() < 1e-9 {
+                    tracing::error!(
+                        "store {shown}: its last commit fails its checksums; refusing to roll back to an older commit"
+                    );
+                    session.abort();
+                }
             })
             .create(path)
     }
@@ -290,8 +325,8 @@ impl Store {
     /// The open database, opening it again after a failure.
     fn db(&mut self) -> Result<&Database, StoreError> {
         if self.db.is_none() {
-            let db = std::panic::catch_unwind(|| Self::open_db(&self.path))
-                .map_err(|p| self.error(format!("cannot reopen: {}", panic_text(p))))?
+            let db = guarded(|| Self::open_db(&self.path))
+                .map_err(|e| self.error(format!("cannot reopen: {e}")))?
                 .map_err(|e| self.error(format!("cannot reopen: {e}")))?;
             self.db = Some(db);
         }
@@ -309,13 +344,25 @@ impl Store {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         let db = self.db()?;
-        let result = (|| {
-            let txn = db.begin_write()?;
+        let result = guarded(|| {
+            let mut txn = db.begin_write()?;
+            // Two-phase: the commit slot is switched only once the data is
+            // on disk, so a crash never leaves a last commit that fails its
+            // checksums, and one that does is damage, refused at start
+            // rather than rolled back over acknowledged writes.
+            txn.set_two_phase_commit(true);
             f(&txn)?;
             txn.commit()?;
             Ok::<(), redb::Error>(())
-        })();
-        result.map_err(|e| self.error(e))
+        });
+        match result {
+            Ok(r) => r.map_err(|e| self.error(e)),
+            Err(panicked) => {
+                // The handle saw damage: the next write reopens it.
+                self.db = None;
+                Err(self.error(panicked))
+            }
+        }
     }
 
     fn create_tables(&mut self) -> Result<(), StoreError> {
@@ -395,13 +442,18 @@ impl Store {
 
     /// The node recorded as signpost's own, if any.
     pub fn recorded_node(&self) -> Result<Option<String>, StoreError> {
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| self.error("the store is not open"))?;
         let read = || -> Result<Option<String>, redb::Error> {
-            let db = self.db.as_ref().expect("open");
             let txn = db.begin_read()?;
             let t = txn.open_table(IDENTITY)?;
             Ok(t.get("node")?.map(|v| v.value().to_string()))
         };
-        read().map_err(|e| self.error(e))
+        guarded(read)
+            .map_err(|e| self.error(e))?
+            .map_err(|e| self.error(e))
     }
 
     /// Records `node` as signpost's own and, when another node was recorded,

@@ -746,3 +746,126 @@ async fn a_low_fd_limit_keeps_http_and_udp_working() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// One client past its own connection limit is not locked out of its own
+/// traffic: 100 concurrent TCP connections from one address with one query
+/// each are all answered (the per-client cap is 64), and with 300 busy
+/// connections of that address querying in a loop, 40 new queries from the
+/// same address are answered too. Closing a connection to make room never
+/// drops a query it had already been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_own_connections_never_lock_out_its_new_queries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raise_own_fd_limit();
+    let srv = TestServer::start(None).await;
+    let dns = srv.signpost().dns_addrs()[0];
+    let me = std::net::IpAddr::from([127, 0, 3, 1]);
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        burst.spawn(tcp_query_from(me, dns));
+    }
+    let answered = burst.join_all().await.into_iter().filter(|a| *a).count();
+    assert_eq!(
+        answered, 100,
+        "concurrent connections from one address answered"
+    );
+
+    // 300 connections of one address, each asking again as soon as it is
+    // answered, for 3 s at most.
+    let busy = std::net::IpAddr::from([127, 0, 3, 2]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hogs = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let stop = stop.clone();
+        hogs.spawn(async move {
+            let sock = tokio::net::TcpSocket::new_v4().ok()?;
+            sock.bind(std::net::SocketAddr::new(busy, 0)).ok()?;
+            let mut s = sock.connect(dns).await.ok()?;
+            let q = query_bytes("consul.", RecordType::SOA, None);
+            let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&q);
+            let until = tokio::time::Instant::now() + Duration::from_secs(3);
+            let mut answers = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && tokio::time::Instant::now() < until
+            {
+                s.write_all(&framed).await.ok()?;
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+                s.read_exact(&mut body).await.ok()?;
+                answers += 1;
+            }
+            Some(answers)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answered = 0;
+    for _ in 0..40 {
+        if tcp_query_from(busy, dns).await {
+            answered += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hogs.join_all().await;
+    assert_eq!(answered, 40, "new queries from the busy address answered");
+    let metrics = health_metrics(&srv).await;
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("signpost_dns_tcp_evicted_per_client_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(evicted >= 36, "connections closed for newcomers: {metrics}");
+    srv.stop().await;
+}
+
+/// A slowloris flood from one address (more connections than its limit
+/// and than the total) does not lock out that address's health probe, nor
+/// anyone else's: the connection waiting longest for its headers makes
+/// room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_probe_is_answered_through_a_slowloris_flood_from_its_own_address() {
+    use tokio::io::AsyncWriteExt;
+    raise_own_fd_limit();
+    let srv = TestServer::start_with(None, |c| {
+        c.http_limits.max_connections = 300;
+        c.http_limits.max_connections_per_client = 200;
+    })
+    .await;
+    let addr = srv.signpost().http_addr();
+    let mut slow = Vec::new();
+    for _ in 0..400 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /v1/catalog/services HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await;
+        slow.push(s);
+    }
+    for _ in 0..5 {
+        assert_eq!(http("GET", &srv.url("/health"), None).await.status, 200);
+        assert_eq!(health_from_elsewhere(&srv).await, 200);
+    }
+    // A blocking query held meanwhile is never the one closed.
+    let index = http("GET", &srv.url("/v1/catalog/services"), None)
+        .await
+        .index
+        .unwrap();
+    let url = srv.url(&format!("/v1/catalog/services?index={index}&wait=2s"));
+    let held = tokio::spawn(async move { http("GET", &url, None).await.status });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..250 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await;
+        slow.push(s);
+    }
+    assert_eq!(held.await.unwrap(), 200, "the blocking query was answered");
+    let metrics = health_metrics(&srv).await;
+    assert!(
+        !metrics.contains("signpost_http_refused_per_client_total 0\n"),
+        "{metrics}"
+    );
+    drop(slow);
+    srv.stop().await;
+}

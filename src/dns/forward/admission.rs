@@ -25,7 +25,7 @@ pub struct Admission {
     pub shed: AtomicU64,
     /// Queries refused because too many cancelled ones had not ended yet.
     pub refused: AtomicU64,
-    reports: crate::metrics::Throttle,
+    reports: crate::metrics::LogLimiter,
 }
 
 #[derive(Default)]

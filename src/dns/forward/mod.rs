@@ -122,7 +122,7 @@ pub struct Forwarder {
     health: Vec<Mutex<UpstreamState>>,
     pub stats: ForwardStats,
     /// Paces the per-name time-out log line.
-    timeout_log: crate::metrics::Throttle,
+    timeout_log: crate::metrics::LogLimiter,
 }
 
 /// Takes a shared question out of `resolving` when its leader is done or
@@ -194,7 +194,7 @@ impl Forwarder {
             resolving: Mutex::new(HashMap::new()),
             health: cfg.upstreams.iter().map(|_| Mutex::default()).collect(),
             stats: ForwardStats::default(),
-            timeout_log: crate::metrics::Throttle::default(),
+            timeout_log: crate::metrics::LogLimiter::default(),
         }
     }
 
