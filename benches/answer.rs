@@ -42,6 +42,7 @@ fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {
         weights: Weights::default(),
         tagged_addresses: Default::default(),
         enable_tag_override: false,
+        connect: None,
         source: Source::File,
         create_index: 0,
         modify_index: 0,

@@ -78,6 +78,7 @@ fn main() {
                         weights: Weights::default(),
                         tagged_addresses: Default::default(),
                         enable_tag_override: false,
+                        connect: None,
                         source: Source::Api,
                         create_index: 0,
                         modify_index: 0,

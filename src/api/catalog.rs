@@ -206,6 +206,33 @@ pub async fn service(
     .await
 }
 
+/// `/v1/catalog/connect/:service`: the Connect-capable instances of a
+/// service, its native ones and the proxies in front of it (an empty list
+/// for a service with neither). Its index is the registry's: a proxy for
+/// the service may be registered under any name.
+pub async fn connect(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let tags: Vec<&str> = params.all("tag").collect();
+    let filter = params.filter(Some(&["NodeMeta"]))?;
+    let lower = name.to_ascii_lowercase();
+    api.blocking(&params, |s| {
+        let mut out: Vec<ServiceNodeOut<'_>> = s
+            .connect_instances(&lower)
+            .filter(local(&api))
+            .filter(|v| has_tags(&v.instance.tags, &tags))
+            .filter_map(|v| Some(ServiceNodeOut::new(v.node?, v.instance)))
+            .collect();
+        out.sort_by(|a, b| (a.node, a.service_id).cmp(&(b.node, b.service_id)));
+        keep(filter.as_ref(), &mut out);
+        encoded(s.index(), &out)
+    })
+    .await
+}
+
 pub async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let filter = params.filter(Some(&["Meta"]))?;

@@ -47,6 +47,36 @@ pub async fn service(
     .await
 }
 
+/// `/v1/health/connect/:service`: `/v1/health/service` for the instances
+/// that carry Connect traffic for the service (see `catalog::connect`).
+pub async fn connect(
+    State(api): Shared,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::parse(q.as_deref());
+    let passing = params.flag("passing");
+    let tags: Vec<&str> = params.all("tag").collect();
+    let filter = params.filter(Some(&["Node", "Meta"]))?;
+    let lower = name.to_ascii_lowercase();
+    api.blocking(&params, |s| {
+        let mut out: Vec<HealthEntry<'_>> = Vec::new();
+        for v in s.connect_instances(&lower) {
+            let Some(node) = v.node.filter(|n| n.datacenter == api.datacenter) else {
+                continue;
+            };
+            if !has_tags(&v.instance.tags, &tags) || (passing && v.health != Health::Passing) {
+                continue;
+            }
+            out.push(HealthEntry::new(s, node, v.instance));
+        }
+        out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
+        keep(filter.as_ref(), &mut out);
+        encoded(s.index(), &out)
+    })
+    .await
+}
+
 pub async fn checks(
     State(api): Shared,
     Path(name): Path<String>,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::registry::definition::format_duration;
-use crate::registry::{Check, CheckKind, Instance, KvEntry, Meta, Node, TaggedAddress};
+use crate::registry::{Check, CheckKind, Connect, Instance, KvEntry, Meta, Node, TaggedAddress};
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -95,9 +95,42 @@ pub struct ServiceOut<'a> {
     pub port: u16,
     pub weights: Weights,
     pub enable_tag_override: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectOut>,
     pub datacenter: &'a str,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// `Proxy` of a Connect proxy.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProxyOut<'a> {
+    pub destination_service_name: &'a str,
+}
+
+/// `Connect` of a native Connect service.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConnectOut {
+    pub native: bool,
+}
+
+fn connect_parts(i: &Instance) -> (Option<ProxyOut<'_>>, Option<ConnectOut>) {
+    match i.connect.as_deref() {
+        Some(Connect::Proxy { destination }) => (
+            Some(ProxyOut {
+                destination_service_name: destination,
+            }),
+            None,
+        ),
+        Some(Connect::Native) => (None, Some(ConnectOut { native: true })),
+        None => (None, None),
+    }
 }
 
 impl<'a> ServiceOut<'a> {
@@ -112,6 +145,9 @@ impl<'a> ServiceOut<'a> {
             port: i.port,
             weights: i.weights.into(),
             enable_tag_override: i.enable_tag_override,
+            kind: i.kind(),
+            proxy: connect_parts(i).0,
+            connect: connect_parts(i).1,
             datacenter,
             create_index: i.create_index,
             modify_index: i.modify_index,
@@ -141,6 +177,10 @@ pub struct ServiceNodeOut<'a> {
     pub service_meta: &'a Meta,
     pub service_port: u16,
     pub service_enable_tag_override: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_proxy: Option<ProxyOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_connect: Option<ConnectOut>,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -155,7 +195,7 @@ impl<'a> ServiceNodeOut<'a> {
             datacenter: &n.datacenter,
             tagged_addresses: node.tagged_addresses,
             node_meta: &n.meta,
-            service_kind: "",
+            service_kind: i.kind(),
             service_id: &i.id,
             service_name: &i.name,
             service_tags: &i.tags,
@@ -165,6 +205,8 @@ impl<'a> ServiceNodeOut<'a> {
             service_meta: &i.meta,
             service_port: i.port,
             service_enable_tag_override: i.enable_tag_override,
+            service_proxy: connect_parts(i).0,
+            service_connect: connect_parts(i).1,
             create_index: i.create_index,
             modify_index: i.modify_index,
         }

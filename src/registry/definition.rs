@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::model::{
-    Check, CheckKind, Health, Instance, Meta, Node, Source, TaggedAddress, Thresholds, Weights,
+    Check, CheckKind, Connect, Health, Instance, Meta, Node, Source, TaggedAddress, Thresholds,
+    Weights,
 };
 
 /// Consul's default check timeout.
@@ -511,6 +512,28 @@ struct RawService {
     checks: Vec<CheckDef>,
     #[serde(rename = "Kind", alias = "kind")]
     kind: Option<String>,
+    #[serde(rename = "Proxy", alias = "proxy")]
+    proxy: Option<RawProxy>,
+    #[serde(rename = "Connect", alias = "connect")]
+    connect: Option<RawConnect>,
+}
+
+/// `Proxy` of a `connect-proxy` service: what it fronts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawProxy {
+    #[serde(rename = "DestinationServiceName", alias = "destination_service_name")]
+    destination_service_name: Option<String>,
+}
+
+/// `Connect` of a service: whether it speaks Connect natively. (An inline
+/// `SidecarService` is not registered for it: register the proxy as its
+/// own service with `Kind: connect-proxy`.)
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawConnect {
+    #[serde(rename = "Native", alias = "native")]
+    native: Option<bool>,
 }
 
 /// A validated service definition, not yet placed on a node.
@@ -526,6 +549,7 @@ pub struct ServiceDef {
     pub tagged_addresses: BTreeMap<String, TaggedAddress>,
     pub enable_tag_override: bool,
     pub checks: Vec<CheckDef>,
+    pub connect: Option<Connect>,
 }
 
 /// The longest service name or tag DNS can carry in one label.
@@ -569,13 +593,33 @@ impl TryFrom<RawService> for ServiceDef {
     fn try_from(raw: RawService) -> Result<ServiceDef, String> {
         let name = raw.name.unwrap_or_default();
         check_service_name(&name)?;
-        if let Some(kind) = raw
-            .kind
-            .as_deref()
-            .filter(|k| !k.is_empty() && *k != "typical")
-        {
-            return Err(format!("service {name:?}: kind {kind:?} is not supported"));
-        }
+        let native = raw.connect.as_ref().and_then(|c| c.native) == Some(true);
+        let connect = match raw.kind.as_deref().unwrap_or("") {
+            "" | "typical" => native.then_some(Connect::Native),
+            "connect-proxy" => {
+                let destination = raw
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.destination_service_name.clone())
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "service {name:?}: a connect-proxy needs Proxy.DestinationServiceName"
+                        )
+                    })?;
+                if native {
+                    return Err(format!(
+                        "service {name:?}: a connect-proxy cannot also be Connect.Native"
+                    ));
+                }
+                check_service_name(&destination)
+                    .map_err(|e| format!("service {name:?}: Proxy.DestinationServiceName: {e}"))?;
+                Some(Connect::Proxy { destination })
+            }
+            kind => return Err(format!(
+                "service {name:?}: kind {kind:?} is not supported (typical and connect-proxy are)"
+            )),
+        };
         let port = match raw.port {
             None => 0,
             Some(p) => u16::try_from(p)
@@ -611,6 +655,7 @@ impl TryFrom<RawService> for ServiceDef {
             tagged_addresses: raw.tagged_addresses,
             enable_tag_override: raw.enable_tag_override.unwrap_or(false),
             checks,
+            connect,
         })
     }
 }
@@ -650,6 +695,7 @@ impl ServiceDef {
             weights: self.weights,
             tagged_addresses: self.tagged_addresses,
             enable_tag_override: self.enable_tag_override,
+            connect: self.connect.map(Box::new),
             source,
             create_index: 0,
             modify_index: 0,

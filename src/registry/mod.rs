@@ -23,8 +23,8 @@ use small::SmallMap;
 
 pub use commit::{Registry, StoreStatus};
 pub use model::{
-    Behavior, Check, CheckKind, Health, Instance, InstanceKey, KvEntry, Meta, Node, Session,
-    Source, TaggedAddress, Thresholds, Weights,
+    Behavior, Check, CheckKind, Connect, Health, Instance, InstanceKey, KvEntry, Meta, Node,
+    Session, Source, TaggedAddress, Thresholds, Weights,
 };
 pub use store::{Store, StoreError};
 
@@ -349,6 +349,23 @@ impl State {
             .range((name.clone(), InstanceKey::new("", ""))..)
             .take_while(move |(n, _)| *n == name)
             .filter_map(move |(_, k)| self.view(k))
+    }
+
+    /// Every instance that carries Connect traffic for a service (by
+    /// lower-cased name): its native instances and the proxies in front of
+    /// it. A scan of every instance: Connect lookups are HTTP reads, rare
+    /// beside DNS, which never calls this.
+    pub fn connect_instances<'a>(
+        &'a self,
+        lower_name: &'a str,
+    ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        self.instances
+            .iter()
+            .filter(move |(_, i)| {
+                i.connect_for()
+                    .is_some_and(|f| f.eq_ignore_ascii_case(lower_name))
+            })
+            .filter_map(move |(k, _)| self.view(k))
     }
 
     /// Every instance on a node.
@@ -996,6 +1013,7 @@ mod tests {
             weights: Weights::default(),
             tagged_addresses: BTreeMap::new(),
             enable_tag_override: false,
+            connect: None,
             source: Source::Api,
             create_index: 0,
             modify_index: 0,

@@ -140,9 +140,43 @@ pub struct Instance {
     pub weights: Weights,
     pub tagged_addresses: BTreeMap<String, TaggedAddress>,
     pub enable_tag_override: bool,
+    /// Consul Connect: a sidecar proxy for another service, or a service
+    /// that speaks Connect natively. Boxed: one pointer on the instances
+    /// (nearly all) that have none. `default`: stores written before it
+    /// load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Box<Connect>>,
     pub source: Source,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// How an instance takes part in Consul Connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Connect {
+    /// `Connect.Native`: the service itself speaks Connect.
+    Native,
+    /// `Kind: connect-proxy`: a proxy in front of `destination`.
+    Proxy { destination: String },
+}
+
+impl Instance {
+    /// The service this instance carries Connect traffic for, if any: its
+    /// own name when native, the destination when a proxy.
+    pub fn connect_for(&self) -> Option<&str> {
+        match self.connect.as_deref()? {
+            Connect::Native => Some(&self.name),
+            Connect::Proxy { destination } => Some(destination),
+        }
+    }
+
+    /// Consul's `Kind`: "connect-proxy" for a proxy, "" otherwise.
+    pub fn kind(&self) -> &'static str {
+        match self.connect.as_deref() {
+            Some(Connect::Proxy { .. }) => "connect-proxy",
+            _ => "",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,8 +41,8 @@ use crate::config::ConsulConfig;
 use crate::dns::handler::Remote;
 use crate::metrics::Metrics;
 use crate::registry::{
-    Check, CheckKind, Health, Instance, InstanceKey, Node, Registry, Source, TaggedAddress,
-    Thresholds, Weights,
+    Check, CheckKind, Connect, Health, Instance, InstanceKey, Node, Registry, Source,
+    TaggedAddress, Thresholds, Weights,
 };
 
 /// A loop never starts requests closer together than this.
@@ -115,6 +115,41 @@ struct CService {
     tagged_addresses: BTreeMap<String, TaggedAddress>,
     #[serde(default)]
     enable_tag_override: bool,
+    /// "connect-proxy" for a Connect sidecar proxy.
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    proxy: Option<CProxy>,
+    #[serde(default)]
+    connect: Option<CConnect>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CProxy {
+    destination_service_name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CConnect {
+    native: bool,
+}
+
+impl CService {
+    fn connect(&self) -> Option<Box<Connect>> {
+        let destination = self
+            .proxy
+            .as_ref()
+            .map(|p| p.destination_service_name.as_str());
+        match (self.kind.as_str(), destination) {
+            ("connect-proxy", Some(d)) if !d.is_empty() => Some(Box::new(Connect::Proxy {
+                destination: d.to_string(),
+            })),
+            _ if self.connect.as_ref().is_some_and(|c| c.native) => Some(Box::new(Connect::Native)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,6 +623,7 @@ impl ConsulSync {
                 {
                     continue;
                 }
+                let connect = e.service.connect();
                 let weights = match e.service.weights {
                     Some(w) if w.passing > 0 => Weights {
                         passing: w.passing.clamp(1, u16::MAX as i64) as u16,
@@ -606,6 +642,7 @@ impl ConsulSync {
                     weights,
                     tagged_addresses: e.service.tagged_addresses,
                     enable_tag_override: e.service.enable_tag_override,
+                    connect,
                     source: Source::Consul,
                     create_index: 0,
                     modify_index: 0,

@@ -451,3 +451,109 @@ async fn consul_from_npm() {
     .unwrap();
     srv.stop().await;
 }
+
+/// The reads Connect-aware and caching Consul clients make: `?cached`
+/// says it is a hit from memory; `/v1/{health,catalog}/connect/:service`
+/// list the proxies in front of a service and its native instances, with
+/// the blocking contract; `/v1/agent/metrics` in Consul's JSON shape and as
+/// Prometheus text.
+#[tokio::test]
+async fn connect_cached_and_agent_metrics_reads() {
+    let srv = TestServer::start(None).await;
+    register(&srv, r#"{"Name":"web","ID":"web-1","Port":80}"#).await;
+    register(
+        &srv,
+        r#"{"Name":"web-sidecar-proxy","ID":"web-1-proxy","Kind":"connect-proxy","Port":21000,"Proxy":{"DestinationServiceName":"web","LocalServicePort":80}}"#,
+    )
+    .await;
+    register(
+        &srv,
+        r#"{"Name":"pay","ID":"pay-1","Port":90,"Connect":{"Native":true}}"#,
+    )
+    .await;
+    for (body, reason) in [
+        (r#"{"Name":"gw","Kind":"mesh-gateway"}"#, "not supported"),
+        (
+            r#"{"Name":"p","Kind":"connect-proxy"}"#,
+            "Proxy.DestinationServiceName",
+        ),
+    ] {
+        let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.body.contains(reason), "{}", r.body);
+    }
+
+    let r = http("GET", &srv.url("/v1/catalog/connect/web"), None).await;
+    let v = r.json();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["ServiceID"], "web-1-proxy");
+    assert_eq!(v[0]["ServiceKind"], "connect-proxy");
+    assert_eq!(v[0]["ServiceProxy"]["DestinationServiceName"], "web");
+    let v = http("GET", &srv.url("/v1/health/connect/pay"), None)
+        .await
+        .json();
+    assert_eq!(v[0]["Service"]["ID"], "pay-1", "{v}");
+    assert_eq!(v[0]["Service"]["Connect"]["Native"], true);
+    let r = http("GET", &srv.url("/v1/health/connect/db"), None).await;
+    assert_eq!((r.status, r.json()), (200, serde_json::json!([])));
+    assert!(r.index.is_some());
+
+    // A blocking read wakes when a second proxy for web registers.
+    let r = http("GET", &srv.url("/v1/health/connect/web"), None).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    let url = srv.url(&format!(
+        "/v1/health/connect/web?index={}&wait=5s",
+        r.index.unwrap()
+    ));
+    let waiter = tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        (http("GET", &url, None).await, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the blocking read returned early");
+    register(
+        &srv,
+        r#"{"Name":"web-sidecar-proxy","ID":"web-2-proxy","Kind":"connect-proxy","Port":21001,"Proxy":{"DestinationServiceName":"web"}}"#,
+    )
+    .await;
+    let (r, took) = waiter.await.unwrap();
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+
+    // ?cached: Consul's agent-cache headers.
+    let resp = reqwest::get(srv.url("/v1/health/service/web?cached"))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["X-Cache"], "HIT");
+    assert_eq!(resp.headers()["Age"], "0");
+    let resp = reqwest::get(srv.url("/v1/health/service/web"))
+        .await
+        .unwrap();
+    assert!(resp.headers().get("X-Cache").is_none());
+
+    // Agent metrics.
+    let v = http("GET", &srv.url("/v1/agent/metrics"), None)
+        .await
+        .json();
+    for part in ["Gauges", "Counters", "Samples"] {
+        assert!(v[part].is_array(), "{part}: {v}");
+    }
+    assert!(
+        v["Gauges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["Name"] == "signpost.registry_instances" && g["Value"] == 4.0),
+        "{v}"
+    );
+    let text = http("GET", &srv.url("/v1/agent/metrics?format=prometheus"), None)
+        .await
+        .body;
+    assert!(text.contains("signpost_registry_instances 4"), "{text}");
+    let stamp = v["Timestamp"].as_str().unwrap();
+    assert!(
+        stamp.ends_with(" +0000 UTC") && stamp.len() == 29,
+        "{stamp}"
+    );
+    srv.stop().await;
+}
