@@ -533,6 +533,40 @@ impl Metrics {
     }
 }
 
+/// The DNS answer sets' template cache, read at scrape time.
+struct AnswersCollector(Arc<crate::dns::answers::Answers>);
+
+impl std::fmt::Debug for AnswersCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswersCollector")
+    }
+}
+
+impl Collector for AnswersCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "dns_template_cache_names",
+            "Prepared-query template names whose answers are cached now",
+            self.0.template_cache_len() as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "dns_template_cache_cleared",
+            "Times the template answer cache was full and cleared",
+            self.0.template_sets_cleared.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Metrics {
+    /// Adds the answer sets' cache metrics.
+    pub fn watch_answers(&mut self, answers: Arc<crate::dns::answers::Answers>) {
+        self.registry
+            .register_collector(Box::new(AnswersCollector(answers)));
+    }
+}
+
 /// The HTTP listener's bounds, read at scrape time.
 #[derive(Debug)]
 struct HttpCollector(Arc<crate::api::serve::HttpStats>);

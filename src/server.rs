@@ -126,6 +126,7 @@ impl Signpost {
         }
         let tcp_conns = crate::dns::tcp::TcpConns::new();
         metrics.watch_tcp(tcp_conns.clone());
+        metrics.watch_answers(answers.clone());
         let metrics = Arc::new(metrics);
         let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
         let consul = match &config.consul {
@@ -262,6 +263,7 @@ impl Signpost {
         settings.dns = new.dns_config.clone();
         self.answers.set_config(settings);
         self.handler.set_zones(zones);
+        self.handler.reload_admission();
         // Every answer set rebuilt with the new settings first, so that no
         // reader sees new files answered under the new settings while the
         // old sets still carry the old ones.

@@ -228,7 +228,21 @@ pub struct Answers {
     /// Plain queries with `Failover.Datacenters`: name (and ID) → the
     /// search to repeat in those datacenters when none is here.
     query_failover: NameMap<Arc<crate::registry::query::QuerySpec>>,
+    /// The state of the last change, for template searches (their names
+    /// are known only when asked). Memory, never the disk.
+    latest: arc_swap::ArcSwapOption<State>,
+    /// Asked name → the answers of the template search it resolved to
+    /// (and that search's lower-cased service), built at the first ask from
+    /// `latest` and dropped when the service or any query changes. At most
+    /// [`MAX_TEMPLATE_SETS`]; cleared whole when full.
+    template_sets: NameMap<(Box<str>, Arc<RecordSet>)>,
+    template_sets_full: crate::metrics::LogLimiter,
+    /// Times `template_sets` was full and cleared, for `/metrics`.
+    pub template_sets_cleared: std::sync::atomic::AtomicU64,
 }
+
+/// Template answer sets kept at most (see `Answers::template_sets`).
+pub const MAX_TEMPLATE_SETS: usize = 4096;
 
 /// type, class, TTL, RDLENGTH and RDATA of a record, encoded by hickory
 /// with no name compression, so it can be copied into any message.
@@ -327,7 +341,65 @@ impl Answers {
             query_services: Mutex::new(BTreeSet::new()),
             query_failover: NameMap::default(),
             tags: TagIndex::default(),
+            latest: arc_swap::ArcSwapOption::empty(),
+            template_sets: NameMap::default(),
+            template_sets_full: Default::default(),
+            template_sets_cleared: Default::default(),
         }
+    }
+
+    /// Template names whose answers are cached now.
+    pub fn template_cache_len(&self) -> usize {
+        self.template_sets.len()
+    }
+
+    /// The answers of a template's search (`spec`, resolved from the
+    /// lower-cased `asked` name): every local instance fit for DNS that the
+    /// search matches (tags, `OnlyPassing`, service and node meta), with the
+    /// query's TTL, exactly as `execute` selects them.
+    pub fn template_set(
+        &self,
+        asked: &str,
+        spec: &crate::registry::query::QuerySpec,
+    ) -> Option<Arc<RecordSet>> {
+        if let Some(hit) = self.template_sets.get(asked) {
+            return Some(Arc::clone(&hit.1));
+        }
+        let state = self.latest.load_full()?;
+        let service = spec.service.to_ascii_lowercase();
+        let ttl = spec
+            .ttl
+            .unwrap_or_else(|| self.config().dns.service_ttl.get(&service));
+        let (mut entries, mut ids, mut node_txt) = (Vec::new(), HashMap::new(), HashMap::new());
+        for v in state.service_instances(&service) {
+            let local = v
+                .node
+                .is_some_and(|n| n.datacenter == self.config().datacenter);
+            if local && self.fit(&v) && spec.matches(&v) {
+                if let Some(e) = self.entry(&v, ttl, &mut ids, &mut node_txt) {
+                    entries.push(Arc::new(e));
+                }
+            }
+        }
+        let set = Arc::new(RecordSet::of(entries, ids.len() as u32));
+        // Kept only if no change was published meanwhile: a set built from
+        // an older state must not outlive the change that dropped it.
+        let current = self.latest.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &state)) {
+            if self.template_sets.len() >= MAX_TEMPLATE_SETS {
+                self.template_sets.clear();
+                self.template_sets_cleared
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.template_sets_full.due() {
+                    tracing::warn!(
+                        "prepared-query template answers: {MAX_TEMPLATE_SETS} names cached, cleared (counted in signpost_dns_template_cache_cleared_total)"
+                    );
+                }
+            }
+            self.template_sets
+                .insert(asked.into(), (service.into_boxed_str(), Arc::clone(&set)));
+        }
+        Some(set)
     }
 
     /// Whether some local instance carries `tag` (any case).
@@ -765,7 +837,14 @@ fn remote_key(lower: &str, dc: &str) -> String {
 }
 
 impl ChangeListener for Answers {
-    fn changed(&self, state: &State, changes: &Changes) {
+    fn changed(&self, state: &Arc<State>, changes: &Changes) {
+        self.latest.store(Some(Arc::clone(state)));
+        if changes.queries {
+            self.template_sets.clear();
+        } else if !changes.services.is_empty() && !self.template_sets.is_empty() {
+            self.template_sets
+                .retain(|_, (service, _)| !changes.services.contains(&**service));
+        }
         let queried = changes.queries || {
             let services = self
                 .query_services

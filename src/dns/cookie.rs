@@ -28,13 +28,26 @@ const MAX_AHEAD: u32 = 300;
 pub struct Cookies {
     secret: [u8; 16],
     previous: Option<[u8; 16]>,
+    /// The settings it was made from (`None`: a random secret), so that a
+    /// reload with the same settings keeps the random one.
+    configured: (Option<[u8; 16]>, Option<[u8; 16]>),
 }
 
 impl Cookies {
     /// `secret`: shared by a fleet (from config); a random one otherwise.
     pub fn new(secret: Option<[u8; 16]>, previous: Option<[u8; 16]>) -> Cookies {
+        let configured = (secret, previous);
         let secret = secret.unwrap_or_else(|| std::array::from_fn(|_| fastrand::u8(..)));
-        Cookies { secret, previous }
+        Cookies {
+            secret,
+            previous,
+            configured,
+        }
+    }
+
+    /// Whether these cookies were made from these settings.
+    pub fn made_from(&self, secret: Option<[u8; 16]>, previous: Option<[u8; 16]>) -> bool {
+        self.configured == (secret, previous)
     }
 
     fn hash(secret: &[u8; 16], client: &[u8; 8], head: &[u8; 8], ip: IpAddr) -> [u8; 8] {
@@ -127,6 +140,11 @@ fn prefix(ip: IpAddr) -> [u8; 8] {
 }
 
 impl RateLimit {
+    /// Whether this limiter has these settings.
+    pub fn is(&self, rate: u32, slip: u32) -> bool {
+        (self.rate, self.slip) == (rate, slip)
+    }
+
     pub fn new(rate: u32, slip: u32) -> RateLimit {
         RateLimit {
             rate,

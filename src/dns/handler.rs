@@ -84,8 +84,10 @@ pub struct Handler {
     trusted: Vec<ipnet::IpNet>,
     /// Server cookies, and the rate limit for UDP clients that are neither
     /// trusted nor proven by a cookie (see `cookie`).
-    cookies: super::cookie::Cookies,
-    rrl: super::cookie::RateLimit,
+    /// ArcSwap: replaced by a reload (SIGHUP) when their settings change,
+    /// read with one load per query that needs them.
+    cookies: arc_swap::ArcSwap<super::cookie::Cookies>,
+    rrl: arc_swap::ArcSwap<super::cookie::RateLimit>,
     /// Says at most every 10 s that rate limiting is dropping answers.
     rrl_log: crate::metrics::LogLimiter,
 }
@@ -319,8 +321,14 @@ impl Handler {
     ) -> Handler {
         let dns = answers.config().dns.clone();
         Handler {
-            cookies: super::cookie::Cookies::new(dns.cookie_secret, dns.cookie_secret_previous),
-            rrl: super::cookie::RateLimit::new(dns.rrl_responses_per_second, dns.rrl_slip),
+            cookies: arc_swap::ArcSwap::from_pointee(super::cookie::Cookies::new(
+                dns.cookie_secret,
+                dns.cookie_secret_previous,
+            )),
+            rrl: arc_swap::ArcSwap::from_pointee(super::cookie::RateLimit::new(
+                dns.rrl_responses_per_second,
+                dns.rrl_slip,
+            )),
             rrl_log: Default::default(),
             answers,
             zones: arc_swap::ArcSwap::from_pointee(zones),
@@ -366,6 +374,39 @@ impl Handler {
     /// Serves these static zones from now on.
     pub fn set_zones(&self, zones: Vec<StaticZone>) {
         self.zones.store(Arc::new(zones));
+    }
+
+    /// Applies reloaded cookie and rate-limit settings (those of the
+    /// answers' current config). Unchanged settings keep their state: a
+    /// random cookie secret stays, and so do the rate limiter's buckets.
+    pub fn reload_admission(&self) {
+        let dns = self.answers.config().dns.clone();
+        if !self
+            .cookies
+            .load()
+            .made_from(dns.cookie_secret, dns.cookie_secret_previous)
+        {
+            self.cookies.store(Arc::new(super::cookie::Cookies::new(
+                dns.cookie_secret,
+                dns.cookie_secret_previous,
+            )));
+            tracing::info!("reload: DNS cookie secret changed");
+        }
+        if !self
+            .rrl
+            .load()
+            .is(dns.rrl_responses_per_second, dns.rrl_slip)
+        {
+            self.rrl.store(Arc::new(super::cookie::RateLimit::new(
+                dns.rrl_responses_per_second,
+                dns.rrl_slip,
+            )));
+            tracing::info!(
+                rate = dns.rrl_responses_per_second,
+                slip = dns.rrl_slip,
+                "reload: DNS response rate limit changed"
+            );
+        }
     }
 
     /// Counts replies into `stats` (the listeners record every one).
@@ -537,7 +578,7 @@ impl Handler {
         if !limited || outcome != Outcome::Reply {
             return outcome;
         }
-        match self.rrl.check(client, std::time::Instant::now()) {
+        match self.rrl.load().check(client, std::time::Instant::now()) {
             super::cookie::Verdict::Send => Outcome::Reply,
             super::cookie::Verdict::Slip => {
                 self.stats.rrl_slipped.fetch_add(1, Ordering::Relaxed);
@@ -589,10 +630,10 @@ impl Handler {
         };
         let trusted = self.is_trusted(client);
         let cookie = q.edns.and_then(|e| e.cookie);
+        let cookies = self.cookies.load();
         let now = cookie.map(|_| unix_now()).unwrap_or(0);
-        let proven = cookie.is_some_and(|c| {
-            c.server_len > 0 && self.cookies.valid(&c.client, c.server(), client, now)
-        });
+        let proven = cookie
+            .is_some_and(|c| c.server_len > 0 && cookies.valid(&c.client, c.server(), client, now));
         // Neither trusted nor proven over UDP: the classic 512 bytes at
         // most, and rate limited (see `handle`).
         *limited = transport == Transport::Udp && !trusted && !proven;
@@ -603,10 +644,7 @@ impl Handler {
         let payload = self.udp_cap(trusted);
         let mut w = ResponseWriter::new(out, &q, budget);
         if let Some(c) = cookie {
-            w.cookie(
-                &c.client,
-                &self.cookies.server_cookie(&c.client, client, now),
-            );
+            w.cookie(&c.client, &cookies.server_cookie(&c.client, client, now));
             // A server cookie that is not ours (or too old): BADCOOKIE with
             // a fresh one, so that the client retries with it.
             if c.server_len > 0 && !proven && *limited {
@@ -964,15 +1002,11 @@ impl Handler {
                 }
                 let template = self.answers.template(lower_name);
                 if let Some(spec) = &template {
-                    // A template's search, from the service's sets:
-                    // instances with every tag asked and none of the `!tag`s.
-                    let mut service = [0u8; 63];
-                    let set = lower(spec.service.as_bytes(), &mut service)
-                        .and_then(|n| self.answers.service(n));
-                    if let Some(set) = set {
-                        let filtered = filter_by_tags(&set, &spec.tags);
-                        if !filtered.entries.is_empty() {
-                            return self.write_set(w, &filtered, ask, scratch);
+                    // A template's search, as `execute` makes it: tags,
+                    // OnlyPassing, service and node meta, its TTL.
+                    if let Some(set) = self.answers.template_set(lower_name, spec) {
+                        if !set.entries.is_empty() {
+                            return self.write_set(w, &set, ask, scratch);
                         }
                     }
                 }

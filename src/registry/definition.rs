@@ -616,9 +616,11 @@ impl TryFrom<RawService> for ServiceDef {
                     .map_err(|e| format!("service {name:?}: Proxy.DestinationServiceName: {e}"))?;
                 Some(Connect::Proxy { destination })
             }
-            kind => return Err(format!(
+            kind => {
+                return Err(format!(
                 "service {name:?}: kind {kind:?} is not supported (typical and connect-proxy are)"
-            )),
+            ))
+            }
         };
         let port = match raw.port {
             None => 0,

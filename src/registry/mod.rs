@@ -31,15 +31,16 @@ pub use store::{Store, StoreError};
 /// Told of every change as it becomes visible, synchronously, while the
 /// writers' lock is held: it sees the new state and the names that changed.
 /// It must be quick (it holds up writers) and must not call back into the
-/// registry.
+/// registry. `Arc`: a listener may keep the state to read later (the
+/// registry never changes a published state).
 pub trait ChangeListener: Send + Sync {
-    fn changed(&self, state: &State, changes: &Changes);
+    fn changed(&self, state: &Arc<State>, changes: &Changes);
 }
 
 /// No listener: a registry that nothing reads answers from (tests, the
 /// registry-only memory bench).
 impl ChangeListener for () {
-    fn changed(&self, _: &State, _: &Changes) {}
+    fn changed(&self, _: &Arc<State>, _: &Changes) {}
 }
 
 /// Names touched by one transaction: services lower-cased as DNS looks

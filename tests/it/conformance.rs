@@ -783,3 +783,85 @@ async fn cookies_and_rate_limiting_for_untrusted_clients() {
     assert_eq!(m.answers.len(), 40, "TCP is not limited");
     srv.stop().await;
 }
+
+/// SIGHUP's reload applies the cookie secret and the rate limit, as it
+/// applies the rest of the DNS settings: a rotated secret (the old one as
+/// `cookie_secret_previous`) still accepts the clients' cookies, a new one
+/// without it does not, and a rate limit turned off lets a flood through.
+/// Unchanged settings keep their state.
+#[tokio::test]
+async fn a_reload_applies_cookie_secrets_and_the_rate_limit() {
+    let (a, b, c) = ([0xAA; 16], [0xBB; 16], [0xCC; 16]);
+    let untrusted =
+        |c: &mut signpost::Config| c.recursors.allow = vec!["192.0.2.0/24".parse().unwrap()];
+    let (mut srv, zones) = server_with(|cfg| {
+        untrusted(cfg);
+        cfg.dns_config.cookie_secret = Some(a);
+    })
+    .await;
+    let base = srv.signpost().config.clone();
+    let reload = |srv: &mut TestServer, f: &dyn Fn(&mut signpost::Config)| {
+        let mut cfg = base.clone();
+        f(&mut cfg);
+        srv.signpost.as_mut().unwrap().reload(cfg).expect("reload");
+    };
+    let client = [1, 2, 3, 4, 5, 6, 7, 8];
+    let ask = |dns: std::net::SocketAddr, server: &[u8]| {
+        let q = with_cookie("web.service.consul.", RecordType::A, &client, server);
+        Message::from_vec(&udp_raw(dns, &q, Duration::from_secs(2)).unwrap()).unwrap()
+    };
+    let cookie = reply_cookie(&ask(srv.dns, &[]));
+    let rcode = |m: &Message| u16::from(m.metadata.response_code);
+    assert_eq!(
+        rcode(&ask(srv.dns, &cookie[8..])),
+        0,
+        "valid under the first secret"
+    );
+    reload(&mut srv, &|cfg| {
+        cfg.dns_config.cookie_secret = Some(b);
+        cfg.dns_config.cookie_secret_previous = Some(a);
+    });
+    assert_eq!(
+        rcode(&ask(srv.dns, &cookie[8..])),
+        0,
+        "the previous secret still accepted"
+    );
+    reload(&mut srv, &|cfg| cfg.dns_config.cookie_secret = Some(c));
+    assert_eq!(
+        rcode(&ask(srv.dns, &cookie[8..])),
+        23,
+        "BADCOOKIE once the secret is gone"
+    );
+
+    // The rate limit: a flood of 100 is cut at the default 20/s, and not
+    // once the reload turns it off.
+    let flood = |dns: std::net::SocketAddr| {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut full = 0;
+        let mut buf = [0u8; 4096];
+        for burst in 0..5u16 {
+            for i in 0..20u16 {
+                let mut q = query_bytes("web.service.consul.", RecordType::A, Some(1232));
+                q[..2].copy_from_slice(&(burst * 20 + i).to_be_bytes());
+                sock.send_to(&q, dns).unwrap();
+            }
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            while let Ok(n) = sock.recv(&mut buf) {
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                if !m.answers.is_empty() {
+                    full += 1;
+                }
+            }
+        }
+        full
+    };
+    assert!(flood(srv.dns) <= 45, "limited at first");
+    reload(&mut srv, &|cfg| {
+        cfg.dns_config.cookie_secret = Some(c);
+        cfg.dns_config.rrl_responses_per_second = 0;
+    });
+    assert_eq!(flood(srv.dns), 100, "not limited after the reload");
+    srv.stop().await;
+    drop(zones);
+}

@@ -208,3 +208,57 @@ async fn prepared_queries_answer_in_dns_and_survive_a_restart() {
     );
     srv.stop().await;
 }
+
+/// A template's DNS answers are what `execute` answers for the same name:
+/// `OnlyPassing`, service and node meta and the query's TTL apply in DNS
+/// too, and a health change or an edit of the query reaches them.
+#[tokio::test]
+async fn template_answers_in_dns_match_execute() {
+    let srv = TestServer::start(None).await;
+    for (id, addr, meta, status) in [
+        ("web-1", "10.0.0.1", "prod", "passing"),
+        ("web-2", "10.0.0.2", "prod", "warning"),
+        ("web-3", "10.0.0.3", "dev", "passing"),
+    ] {
+        let body = format!(
+            r#"{{"Name":"web","ID":"{id}","Address":"{addr}","Port":80,"Meta":{{"env":"{meta}"}},"Check":{{"TTL":"60s","Status":"{status}"}}}}"#
+        );
+        let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(&body)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let id = create(
+        &srv,
+        r#"{"Name":"prod-","Template":{"Type":"name_prefix_match"},"Service":{"Service":"${name.suffix}","OnlyPassing":true,"ServiceMeta":{"env":"prod"}},"DNS":{"TTL":"7s"}}"#,
+    )
+    .await;
+    let dns = |srv: &TestServer| {
+        let dns = srv.dns;
+        async move {
+            let m = query(dns, Via::Udp, "prod-web.query.consul.", RecordType::A).await;
+            let mut got: Vec<String> = m
+                .answers
+                .iter()
+                .map(|r| format!("{} {}", r.ttl, r.data))
+                .collect();
+            got.sort();
+            got
+        }
+    };
+    assert_eq!(executed(&srv, "prod-web").await, ["web-1"]);
+    assert_eq!(dns(&srv).await, ["7 10.0.0.1"]);
+    // Asked again (from the template cache), then a health change.
+    assert_eq!(dns(&srv).await, ["7 10.0.0.1"]);
+    http("PUT", &srv.url("/v1/agent/check/pass/service:web-2"), None).await;
+    assert_eq!(executed(&srv, "prod-web").await, ["web-1", "web-2"]);
+    assert_eq!(dns(&srv).await, ["7 10.0.0.1", "7 10.0.0.2"]);
+    // The query edited: warning instances allowed, any env.
+    let r = http(
+        "PUT",
+        &srv.url(&format!("/v1/query/{id}")),
+        Some(r#"{"Name":"prod-","Template":{"Type":"name_prefix_match"},"Service":{"Service":"${name.suffix}"},"DNS":{"TTL":"3s"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(dns(&srv).await, ["3 10.0.0.1", "3 10.0.0.2", "3 10.0.0.3"]);
+    srv.stop().await;
+}
