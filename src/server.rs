@@ -145,12 +145,22 @@ impl Signpost {
         };
         let (docker_stop, docker_stopped) = tokio::sync::watch::channel(false);
         let docker = config.docker.as_ref().map(|d| {
-            let sync = Arc::new(crate::sync::docker::DockerSync::new(
-                d.clone(),
-                config.node_address(),
-                config.node.clone(),
-                metrics.clone(),
-            ));
+            let mut served: Vec<(u16, bool)> = config
+                .dns
+                .iter()
+                .flat_map(|a| [(a.port(), true), (a.port(), false)])
+                .collect();
+            served.push((config.http.port(), false));
+            let own = crate::sync::docker::OwnContainer::detect(served);
+            let sync = Arc::new(
+                crate::sync::docker::DockerSync::new(
+                    d.clone(),
+                    config.node_address(),
+                    config.node.clone(),
+                    metrics.clone(),
+                )
+                .with_own(own),
+            );
             tracing::info!("registering containers from the Docker engine at {}", d.url);
             (
                 sync.clone(),

@@ -67,6 +67,41 @@ pub struct DockerSync {
     /// that container's entries.
     known: Mutex<HashMap<String, Contribution>>,
     metrics: Arc<Metrics>,
+    /// The container signpost itself runs in, when it runs in one.
+    own: Option<OwnContainer>,
+}
+
+/// signpost's own container: registered at the ports signpost serves only
+/// (an image's `EXPOSE` may name others, which nothing listens on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnContainer {
+    pub id: String,
+    /// (container port, udp) pairs signpost listens on.
+    pub served: Vec<(u16, bool)>,
+}
+
+impl OwnContainer {
+    /// The container this process runs in, read from `/proc/self/mountinfo`
+    /// (Docker mounts the container's `hostname` and `resolv.conf` from
+    /// `.../containers/<id>/`); `None` outside a container.
+    pub fn detect(served: Vec<(u16, bool)>) -> Option<OwnContainer> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let id = container_id_in_mountinfo(&text)?;
+        tracing::info!(
+            "running in container {}: registering it at the ports signpost serves only",
+            short(&id)
+        );
+        Some(OwnContainer { id, served })
+    }
+}
+
+/// The 64-hex-digit ID in a `/containers/<id>/` mount source, if any.
+fn container_id_in_mountinfo(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let rest = line.split("/containers/").nth(1)?;
+        let id = rest.split('/').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
 }
 
 /// Reconnect backoff: from 250 ms, doubling, to 5 s, with jitter (the
@@ -93,7 +128,14 @@ impl DockerSync {
             disconnected_since: Mutex::new(Some(Instant::now())),
             known: Mutex::new(HashMap::new()),
             metrics,
+            own: None,
         }
+    }
+
+    /// Names signpost's own container (see [`OwnContainer`]).
+    pub fn with_own(mut self, own: Option<OwnContainer>) -> Self {
+        self.own = own;
+        self
     }
 
     pub fn status(&self) -> DockerStatus {
@@ -390,7 +432,13 @@ impl DockerSync {
 
     /// Registrator's mapping of one container.
     pub fn contribution(&self, info: &ContainerInspectResponse) -> Contribution {
-        contribution(info, &self.node, self.host_ip, &self.config)
+        contribution(
+            info,
+            &self.node,
+            self.host_ip,
+            &self.config,
+            self.own.as_ref(),
+        )
     }
 }
 
@@ -529,11 +577,13 @@ pub fn contribution(
     node: &str,
     host_ip: IpAddr,
     config: &DockerConfig,
+    own: Option<&OwnContainer>,
 ) -> Contribution {
     let mut out = Contribution::default();
     if !running(info) {
         return out;
     }
+    let own = own.filter(|o| info.id.as_deref() == Some(o.id.as_str()));
     let set = settings(info);
     let truthy = |v: Option<&String>| v.is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
     if truthy(set.get("SERVICE_IGNORE")) {
@@ -545,7 +595,20 @@ pub fn contribution(
         .unwrap_or("")
         .trim_start_matches('/')
         .to_string();
-    let ports = ports(info, host_ip, config);
+    let mut ports = ports(info, host_ip, config);
+    if let Some(own) = own {
+        ports.retain(|p| {
+            let served = own.served.contains(&(p.private, p.udp));
+            if !served {
+                out.skipped.push(format!(
+                    "port {}{}: signpost's own container, and signpost does not listen there",
+                    p.private,
+                    if p.udp { "/udp" } else { "" }
+                ));
+            }
+            served
+        });
+    }
     let many = ports.len() > 1;
     let paused = info.state.as_ref().and_then(|s| s.paused).unwrap_or(false);
     let health = info.state.as_ref().and_then(|s| s.health.as_ref());
@@ -708,4 +771,173 @@ fn check_def<'a>(
         check["DeregisterCriticalServiceAfter"] = json!(d);
     }
     Some(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inspect response as the engine sends it, trimmed to what the
+    /// mapping reads.
+    fn inspect(
+        id: &str,
+        env: &[&str],
+        exposed: &[&str],
+        published: &[(&str, &str)],
+    ) -> ContainerInspectResponse {
+        let exposed: serde_json::Map<String, serde_json::Value> =
+            exposed.iter().map(|p| (p.to_string(), json!({}))).collect();
+        let ports: serde_json::Map<String, serde_json::Value> = published
+            .iter()
+            .map(|(p, host)| {
+                (
+                    p.to_string(),
+                    json!([{"HostIp": "0.0.0.0", "HostPort": host}]),
+                )
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "Id": id,
+            "Name": "/app-1",
+            "State": {"Running": true, "Paused": false},
+            "Config": {"Image": "registry.example/team/app:1.2", "Env": env, "ExposedPorts": exposed},
+            "NetworkSettings": {
+                "Ports": ports,
+                "Networks": {"apps": {"IPAddress": "10.9.0.7"}}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn config(internal: bool) -> DockerConfig {
+        DockerConfig {
+            url: String::new(),
+            host_ip: None,
+            internal,
+            network: None,
+        }
+    }
+
+    fn names(c: &Contribution) -> Vec<(String, String, u16)> {
+        c.instances
+            .iter()
+            .map(|i| (i.name.clone(), i.address.clone(), i.port))
+            .collect()
+    }
+
+    #[test]
+    fn registrators_mapping() {
+        let host: IpAddr = "192.0.2.1".parse().unwrap();
+        /// What, the inspect data, internal, and the (name, address, port)s.
+        type Case<'a> = (
+            &'a str,
+            ContainerInspectResponse,
+            bool,
+            Vec<(&'a str, &'a str, u16)>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "one published port: the image's base name",
+                inspect("a", &[], &["80/tcp"], &[("80/tcp", "8080")]),
+                false,
+                vec![("app", "192.0.2.1", 8080)],
+            ),
+            (
+                "SERVICE_NAME, and an exposed port never published is left out",
+                inspect(
+                    "a",
+                    &["SERVICE_NAME=web"],
+                    &["80/tcp", "81/tcp"],
+                    &[("80/tcp", "8080")],
+                ),
+                false,
+                vec![("web", "192.0.2.1", 8080)],
+            ),
+            (
+                "several ports: the name gets the port",
+                inspect(
+                    "a",
+                    &["SERVICE_NAME=web"],
+                    &[],
+                    &[("80/tcp", "8080"), ("443/tcp", "8443")],
+                ),
+                false,
+                vec![
+                    ("web-443", "192.0.2.1", 8443),
+                    ("web-80", "192.0.2.1", 8080),
+                ],
+            ),
+            (
+                "SERVICE_<port>_NAME and SERVICE_<port>_IGNORE",
+                inspect(
+                    "a",
+                    &["SERVICE_80_NAME=front", "SERVICE_443_IGNORE=1"],
+                    &[],
+                    &[("80/tcp", "8080"), ("443/tcp", "8443")],
+                ),
+                false,
+                vec![("front", "192.0.2.1", 8080)],
+            ),
+            (
+                "SERVICE_IGNORE",
+                inspect("a", &["SERVICE_IGNORE=true"], &[], &[("80/tcp", "8080")]),
+                false,
+                vec![],
+            ),
+            (
+                "internal: exposed ports at the container's address",
+                inspect("a", &["SERVICE_NAME=web"], &["8080/tcp"], &[]),
+                true,
+                vec![("web", "10.9.0.7", 8080)],
+            ),
+        ];
+        for (what, info, internal, want) in cases {
+            let got = contribution(&info, "n1", host, &config(internal), None);
+            let mut got = names(&got);
+            got.sort();
+            let want: Vec<(String, String, u16)> = want
+                .into_iter()
+                .map(|(n, a, p)| (n.to_string(), a.to_string(), p))
+                .collect();
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn its_own_container_is_registered_at_served_ports_only() {
+        let id = "f".repeat(64);
+        let info = inspect(&id, &[], &["8600/udp", "8600/tcp", "53/udp", "53/tcp"], &[]);
+        let own = OwnContainer {
+            id: id.clone(),
+            served: vec![(53, true), (53, false), (8500, false)],
+        };
+        let host: IpAddr = "192.0.2.1".parse().unwrap();
+        let got = contribution(&info, "n1", host, &config(true), Some(&own));
+        let mut ports: Vec<u16> = got.instances.iter().map(|i| i.port).collect();
+        ports.sort();
+        assert_eq!(ports, [53, 53]);
+        assert_eq!(got.skipped.len(), 2, "{:?}", got.skipped);
+        // Another container with the same ports keeps them all.
+        let other = inspect(&"e".repeat(64), &[], &["8600/udp", "8600/tcp"], &[]);
+        assert_eq!(
+            contribution(&other, "n1", host, &config(true), Some(&own))
+                .instances
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn own_container_id_from_mountinfo() {
+        let id = "0123456789abcdef".repeat(4);
+        let text = format!(
+            "590 570 0:50 / / rw,relatime - overlay overlay rw\n\
+             601 590 8:1 /var/lib/docker/containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sda1 rw\n"
+        );
+        assert_eq!(container_id_in_mountinfo(&text), Some(id));
+        assert_eq!(
+            container_id_in_mountinfo("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"),
+            None
+        );
+    }
 }

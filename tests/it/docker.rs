@@ -46,12 +46,22 @@ impl Engine {
     fn start() -> Option<Engine> {
         // SAFETY: getuid has no preconditions.
         if unsafe { libc::getuid() } != 0 {
-            eprintln!("skipped: starting a private Docker engine needs root");
+            missing_tool(
+                "root",
+                "nothing: run the suite as root",
+                "a private Docker engine",
+            );
             return None;
         }
-        for cmd in ["dockerd", "containerd", "docker", "busybox", "ip"] {
+        for (cmd, package) in [
+            ("dockerd", "docker.io"),
+            ("containerd", "docker.io"),
+            ("docker", "docker.io"),
+            ("busybox", "busybox-static"),
+            ("ip", "iproute2"),
+        ] {
             if !have(cmd) {
-                eprintln!("skipped: {cmd} is not installed (.ci/run installs docker.io and busybox-static)");
+                missing_tool(cmd, package, "a private Docker engine");
                 return None;
             }
         }
@@ -110,7 +120,9 @@ impl Engine {
         std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
         let busybox = sh("command -v busybox");
         std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "sleep", "httpd", "touch", "test", "true", "nc"] {
+        for applet in [
+            "sh", "sleep", "httpd", "touch", "test", "true", "nc", "wget", "nslookup", "echo",
+        ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         let out = engine.docker(&[
@@ -149,6 +161,9 @@ impl Engine {
             .arg(d.join("ctd/containerd.sock"))
             .args(["--bridge", &self.bridge])
             .args(["--iptables=false", "--ip-forward=false", "--ip-masq=false"])
+            // Containers' resolvers point at loopback with no search domain:
+            // nothing a container looks up ever leaves this machine.
+            .args(["--dns", "127.0.0.1", "--dns-search", "."])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("dockerd.log")).unwrap())
             .spawn()
@@ -483,4 +498,183 @@ async fn docker_source_is_exact_under_churn() {
     );
     sp.stop().await;
     drop(engine);
+}
+
+/// The signpost image built without a registry from the binary under
+/// test: a root filesystem with the binary (debug info stripped), the
+/// libraries it links and the example zones, imported with the
+/// Dockerfile's entry point, command and `EXPOSE`.
+fn import_signpost_image(engine: &Engine) {
+    let root = engine.dir.join("signpost-rootfs");
+    let bin = root.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let exe = env!("CARGO_BIN_EXE_signpost");
+    let stripped = Command::new("objcopy")
+        .args(["--strip-debug", exe])
+        .arg(bin.join("signpost"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(exe, bin.join("signpost")).unwrap();
+    }
+    for lib in sh(&format!("ldd {exe}"))
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    let zones = root.join("etc/signpost/zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    // The users the Dockerfile's image has.
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nsignpost:x:999:999::/nonexistent:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nsignpost:x:999:\n").unwrap();
+    for f in std::fs::read_dir(shipped_zones()).unwrap().flatten() {
+        std::fs::copy(f.path(), zones.join(f.file_name())).unwrap();
+    }
+    let out = engine.docker(&[
+        "sh",
+        "-c",
+        &format!(
+            "tar -C {} -c . | docker import \
+             --change 'ENTRYPOINT [\"/usr/local/bin/signpost\"]' \
+             --change 'CMD [\"--zones\", \"/etc/signpost/zones\", \"--dns\", \"0.0.0.0:8600\"]' \
+             --change 'EXPOSE 8600/udp 8600/tcp' - signpost:latest",
+            root.display()
+        ),
+    ]);
+    assert!(out.contains("sha256:"), "docker import failed: {out}");
+    let out = engine.docker(&["docker", "tag", "sp-busybox:1.0", "busybox:latest"]);
+    assert!(out.trim().is_empty(), "docker tag: {out}");
+}
+
+/// `contrib/docker-compose.yml` as shipped, brought up with Debian's
+/// `docker-compose` against the private engine: the gateway resolves and
+/// fetches `web.service.consul` (3 replicas once healthy), scaling down
+/// and up changes the answers (without compose's 10 s stop grace: the
+/// replicas run under an init), signpost recreated answers again, its own
+/// container is never advertised at a port it does not serve, and `down`
+/// leaves no container or network behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compose_example_comes_up_scales_and_goes_down() {
+    let _one = ONE_ENGINE.lock().await;
+    if !have("docker-compose") {
+        return missing_tool(
+            "docker-compose",
+            "docker-compose",
+            "the compose example's test",
+        );
+    }
+    let Some(engine) = Engine::start() else {
+        return;
+    };
+    import_signpost_image(&engine);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/docker-compose.yml");
+    let compose = |args: &str| -> (bool, String, Duration) {
+        let started = Instant::now();
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "timeout 120 docker-compose -p spcompose -f {} {args} 2>&1",
+                    file.display()
+                ),
+            ])
+            .env("DOCKER_HOST", engine.url())
+            .env("DOCKER_SOCKET", engine.socket())
+            .output()
+            .expect("docker-compose");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            started.elapsed(),
+        )
+    };
+    // What the gateway's resolver (signpost, by `dns:`) answers.
+    let addresses = |name: &str| -> Vec<String> {
+        let (_, out, _) = compose(&format!("exec -T gateway nslookup {name}"));
+        let mut v: Vec<String> = out
+            .split("Name:")
+            .skip(1)
+            .filter_map(|rec| {
+                rec.lines()
+                    .find_map(|l| l.trim().strip_prefix("Address:"))
+                    .map(|a| a.trim().to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let wait_for = |what: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = addresses("web.service.consul");
+            if got.len() == n {
+                return got;
+            }
+            if Instant::now() > deadline {
+                let (_, lookup, _) = compose("exec -T gateway nslookup web.service.consul");
+                let (_, ps, _) = compose("ps");
+                let (_, logs, _) = compose("logs --tail 40 signpost");
+                panic!("{what}: {got:?}\n{lookup}\n{ps}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let (ok, out, took) = compose("up -d");
+    assert!(ok, "up: {out}");
+    eprintln!("compose up in {took:?}");
+    let up = Instant::now();
+    let replicas = wait_for("3 healthy replicas", 3);
+    eprintln!(
+        "3 replicas resolved from the gateway {:?} after up: {replicas:?}",
+        up.elapsed()
+    );
+    let (ok, page, _) = compose("exec -T gateway wget -qO- http://web.service.consul:8080/");
+    assert!(ok && page.trim() == "hello", "fetch: {page}");
+    // The image exposes 8600 (udp and tcp); this signpost serves 53.
+    for name in ["signpost-8600.service.consul", "signpost.service.consul"] {
+        assert!(
+            addresses(name).is_empty(),
+            "signpost advertised its own container as {name}"
+        );
+    }
+
+    let (ok, out, took) = compose("up -d --scale web=1");
+    assert!(ok, "scale down: {out}");
+    eprintln!("scaled down to 1 in {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "replicas waited for the stop grace: {took:?}"
+    );
+    wait_for("1 replica after scaling down", 1);
+    let (ok, out, _) = compose("up -d --scale web=3");
+    assert!(ok, "scale up: {out}");
+    wait_for("3 replicas after scaling up", 3);
+
+    let (ok, out, _) = compose("up -d --force-recreate --no-deps signpost");
+    assert!(ok, "recreate signpost: {out}");
+    wait_for("3 replicas from the recreated signpost", 3);
+    let (ok, page, _) = compose("exec -T gateway wget -qO- http://web.service.consul:8080/");
+    assert!(ok && page.trim() == "hello", "fetch after recreate: {page}");
+
+    let (ok, out, took) = compose("down");
+    assert!(ok, "down: {out}");
+    eprintln!("compose down in {took:?}");
+    assert!(
+        engine.docker(&["docker", "ps", "-aq"]).trim().is_empty(),
+        "containers left"
+    );
+    assert!(
+        !engine
+            .docker(&["docker", "network", "ls"])
+            .contains("spcompose"),
+        "network left"
+    );
 }
