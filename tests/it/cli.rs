@@ -203,8 +203,7 @@ async fn acknowledged_registrations_survive_kill_9() {
 #[test]
 fn dig_resolves_the_example_services() {
     if Command::new("dig").arg("-v").output().is_err() {
-        eprintln!("skipped: dig not installed (apt-get install dnsutils)");
-        return;
+        return missing_tool("dig", "dnsutils", "the example services through dig");
     }
     let zones = shipped_zones();
     let srv = run_binary(&["--zones", zones.to_str().unwrap()]);

@@ -412,8 +412,11 @@ pub fn run_script(program: &std::path::Path, args: &[String], limit: Duration) {
 async fn py_consul_from_pypi() {
     let python = clients_dir().join("py/bin/python");
     if !python.exists() {
-        eprintln!("skipped: py-consul is not installed (scripts/test installs it)");
-        return;
+        return missing_tool(
+            "py-consul",
+            "python3-venv, then run scripts/test (it installs py-consul under target/clients)",
+            "the py-consul client",
+        );
     }
     let srv = TestServer::start(None).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_consul_check.py");
@@ -432,8 +435,11 @@ async fn py_consul_from_pypi() {
 async fn consul_from_npm() {
     let dir = clients_dir().join("node");
     if !dir.join("node_modules/consul").exists() {
-        eprintln!("skipped: the npm consul package is not installed (scripts/test installs it)");
-        return;
+        return missing_tool(
+            "the npm consul package",
+            "nodejs npm, then run scripts/test (it installs consul under target/clients)",
+            "the npm consul client",
+        );
     }
     let srv = TestServer::start(None).await;
     let script =

@@ -615,8 +615,7 @@ async fn dig_agrees() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: dig not installed (apt-get install dnsutils)");
-        return;
+        return missing_tool("dig", "dnsutils", "dig's view of the answers");
     }
     let (srv, _zones) = server().await;
     let port = srv.dns.port().to_string();

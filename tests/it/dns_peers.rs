@@ -27,7 +27,8 @@ fn installed(path: &str) -> bool {
     if std::path::Path::new(path).exists() {
         return true;
     }
-    eprintln!("skipped: {path} is not installed (scripts/test installs it)");
+    let package = path.rsplit('/').next().unwrap_or(path);
+    missing_tool(path, package, "a DNS peer run against signpost");
     false
 }
 

@@ -144,14 +144,18 @@ async fn srv_ports(dns: std::net::SocketAddr, tag: &str) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patroni_fails_over_on_signpost() {
     let Some(bin) = postgres_bin().filter(|_| have("patroni") && have("psql")) else {
-        eprintln!(
-            "skipped: Patroni or PostgreSQL is not installed (scripts/test installs them as root)"
+        return missing_tool(
+            "Patroni or PostgreSQL",
+            "patroni postgresql python3-consul",
+            "Patroni's failover",
         );
-        return;
     };
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: running PostgreSQL as its own user needs root");
-        return;
+        return missing_tool(
+            "root",
+            "nothing: run the suite as root",
+            "PostgreSQL as its own user",
+        );
     }
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().to_path_buf();

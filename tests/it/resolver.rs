@@ -271,8 +271,11 @@ fn glibc_resolves_through_signpost_on_port_53_in_a_network_namespace() {
         .unwrap_or(false);
     let have_ip = std::process::Command::new("ip").arg("-V").output().is_ok();
     if !root || !have_ip {
-        eprintln!("skipped: needs root and iproute2 to create a network namespace (CI runs it)");
-        return;
+        return missing_tool(
+            "root or ip",
+            "iproute2 (and run as root)",
+            "a network namespace",
+        );
     }
     let ns = Netns {
         name: format!("signpost-test-{}", std::process::id()),

@@ -27,7 +27,11 @@ impl Tmpfs {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            missing_tool(
+                "mount (as root)",
+                "nothing: run the suite as root",
+                "a tmpfs to fill",
+            );
             return None;
         }
         Some(Tmpfs { dir })

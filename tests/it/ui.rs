@@ -132,10 +132,11 @@ async fn ui_in_a_real_browser() {
     if !std::path::Path::new("/usr/bin/chromium").exists()
         || !modules.join("node_modules/playwright-core").exists()
     {
-        eprintln!(
-            "skipped: Chromium or playwright-core is not installed (scripts/test installs them)"
+        return missing_tool(
+            "Chromium or playwright-core",
+            "chromium nodejs npm, then run scripts/test (it installs playwright-core)",
+            "the UI in a browser",
         );
-        return;
     }
     let srv = TestServer::start(Some(&shipped_zones())).await;
     let mut args = vec![
