@@ -13,6 +13,7 @@
 //! * [`config`]   — flags and TOML, validated into a `Config`.
 //! * [`fds`]      — the open-file limit (raised at start, sizes TCP's).
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
+//! * [`locks`]    — std locks taken back after a panic poisoned them.
 //! * [`metrics`]  — Prometheus metrics for `/metrics`.
 //! * [`net`]      — connection admission shared by the HTTP and DNS TCP
 //!   accept loops (caps that close the idlest connection, not the newest).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dns;
 pub mod fds;
 pub mod health;
+pub mod locks;
 pub mod metrics;
 pub mod net;
 pub mod registry;

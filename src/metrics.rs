@@ -252,6 +252,7 @@ const LATENCY_BUCKETS: usize = 23;
 
 use std::sync::atomic::Ordering;
 
+use crate::locks::MutexExt;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -677,7 +678,7 @@ pub struct LogLimiter(std::sync::Mutex<Option<std::time::Instant>>);
 impl LogLimiter {
     /// True at most once every 10 s.
     pub fn due(&self) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.0.locked();
         let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
         if due {
             *last = Some(std::time::Instant::now());

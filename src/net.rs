@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::locks::MutexExt;
 use crate::metrics::LogLimiter;
 
 /// What a listener admits.
@@ -81,7 +82,7 @@ impl ConnState {
 
     /// A request (query) of this connection was answered.
     pub fn end(&self) {
-        *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.since.locked() = Instant::now();
         self.served.store(true, Ordering::Relaxed);
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
@@ -104,7 +105,7 @@ impl ConnState {
         } else {
             1
         };
-        Some((class, *self.since.lock().unwrap_or_else(|e| e.into_inner())))
+        Some((class, *self.since.locked()))
     }
 }
 
@@ -196,7 +197,7 @@ impl Admission {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.locked()
     }
 
     /// Logs at most every 10 s.

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{body_bytes, reply, wait_deadline, Api, ApiError, ApiResult, Params};
+use crate::locks::MutexExt;
 
 type Shared = State<Arc<Api>>;
 
@@ -45,7 +46,7 @@ impl Default for Events {
 
 impl Events {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
-        self.list.lock().unwrap_or_else(|e| e.into_inner())
+        self.list.locked()
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::config::HttpLimits;
+use crate::locks::MutexExt;
 use crate::net::{Admission, AdmissionStats, ConnState, Limits};
 
 /// What the listener closed or cut, for `/metrics`.
@@ -124,11 +125,11 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        *self.last_io.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self.last_io.locked() = Some(Instant::now());
     }
 
     fn head_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.head_since.lock().unwrap_or_else(|e| e.into_inner())
+        self.head_since.locked()
     }
 
     /// How long the headers of the request in progress have been awaited.
@@ -141,8 +142,7 @@ impl Activity {
             return Duration::ZERO;
         }
         self.last_io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .map(|t| t.elapsed())
             .unwrap_or_default()
     }

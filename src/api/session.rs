@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::{body_bytes, reply, Api, ApiError, ApiResult, Params};
+use crate::locks::MutexExt;
 use crate::registry::{Behavior, Health, Registry, Session};
 
 type Shared = State<Arc<Api>>;
@@ -46,23 +47,19 @@ impl Sessions {
     fn arm(&self, s: &Session) {
         if let Some(ttl) = s.ttl {
             self.deadlines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .insert(s.id.clone(), Instant::now() + ttl * TTL_MULTIPLIER);
             self.wake.notify_one();
         }
     }
 
     fn disarm(&self, id: &str) {
-        self.deadlines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.deadlines.locked().remove(id);
     }
 
     /// Whether `key` is inside a lock delay now.
     pub fn delayed(&self, key: &str) -> bool {
-        let mut d = self.lock_delays.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.lock_delays.locked();
         match d.get(key) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -78,7 +75,7 @@ impl Sessions {
             return;
         }
         let until = Instant::now() + for_;
-        let mut d = self.lock_delays.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.lock_delays.locked();
         for k in keys {
             d.insert(k.clone(), until);
         }
@@ -96,8 +93,7 @@ impl Sessions {
         loop {
             let next = self
                 .deadlines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .values()
                 .min()
                 .copied()
@@ -111,8 +107,7 @@ impl Sessions {
             let now = Instant::now();
             let mut doomed: Vec<(String, &str)> = self
                 .deadlines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .iter()
                 .filter(|(_, d)| **d <= now)
                 .map(|(id, _)| (id.clone(), "its TTL ran out without a renewal"))
@@ -139,8 +134,7 @@ impl Sessions {
                     Err(e) => {
                         tracing::warn!("cannot invalidate session {id}: {e}; trying again in 1 s");
                         self.deadlines
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .locked()
                             .insert(id, Instant::now() + Duration::from_secs(1));
                     }
                 }

@@ -23,6 +23,7 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use super::name::DomainName;
 use super::wire::{CLASS_IN, QNAME_OFFSET};
 use crate::config::{Config, DnsConfig};
+use crate::locks::{MutexExt, RwLockExt};
 use crate::registry::small::SmallSet;
 use crate::registry::{ChangeListener, Changes, Health, InstanceView, Meta, State};
 
@@ -489,10 +490,7 @@ impl Answers {
         for (k, v) in failover {
             self.query_failover.insert(k, v);
         }
-        *self
-            .query_services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = services;
+        *self.query_services.locked() = services;
     }
 
     /// The settings answers are built with now.
@@ -564,7 +562,7 @@ impl Answers {
 
     /// PTR records for a registered address.
     pub fn ptr(&self, ip: &IpAddr) -> Option<Vec<Box<[u8]>>> {
-        let index = self.ptr_index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.ptr_index.read_locked();
         let names = index.names.get(ip).filter(|s| !s.is_empty())?;
         let ttl = self.config().dns.node_ttl;
         Some(
@@ -746,7 +744,7 @@ impl Answers {
         let node_target = |name: &str| -> Box<str> {
             format!("{name}.node.{}.{}.", cfg.datacenter, cfg.domains[0]).into()
         };
-        let mut index = self.ptr_index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.ptr_index.write_locked();
         for lower in &changes.services {
             let mut ips = BTreeSet::new();
             let mut name = lower.clone();
@@ -813,7 +811,7 @@ struct TagIndex {
 
 impl TagIndex {
     fn set(&self, service: &str, tags: Vec<Box<str>>) {
-        let mut by_service = self.by_service.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_service = self.by_service.locked();
         for old in by_service.remove(service).unwrap_or_default() {
             if let dashmap::Entry::Occupied(mut c) = self.counts.entry(old) {
                 *c.get_mut() -= 1;
@@ -846,16 +844,13 @@ impl ChangeListener for Answers {
                 .retain(|_, (service, _)| !changes.services.contains(&**service));
         }
         let queried = changes.queries || {
-            let services = self
-                .query_services
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let services = self.query_services.locked();
             !services.is_empty() && changes.services.iter().any(|s| services.contains(s))
         };
         if queried {
             self.build_queries(state);
         }
-        let mut remote = self.remote_dcs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut remote = self.remote_dcs.locked();
         for lower in &changes.services {
             let mut sets = self.build_service(state, lower);
             let tags = sets

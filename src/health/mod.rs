@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::locks::MutexExt;
 use crate::metrics::ResultLabel;
 use crate::registry::definition::format_duration;
 use crate::registry::{CheckKind, Health, InstanceKey, Registry, Source, Thresholds};
@@ -135,12 +136,11 @@ impl HealthChecks {
         let ttl = self
             .shared
             .ttl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .get(&(node.to_string(), id.to_string()))
             .cloned();
         if let Some(t) = ttl {
-            *t.refreshed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *t.refreshed.locked() = Instant::now();
             t.wake.notify_one();
         }
     }
@@ -148,11 +148,7 @@ impl HealthChecks {
     /// Stops every check and waits until none is left running.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let task = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let task = self.supervisor.locked().take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -371,11 +367,7 @@ struct TtlEntry<'a> {
 
 impl Drop for TtlEntry<'_> {
     fn drop(&mut self) {
-        self.shared
-            .ttl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.key);
+        self.shared.ttl.locked().remove(self.key);
     }
 }
 
@@ -390,13 +382,9 @@ async fn run_ttl(
         refreshed: Mutex::new(Instant::now()),
         wake: Notify::new(),
     });
-    shared
-        .ttl
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key.clone(), Arc::clone(&state));
+    shared.ttl.locked().insert(key.clone(), Arc::clone(&state));
     let _entry = TtlEntry { shared, key };
-    let refreshed = || *state.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+    let refreshed = || *state.refreshed.locked();
     let mut expired = false;
     reaper.due(registry, key);
     loop {

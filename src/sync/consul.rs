@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use crate::config::ConsulConfig;
 use crate::dns::handler::Remote;
+use crate::locks::{MutexExt, RwLockExt};
 use crate::metrics::Metrics;
 use crate::registry::{
     Check, CheckKind, Connect, Health, Instance, InstanceKey, Node, Registry, Source,
@@ -323,7 +324,7 @@ impl ConsulSync {
 
     /// Starts following the agent.
     pub fn start(self: &Arc<Self>) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = self.tasks.locked();
         tasks.spawn(Arc::clone(self).follow_services());
         tasks.spawn(Arc::clone(self).follow_datacenters());
         tasks.spawn(Arc::clone(self).expire_remote());
@@ -331,7 +332,7 @@ impl ConsulSync {
 
     /// Stops every watcher.
     pub async fn shutdown(&self) {
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut tasks = std::mem::take(&mut *self.tasks.locked());
         tasks.shutdown().await;
     }
 
@@ -341,7 +342,7 @@ impl ConsulSync {
 
     /// Seconds since the agent last answered (since start before that).
     pub fn staleness(&self) -> f64 {
-        let last = *self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *self.last_ok.locked();
         last.unwrap_or(self.started).elapsed().as_secs_f64()
     }
 
@@ -350,42 +351,27 @@ impl ConsulSync {
     }
 
     pub fn status(&self) -> Status {
-        let lock = |m: &Mutex<Option<Instant>>| *m.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = |m: &Mutex<Option<Instant>>| *m.locked();
         Status {
             consul: self.cfg.url.clone(),
             synced: self.is_synced(),
             last_contact_seconds_ago: lock(&self.last_ok).map(|t| t.elapsed().as_secs_f64()),
             failing_for_seconds: lock(&self.failing_since).map(|t| t.elapsed().as_secs_f64()),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            last_error: self.last_error.locked().clone(),
             services_watched: self.watchers.load(Ordering::Relaxed),
             remote_watches: self
                 .remote
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .keys()
                 .map(|(dc, s)| format!("{s}.service.{dc}"))
                 .collect(),
-            datacenters: self
-                .datacenters
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
+            datacenters: self.datacenters.read_locked().iter().cloned().collect(),
         }
     }
 
     fn succeeded(&self) {
-        *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let was_failing = self
-            .failing_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        *self.last_ok.locked() = Some(Instant::now());
+        let was_failing = self.failing_since.locked().take();
         if let Some(since) = was_failing {
             tracing::info!(
                 "consul agent {} answers again after {:.1}s",
@@ -397,8 +383,8 @@ impl ConsulSync {
 
     fn failed(&self, e: &SyncError) {
         self.metrics.consul_errors.inc();
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-        let mut since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        *self.last_error.locked() = Some(e.to_string());
+        let mut since = self.failing_since.locked();
         if since.is_none() {
             *since = Some(Instant::now());
             tracing::warn!(
@@ -720,7 +706,7 @@ impl ConsulSync {
             {
                 Ok((_, dcs, _)) => {
                     backoff.reset();
-                    *self.datacenters.write().unwrap_or_else(|e| e.into_inner()) =
+                    *self.datacenters.write_locked() =
                         dcs.into_iter().map(|d| d.to_ascii_lowercase()).collect();
                     tokio::time::sleep(Duration::from_secs(60)).await;
                 }
@@ -736,7 +722,7 @@ impl ConsulSync {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
             let idle: Vec<(String, String)> = {
-                let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+                let mut remote = self.remote.locked();
                 let idle: Vec<_> = remote
                     .iter()
                     .filter(|(_, w)| w.last_used.elapsed() >= REMOTE_IDLE)
@@ -788,15 +774,11 @@ impl Remote for Sidecar {
     }
 
     fn knows(&self, dc: &str) -> bool {
-        self.0
-            .datacenters
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(dc)
+        self.0.datacenters.read_locked().contains(dc)
     }
 
     fn touch(&self, dc: &str, service: &str) -> bool {
-        let mut remote = self.0.remote.lock().unwrap_or_else(|e| e.into_inner());
+        let mut remote = self.0.remote.locked();
         match remote.get_mut(&(dc.to_string(), service.to_string())) {
             Some(w) => {
                 w.last_used = Instant::now();
@@ -809,7 +791,7 @@ impl Remote for Sidecar {
     fn watch(&self, dc: String, service: String) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let mut ready = {
-                let mut remote = self.0.remote.lock().unwrap_or_else(|e| e.into_inner());
+                let mut remote = self.0.remote.locked();
                 let key = (dc.clone(), service.clone());
                 if let Some(w) = remote.get_mut(&key) {
                     w.last_used = Instant::now();
@@ -821,20 +803,15 @@ impl Remote for Sidecar {
                     let (tx, rx) = oneshot::channel();
                     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
                     let sync = Arc::clone(&self.0);
-                    let task = self
-                        .0
-                        .tasks
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .spawn(Arc::clone(&sync).watch_service(
-                            Some(dc.clone()),
-                            service.clone(),
-                            Some(tx),
-                        ));
+                    let task = self.0.tasks.locked().spawn(Arc::clone(&sync).watch_service(
+                        Some(dc.clone()),
+                        service.clone(),
+                        Some(tx),
+                    ));
                     tokio::spawn(async move {
                         let _ = rx.await;
                         let _ = done_tx.send(true);
-                        let mut remote = sync.remote.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut remote = sync.remote.locked();
                         if let Some(w) = remote.get_mut(&key) {
                             w.first = None;
                         }

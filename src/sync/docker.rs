@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::config::DockerConfig;
+use crate::locks::MutexExt;
 use crate::metrics::Metrics;
 use crate::registry::definition::ServiceDef;
 use crate::registry::{Check, CheckKind, Health, Instance, InstanceKey, Registry, Source};
@@ -139,22 +140,17 @@ impl DockerSync {
     }
 
     pub fn status(&self) -> DockerStatus {
-        let mut s = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut s = self.status.locked().clone();
         s.disconnected_for_seconds = self
             .disconnected_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .map(|t| t.elapsed().as_secs())
             .unwrap_or(0);
         s
     }
 
     fn set_status(&self, f: impl FnOnce(&mut DockerStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.status.locked());
     }
 
     fn connect(&self) -> Result<Docker, bollard::errors::Error> {
@@ -183,10 +179,7 @@ impl DockerSync {
             self.metrics.docker_connected.set(0);
             self.metrics.docker_errors.inc();
             {
-                let mut since = self
-                    .disconnected_since
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut since = self.disconnected_since.locked();
                 since.get_or_insert_with(Instant::now);
             }
             if was_connected {
@@ -247,11 +240,7 @@ impl DockerSync {
             }
         }
         let (containers, instances) = self.resync(registry, wanted);
-        let was_down = self
-            .disconnected_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let was_down = self.disconnected_since.locked().take();
         self.set_status(|s| {
             s.connected = true;
             s.api_version = version.clone();
@@ -330,7 +319,7 @@ impl DockerSync {
 
     /// Replaces one container's entries with `new` (none: it is gone).
     fn replace(&self, registry: &Registry, id: &str, new: Option<Contribution>) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.locked();
         let old = known.remove(id).unwrap_or_default();
         let new = new.unwrap_or_default();
         if old == new {
@@ -426,7 +415,7 @@ impl DockerSync {
         });
         let instances = wanted.values().map(|c| c.instances.len()).sum();
         let containers = wanted.len();
-        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+        *self.known.locked() = wanted;
         (containers, instances)
     }
 

@@ -43,6 +43,7 @@ use admission::{Admission, Ticket};
 use super::handler::Transport;
 use super::wire::{parse_query, Flags, Parsed, Rcode, ResponseWriter};
 use crate::config::Recursors;
+use crate::locks::MutexExt;
 
 /// The first and the longest wait between probes of a down upstream.
 const PROBE_FIRST: Duration = Duration::from_millis(250);
@@ -134,11 +135,7 @@ struct Leader<'a> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.forwarder
-            .resolving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+        self.forwarder.resolving.locked().remove(&self.key);
     }
 }
 
@@ -221,7 +218,7 @@ impl Forwarder {
     }
 
     fn state(&self, i: usize) -> std::sync::MutexGuard<'_, UpstreamState> {
-        self.health[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.health[i].locked()
     }
 
     fn is_up(&self, i: usize) -> bool {
@@ -334,7 +331,7 @@ impl Forwarder {
             return false;
         };
         let hit = {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.cache.locked();
             match cache.get(&key) {
                 Some(c) if c.stored.elapsed() < Duration::from_secs(c.ttl.into()) => {
                     Some((c.message.clone(), c.stored.elapsed().as_secs() as u32))
@@ -387,7 +384,7 @@ impl Forwarder {
         // sender of a new shared question; the lock is gone before any
         // `.await`.
         let joined: Result<Shared, watch::Sender<_>> = {
-            let mut resolving = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+            let mut resolving = self.resolving.locked();
             match resolving.get(&key) {
                 Some(rx) => Ok(rx.clone()),
                 None => {
@@ -484,7 +481,7 @@ impl Forwarder {
                 continue;
             }
             if let (Some(ttl), Some(key)) = (cache_ttl(&m), cache_key(raw)) {
-                self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                self.cache.locked().put(
                     key,
                     Cached {
                         message: m.clone(),
@@ -550,7 +547,7 @@ impl Forwarder {
 
     /// Answers in the cache.
     pub fn cache_len(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.cache.locked().len()
     }
 }
 
