@@ -13,9 +13,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use crate::config::Flags;
 use crate::health::probe::cause;
 use crate::sync::consul::consul_index;
 
@@ -40,6 +41,63 @@ pub struct ClientArgs {
         value_name = "FILE"
     )]
     pub token_file: Option<PathBuf>,
+}
+
+/// signpost: a DNS server for service discovery.
+///
+/// Answers `web.service.consul` A/AAAA/SRV queries from an in-memory
+/// registry fed by service definitions in `--zones`, its Consul-compatible
+/// HTTP API, the Docker engine (`--docker`) or a Consul agent (`--consul`).
+/// Instances whose health checks are critical are never answered; record
+/// order rotates between queries.
+#[derive(Debug, Parser)]
+#[command(name = "signpost", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Flags,
+}
+
+/// What to do instead of serving. (Made once per process: the size of its
+/// variants does not matter.)
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// Check the configuration file and the zones directory, then exit:
+    /// prints `file:line: reason` and exits 1 on the first problem, exits 0
+    /// when everything loads.
+    Check,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that talk to a running agent over HTTP (and need no
+/// configuration of their own).
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Read and write the KV store (get, put, delete, export, import).
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Register and deregister services with the agent.
+    #[command(subcommand)]
+    Services(ServicesCommand),
+    /// List the catalog's services and nodes.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// List the agent's members.
+    Members(ClientArgs),
+    /// Show the agent's configuration and membership.
+    Info(ClientArgs),
+    /// Follow a view (key, keyprefix, services, nodes, service, checks,
+    /// event) with blocking queries; run a handler on every change.
+    Watch(WatchArgs),
+    /// Hold a lock (or one of -n semaphore slots) while a command runs.
+    Lock(LockArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,7 +454,7 @@ fn read_input(arg: &str) -> Result<Vec<u8>> {
 }
 
 /// Runs a client command; the process exit code.
-pub fn run(command: crate::config::Command) -> i32 {
+pub fn run(command: ClientCommand) -> i32 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -415,8 +473,8 @@ pub fn run(command: crate::config::Command) -> i32 {
     }
 }
 
-async fn dispatch(command: crate::config::Command) -> Result<i32> {
-    use crate::config::Command as C;
+async fn dispatch(command: ClientCommand) -> Result<i32> {
+    use ClientCommand as C;
     match command {
         C::Kv(k) => kv(k).await,
         C::Services(s) => services(s).await,
@@ -425,7 +483,6 @@ async fn dispatch(command: crate::config::Command) -> Result<i32> {
         C::Info(client) => info(&client).await,
         C::Watch(w) => watch(w).await,
         C::Lock(l) => lock(l).await,
-        C::Check | C::Completion { .. } | C::Man => unreachable!("not a client command"),
     }
 }
 

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use serde::Deserialize;
 
 use crate::dns::name::DomainName;
@@ -27,62 +27,6 @@ pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;
 /// The cap for trusted clients: HAProxy's documented
 /// `accepted_payload_size 8192` gets what it asks for.
 pub const DEFAULT_UDP_PAYLOAD_TRUSTED: u16 = 8192;
-
-/// signpost: a DNS server for service discovery.
-///
-/// Answers `web.service.consul` A/AAAA/SRV queries from an in-memory
-/// registry fed by service definitions in `--zones` (and, with later
-/// features, its HTTP API and a Consul agent). Instances whose health checks
-/// are critical are never answered; record order rotates between queries.
-#[derive(Debug, Parser)]
-#[command(name = "signpost", version, about, long_about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub opts: Flags,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Check the configuration file and the zones directory, then exit:
-    /// prints `file:line: reason` and exits 1 on the first problem, exits 0
-    /// when everything loads.
-    Check,
-    /// Read and write the KV store (get, put, delete, export, import).
-    #[command(subcommand)]
-    Kv(crate::cli::KvCommand),
-    /// Register and deregister services with the agent.
-    #[command(subcommand)]
-    Services(crate::cli::ServicesCommand),
-    /// List the catalog's services and nodes.
-    #[command(subcommand)]
-    Catalog(crate::cli::CatalogCommand),
-    /// List the agent's members.
-    Members(crate::cli::ClientArgs),
-    /// Show the agent's configuration and membership.
-    Info(crate::cli::ClientArgs),
-    /// Follow a view (key, keyprefix, services, nodes, service, checks,
-    /// event) with blocking queries; run a handler on every change.
-    Watch(crate::cli::WatchArgs),
-    /// Hold a lock (or one of -n semaphore slots) while a command runs.
-    Lock(crate::cli::LockArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completion { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    Man,
-}
-
-impl Command {
-    /// Whether this command talks to a running agent over HTTP (and needs
-    /// no configuration of its own).
-    pub fn is_client(&self) -> bool {
-        !matches!(
-            self,
-            Command::Check | Command::Completion { .. } | Command::Man
-        )
-    }
-}
 
 /// The options, each also settable in the TOML file under the same name.
 #[derive(Debug, Args, Default, Clone)]

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use signpost::config::{Cli, Command, Config, Flags};
+use signpost::cli::{Cli, Command};
+use signpost::config::{Config, Flags};
 use signpost::server::{load_zones, Signpost};
 
 /// mimalloc, set up as `signpost::alloc` says why.
@@ -119,11 +120,12 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(&page);
             return ExitCode::SUCCESS;
         }
-        Some(c) if c.is_client() => {
+        Some(Command::Client(c)) => {
             return ExitCode::from(signpost::cli::run(c) as u8);
         }
-        _ => {}
+        Some(Command::Check) | None => {}
     }
+    let check_only = cli.command.is_some();
     let config = match Config::load(&cli.opts) {
         Ok(c) => c,
         Err(e) => {
@@ -131,10 +133,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Some(Command::Check) => check(&config),
-        Some(_) => unreachable!("client commands returned above"),
-        None => {
+    let result = match check_only {
+        true => check(&config),
+        false => {
             init_logging(&config);
             if let Some((before, now)) = signpost::fds::raise_to_hard() {
                 tracing::info!(
