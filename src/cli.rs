@@ -17,8 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::config::Flags;
-use crate::health::probe::cause;
-use crate::sync::consul::consul_index;
+use crate::consul_client::{ConsulClient, Reply};
 
 /// Where the agent is and who we are to it.
 #[derive(Debug, Args, Clone)]
@@ -307,33 +306,31 @@ pub fn consul_style_args(args: Vec<String>) -> Vec<String> {
     out
 }
 
-/// A small HTTP client for the agent's API.
+/// The agent a command talks to: the shared Consul client, whose failures
+/// the CLI words its own way.
 struct Agent {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
+    client: ConsulClient,
 }
 
-struct Reply {
-    status: u16,
-    index: u64,
-    body: Vec<u8>,
+trait ReplyExt: Sized {
+    fn json(&self) -> Result<Value>;
+    fn ok(self) -> Result<Self>;
 }
 
-impl Reply {
+impl ReplyExt for Reply {
     fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body)
             .map_err(|e| CliError::Consul(format!("unexpected answer from the agent: {e}")))
     }
 
     fn ok(self) -> Result<Reply> {
-        if (200..300).contains(&self.status) {
+        if self.is_success() {
             Ok(self)
         } else {
-            let text = String::from_utf8_lossy(&self.body).trim().to_string();
             Err(CliError::Consul(format!(
-                "Unexpected response code: {} ({text})",
-                self.status
+                "Unexpected response code: {} ({})",
+                self.status,
+                self.text(usize::MAX)
             )))
         }
     }
@@ -341,12 +338,6 @@ impl Reply {
 
 impl Agent {
     fn new(args: &ClientArgs) -> Result<Agent> {
-        let addr = args.http_addr.trim_end_matches('/');
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
         let token = match (&args.token, &args.token_file) {
             (Some(t), _) if !t.is_empty() => Some(t.clone()),
             (_, Some(f)) => Some(
@@ -359,15 +350,18 @@ impl Agent {
             ),
             _ => None,
         };
+        // Blocking queries wait up to 10 minutes and a bit.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(700))
+            .build()
+            .map_err(|e| CliError::Usage(format!("cannot make an HTTP client: {e}")))?;
         Ok(Agent {
-            base,
-            token,
-            // Blocking queries wait up to 10 minutes and a bit.
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(700))
-                .build()
-                .expect("a TLS backend is compiled in"),
+            client: ConsulClient::new(&args.http_addr, token, http),
         })
+    }
+
+    fn base(&self) -> &str {
+        self.client.base()
     }
 
     async fn call(
@@ -376,28 +370,13 @@ impl Agent {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Reply> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t);
-        }
-        if let Some(b) = body {
-            req = req.body(b);
-        }
-        let resp = req.send().await.map_err(|e| CliError::Unreachable {
-            addr: self.base.clone(),
-            reason: cause(&e),
-        })?;
-        let status = resp.status().as_u16();
-        let index = consul_index(resp.headers());
-        let body = resp.bytes().await.map_err(|e| CliError::Unreachable {
-            addr: self.base.clone(),
-            reason: cause(&e),
-        })?;
-        Ok(Reply {
-            status,
-            index,
-            body: body.to_vec(),
-        })
+        self.client
+            .call(method, path, body, None)
+            .await
+            .map_err(|e| CliError::Unreachable {
+                addr: self.base().to_string(),
+                reason: e.reason,
+            })
     }
 
     async fn get(&self, path: &str) -> Result<Reply> {
@@ -1003,14 +982,9 @@ async fn lock(l: LockArgs) -> Result<i32> {
         .json()?;
     let session = created["ID"].as_str().unwrap_or("").to_string();
     let renew = {
-        let (base, token, http, session) = (
-            agent.base.clone(),
-            agent.token.clone(),
-            agent.http.clone(),
-            session.clone(),
-        );
+        let (client, session) = (agent.client.clone(), session.clone());
         tokio::spawn(async move {
-            let agent = Agent { base, token, http };
+            let agent = Agent { client };
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let _ = agent

@@ -11,6 +11,8 @@
 //! * [`alloc`]    — mimalloc's settings, shared by the binary and the memory bench.
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
+//! * [`consul_client`] — one client for a Consul agent's HTTP API (the CLI's
+//!   and the sidecar sync's), and why a request failed.
 //! * [`fds`]      — the open-file limit (raised at start, sizes TCP's).
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
 //! * [`locks`]    — std locks taken back after a panic poisoned them.
@@ -30,6 +32,7 @@ pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod consul_client;
 pub mod dns;
 pub mod fds;
 pub mod health;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::consul_client::cause;
 use crate::registry::Health;
 
 /// Clients shared by every HTTP check, so connections to a target are
@@ -109,37 +110,6 @@ pub async fn http(clients: &HttpClients, c: &HttpCheck<'_>) -> (Health, String) 
             )
         }
     }
-}
-
-/// Why a request failed, from the innermost errors out: reqwest's own
-/// message ("error sending request for url") names no reason, its sources
-/// do (connection refused, a DNS failure, the TLS alert). Also the CLI's
-/// reason when the agent cannot be reached.
-pub fn cause(e: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else if e.is_redirect() {
-        "too many redirects"
-    } else if e.is_body() || e.is_decode() {
-        "cannot read the response body"
-    } else {
-        "request failed"
-    };
-    if parts.is_empty() {
-        return format!("{kind}: {e}");
-    }
-    format!("{kind}: {}", parts.join(": "))
 }
 
 /// A TCP connect that succeeds is passing.

@@ -38,6 +38,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::ConsulConfig;
+use crate::consul_client::ConsulClient;
 use crate::dns::handler::Remote;
 use crate::locks::{MutexExt, RwLockExt};
 use crate::metrics::Metrics;
@@ -252,7 +253,8 @@ struct RemoteWatch {
 
 pub struct ConsulSync {
     cfg: ConsulConfig,
-    http: reqwest::Client,
+    /// The agent's API, shared with the CLI's commands.
+    client: ConsulClient,
     registry: Arc<Registry>,
     local_dc: String,
     metrics: Arc<Metrics>,
@@ -302,10 +304,11 @@ impl ConsulSync {
             b = b.identity(id);
         }
         let http = b.build().map_err(|e| SyncError::Setup(e.to_string()))?;
+        let client = ConsulClient::new(&cfg.url, cfg.token.clone(), http);
         Ok(Arc::new(ConsulSync {
             slots: Semaphore::new(cfg.max_watches),
             cfg,
-            http,
+            client,
             registry,
             local_dc,
             metrics,
@@ -412,46 +415,34 @@ impl ConsulSync {
         if let Some(dc) = dc {
             params.push(format!("dc={}", segment(dc)));
         }
-        let mut url = format!("{}{path}", self.cfg.url);
+        let mut url = path.to_string();
         if !params.is_empty() {
             url.push('?');
             url.push_str(&params.join("&"));
         }
-        let mut req = self
-            .http
-            .get(&url)
-            .timeout(wait + wait / 16 + Duration::from_secs(10));
-        if let Some(t) = &self.cfg.token {
-            req = req.header("X-Consul-Token", t);
-        }
         self.metrics.consul_requests.inc();
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = req
-            .send()
+        let reply = self
+            .client
+            .call(
+                reqwest::Method::GET,
+                &url,
+                None,
+                Some(wait + wait / 16 + Duration::from_secs(10)),
+            )
             .await
-            .map_err(|e| SyncError::Unreachable(e.to_string()))?;
+            .map_err(|e| SyncError::Unreachable(e.reason))?;
         let arrived = Instant::now();
-        let status = resp.status();
-        let index = consul_index(resp.headers());
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| SyncError::Unreachable(e.to_string()))?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body)
-                .trim()
-                .chars()
-                .take(200)
-                .collect();
+        if !reply.is_success() {
             return Err(SyncError::Status {
-                status: status.as_u16(),
-                body: text,
+                status: reply.status,
+                body: reply.text(200),
             });
         }
         self.succeeded();
-        let value =
-            serde_json::from_slice(&body).map_err(|e| SyncError::Body(format!("{path}: {e}")))?;
-        Ok((index, value, arrived))
+        let value = serde_json::from_slice(&reply.body)
+            .map_err(|e| SyncError::Body(format!("{path}: {e}")))?;
+        Ok((reply.index, value, arrived))
     }
 
     fn wait(&self) -> Duration {
@@ -830,16 +821,6 @@ impl Remote for Sidecar {
             let _ = ready.wait_for(|done| *done).await;
         })
     }
-}
-
-/// A reply's `X-Consul-Index` (0 when missing or malformed, which makes the
-/// next blocking read a plain one).
-pub fn consul_index(headers: &reqwest::header::HeaderMap) -> u64 {
-    headers
-        .get("X-Consul-Index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
