@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use signpost::dns::answers::{AnswerConfig, Answers};
+use signpost::dns::answers::Answers;
 use signpost::dns::handler::{Handler, Outcome, Scratch, Transport};
 use signpost::registry::{Instance, Node, Registry, Source, Weights};
 use signpost::Config;
@@ -52,7 +52,7 @@ fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {
 fn handler() -> Handler {
     let mut config = Config::ephemeral();
     config.node = "bench".into();
-    let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
+    let answers = Arc::new(Answers::new(config.answer_config()));
     let registry = Registry::new(answers.clone());
     registry.write(|txn| {
         for i in 0..1000 {

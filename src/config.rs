@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+pub use crate::api::serve::HttpLimits;
 use crate::dns::name::DomainName;
+pub use crate::dns::settings::{
+    Balance, DnsConfig, Recursors, Soa, TtlMap, DEFAULT_ALLOW_RECURSION, DEFAULT_UDP_PAYLOAD,
+    DEFAULT_UDP_PAYLOAD_TRUSTED,
+};
+pub use crate::sync::consul::ConsulConfig;
+pub use crate::sync::docker::{DockerConfig, DEFAULT_DOCKER};
 
 pub const DEFAULT_DNS: &str = "127.0.0.1:8600";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8500";
@@ -21,12 +28,6 @@ pub const SIDECAR_DNS: &str = "127.0.0.1:8653";
 pub const SIDECAR_HTTP: &str = "127.0.0.1:8580";
 pub const DEFAULT_DOMAIN: &str = "consul";
 pub const DEFAULT_DATACENTER: &str = "dc1";
-/// The largest UDP payload signpost sends to an EDNS client: the DNS flag
-/// day 2020 value, which avoids IP fragmentation on common paths.
-pub const DEFAULT_UDP_PAYLOAD: u16 = 1232;
-/// The cap for trusted clients: HAProxy's documented
-/// `accepted_payload_size 8192` gets what it asks for.
-pub const DEFAULT_UDP_PAYLOAD_TRUSTED: u16 = 8192;
 
 /// The options, each also settable in the TOML file under the same name.
 #[derive(Debug, Args, Default, Clone)]
@@ -300,32 +301,6 @@ enum Seconds {
     Text(String),
 }
 
-/// The HTTP listener's bounds (see `api::serve`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpLimits {
-    pub max_connections: usize,
-    pub max_connections_per_client: usize,
-    /// For a request's headers to arrive (slow clients are cut).
-    pub header_timeout: std::time::Duration,
-    /// For a request's body to arrive.
-    pub body_timeout: std::time::Duration,
-    /// A keep-alive connection with no request and no I/O for this long is
-    /// closed (a blocking query in flight is not idle).
-    pub idle_timeout: std::time::Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits {
-            max_connections: 4096,
-            max_connections_per_client: 512,
-            header_timeout: std::time::Duration::from_secs(10),
-            body_timeout: std::time::Duration::from_secs(30),
-            idle_timeout: std::time::Duration::from_secs(90),
-        }
-    }
-}
-
 impl Seconds {
     /// As a duration above zero, for `what`.
     fn duration(&self, what: &str) -> Result<std::time::Duration, String> {
@@ -428,78 +403,6 @@ enum DockerSetting {
     Url(String),
 }
 
-/// The Docker engine to follow, and Registrator's address choices.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DockerConfig {
-    /// `unix:///path` or `tcp://host:port` / `http://host:port`.
-    pub url: String,
-    /// Published ports are registered at this address. [default: the node
-    /// address]
-    pub host_ip: Option<IpAddr>,
-    /// Exposed ports at the container's address instead.
-    pub internal: bool,
-    /// The network to take the container's address from.
-    pub network: Option<String>,
-}
-
-/// The engine's default socket.
-pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
-
-/// The Consul agent to mirror.
-#[derive(Debug, Clone)]
-pub struct ConsulConfig {
-    /// `http(s)://host:port`, no trailing slash.
-    pub url: String,
-    pub token: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    /// Certificate and key, both or neither.
-    pub client_identity: Option<(PathBuf, PathBuf)>,
-    /// Below a Consul agent's default `http_max_conns_per_client` (200).
-    pub max_watches: usize,
-}
-
-/// Forwarding of names outside signpost's zones.
-#[derive(Debug, Clone)]
-pub struct Recursors {
-    /// Empty: no forwarding (REFUSED, and no RA bit).
-    pub upstreams: Vec<SocketAddr>,
-    pub timeout: std::time::Duration,
-    pub random: bool,
-    pub allow: Vec<ipnet::IpNet>,
-    pub cache_size: usize,
-    /// Forwarded queries in flight at most, and from one client address;
-    /// past either the oldest is shed.
-    pub max_in_flight: usize,
-    pub max_in_flight_per_client: usize,
-}
-
-impl Default for Recursors {
-    fn default() -> Self {
-        Recursors {
-            upstreams: Vec::new(),
-            timeout: std::time::Duration::from_secs(2),
-            random: false,
-            allow: DEFAULT_ALLOW_RECURSION
-                .iter()
-                .map(|c| c.parse().expect("default CIDRs parse"))
-                .collect(),
-            cache_size: 10_000,
-            max_in_flight: 1024,
-            max_in_flight_per_client: 256,
-        }
-    }
-}
-
-/// Loopback and the private ranges.
-pub const DEFAULT_ALLOW_RECURSION: &[&str] = &[
-    "127.0.0.0/8",
-    "::1/128",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "fc00::/7",
-];
-
 /// `ADDR` or `ADDR:PORT`, IPv6 as `::1` or `[::1]:53`.
 pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
     let t = text.trim();
@@ -516,163 +419,20 @@ pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
     Err(format!("recursor {text:?} is not ADDR or ADDR:PORT"))
 }
 
-/// DNS answer policy, validated.
-#[derive(Debug, Clone)]
-pub struct DnsConfig {
-    pub service_ttl: TtlMap,
-    pub node_ttl: u32,
-    pub udp_payload_max: u16,
-    /// For clients in the trusted ranges (loopback, LAN): fragmentation is
-    /// not the risk there that it is on the internet.
-    pub udp_payload_max_trusted: u16,
-    /// NSID and CHAOS id; empty: the node name.
-    pub server_id: String,
-    pub cookie_secret: Option<[u8; 16]>,
-    pub cookie_secret_previous: Option<[u8; 16]>,
-    pub rrl_responses_per_second: u32,
-    pub rrl_slip: u32,
-    pub only_passing: bool,
-    /// 0: no limit.
-    pub a_record_limit: u32,
-    /// 0: no limit.
-    pub udp_answer_limit: u32,
-    pub load_balancing: Balance,
-    pub node_meta_txt: bool,
-    /// Queue age past which UDP queries are shed.
-    pub shed_after_ms: u32,
-    pub soa: Soa,
-}
-
-/// How the records of one answer are ordered, query by query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    /// A fresh random order every time.
-    Random,
-    /// Each query starts one record further along.
-    RoundRobin,
-    /// A random order drawn by weight: an instance comes first as often as
-    /// its share of the weights.
-    Weighted,
-}
-
-impl Balance {
-    fn parse(s: &str) -> Result<Balance, String> {
-        match s {
-            "random" => Ok(Balance::Random),
-            "round-robin" | "round_robin" => Ok(Balance::RoundRobin),
-            "weighted" => Ok(Balance::Weighted),
-            other => Err(format!(
-                "dns_config.load_balancing: {other:?} is not one of random, round-robin, weighted"
-            )),
-        }
-    }
-}
-
-/// Service TTLs: an exact name first, then the longest `prefix*`, then `*`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TtlMap {
-    exact: std::collections::HashMap<String, u32>,
-    /// Longest prefix first.
-    prefixes: Vec<(String, u32)>,
-    wildcard: u32,
-}
-
-impl TtlMap {
-    pub fn all(ttl: u32) -> TtlMap {
-        TtlMap {
-            wildcard: ttl,
-            ..TtlMap::default()
-        }
-    }
-
-    /// The TTL for a lower-cased service name.
-    pub fn get(&self, service: &str) -> u32 {
-        if let Some(t) = self.exact.get(service) {
-            return *t;
-        }
-        self.prefixes
-            .iter()
-            .find(|(p, _)| service.starts_with(p.as_str()))
-            .map(|(_, t)| *t)
-            .unwrap_or(self.wildcard)
-    }
-
-    fn from_spec(spec: TtlSpec) -> Result<TtlMap, String> {
-        let map = match spec {
-            TtlSpec::All(s) => return Ok(TtlMap::all(s.get("dns_config.service_ttl")?)),
-            TtlSpec::Map(m) => m,
-        };
-        let mut out = TtlMap::default();
-        for (key, value) in map {
-            let ttl = value.get(&format!("dns_config.service_ttl.{key}"))?;
-            let key = key.to_ascii_lowercase();
-            if key == "*" {
-                out.wildcard = ttl;
-            } else if let Some(prefix) = key.strip_suffix('*') {
-                if prefix.contains('*') {
-                    return Err(format!(
-                        "dns_config.service_ttl: {key:?} may hold '*' only at its end"
-                    ));
-                }
-                out.prefixes.push((prefix.to_string(), ttl));
-            } else if key.contains('*') {
-                return Err(format!(
-                    "dns_config.service_ttl: {key:?} may hold '*' only at its end"
-                ));
-            } else {
-                out.exact.insert(key, ttl);
-            }
-        }
-        out.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        Ok(out)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Soa {
-    pub refresh: u32,
-    pub retry: u32,
-    pub expire: u32,
-    /// Also the TTL of the SOA in negative answers (RFC 2308).
-    pub min_ttl: u32,
-}
-
-impl Default for Soa {
-    /// Consul's defaults.
-    fn default() -> Self {
-        Soa {
-            refresh: 3600,
-            retry: 600,
-            expire: 86400,
-            min_ttl: 0,
-        }
-    }
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            service_ttl: TtlMap::all(0),
-            node_ttl: 0,
-            udp_payload_max: DEFAULT_UDP_PAYLOAD,
-            udp_payload_max_trusted: DEFAULT_UDP_PAYLOAD_TRUSTED,
-            server_id: String::new(),
-            cookie_secret: None,
-            cookie_secret_previous: None,
-            rrl_responses_per_second: 20,
-            rrl_slip: 2,
-            only_passing: false,
-            a_record_limit: 0,
-            udp_answer_limit: 3,
-            load_balancing: Balance::Random,
-            node_meta_txt: true,
-            shed_after_ms: 1000,
-            soa: Soa::default(),
-        }
-    }
-}
-
 impl Config {
+    /// What the DNS answer sets are built with.
+    pub fn answer_config(&self) -> crate::dns::answers::AnswerConfig {
+        crate::dns::answers::AnswerConfig {
+            domains: std::iter::once(self.domain.clone())
+                .chain(self.alt_domain.clone())
+                .collect(),
+            datacenter: self.datacenter.clone(),
+            dns: self.dns_config.clone(),
+            node_name: self.node.clone(),
+            node_address: self.node_address(),
+        }
+    }
+
     /// A configuration for tests and embedding: listeners on loopback port 0,
     /// no zones, no data dir.
     pub fn ephemeral() -> Config {
@@ -1030,7 +790,7 @@ impl Config {
             http_allowed_hosts: file.http_allowed_hosts.unwrap_or_default(),
             dns_config: DnsConfig {
                 service_ttl: match d.service_ttl {
-                    Some(spec) => TtlMap::from_spec(spec).map_err(invalid)?,
+                    Some(spec) => ttl_map(spec).map_err(invalid)?,
                     None => TtlMap::all(0),
                 },
                 node_ttl: match &d.node_ttl {
@@ -1126,6 +886,36 @@ fn host_name() -> String {
     } else {
         "signpost".to_string()
     }
+}
+
+/// `dns_config.service_ttl` as a [`TtlMap`].
+fn ttl_map(spec: TtlSpec) -> Result<TtlMap, String> {
+    let map = match spec {
+        TtlSpec::All(s) => return Ok(TtlMap::all(s.get("dns_config.service_ttl")?)),
+        TtlSpec::Map(m) => m,
+    };
+    let mut out = TtlMap::default();
+    for (key, value) in map {
+        let ttl = value.get(&format!("dns_config.service_ttl.{key}"))?;
+        let key = key.to_ascii_lowercase();
+        if key == "*" {
+            out.set_wildcard(ttl);
+        } else if let Some(prefix) = key.strip_suffix('*') {
+            if prefix.contains('*') {
+                return Err(format!(
+                    "dns_config.service_ttl: {key:?} may hold '*' only at its end"
+                ));
+            }
+            out.insert_prefix(prefix, ttl);
+        } else if key.contains('*') {
+            return Err(format!(
+                "dns_config.service_ttl: {key:?} may hold '*' only at its end"
+            ));
+        } else {
+            out.insert_exact(key, ttl);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::api::{self, Api};
 use crate::config::Config;
-use crate::dns::answers::{AnswerConfig, Answers};
+use crate::dns::answers::Answers;
 use crate::dns::forward::Forwarder;
 use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
@@ -73,7 +73,7 @@ impl Signpost {
     pub async fn start(config: Config) -> Result<Signpost, StartError> {
         crate::registry::model::set_check_output_max(config.check_output_max_size);
         let defs = load_zones(&config)?;
-        let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
+        let answers = Arc::new(Answers::new(config.answer_config()));
         let registry = match &config.data_dir {
             Some(dir) => {
                 let (mut store, mut saved) = Store::open_and_load(dir, config.damaged_store)?;
@@ -269,7 +269,7 @@ impl Signpost {
             address: self.config.node_address().to_string(),
             datacenter: self.config.datacenter.clone(),
         };
-        let mut settings = AnswerConfig::from_config(&self.config);
+        let mut settings = self.config.answer_config();
         settings.dns = new.dns_config.clone();
         self.answers.set_config(settings);
         self.handler.set_zones(zones);

@@ -25,9 +25,34 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::config::HttpLimits;
 use crate::locks::MutexExt;
 use crate::net::{Admission, AdmissionStats, ConnState, Limits};
+
+/// The HTTP listener's bounds (see `api::serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// For a request's headers to arrive (slow clients are cut).
+    pub header_timeout: std::time::Duration,
+    /// For a request's body to arrive.
+    pub body_timeout: std::time::Duration,
+    /// A keep-alive connection with no request and no I/O for this long is
+    /// closed (a blocking query in flight is not idle).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 4096,
+            max_connections_per_client: 512,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(90),
+        }
+    }
+}
 
 /// What the listener closed or cut, for `/metrics`.
 #[derive(Debug, Default)]

@@ -21,8 +21,8 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
 use super::name::DomainName;
+use super::settings::DnsConfig;
 use super::wire::{CLASS_IN, QNAME_OFFSET};
-use crate::config::{Config, DnsConfig};
 use crate::locks::{MutexExt, RwLockExt};
 use crate::registry::small::SmallSet;
 use crate::registry::{ChangeListener, Changes, Health, InstanceView, Meta, State};
@@ -39,20 +39,6 @@ pub struct AnswerConfig {
     /// signpost's own node: the NS target of the domain.
     pub node_name: String,
     pub node_address: IpAddr,
-}
-
-impl AnswerConfig {
-    pub fn from_config(c: &Config) -> AnswerConfig {
-        AnswerConfig {
-            domains: std::iter::once(c.domain.clone())
-                .chain(c.alt_domain.clone())
-                .collect(),
-            datacenter: c.datacenter.clone(),
-            dns: c.dns_config.clone(),
-            node_name: c.node.clone(),
-            node_address: c.node_address(),
-        }
-    }
 }
 
 /// Where the SRV target name starts inside a ready-made SRV record:

@@ -14,12 +14,12 @@ use super::answers::{Answers, Entry, RecordSet, RDATA_AT, SRV_TARGET_AT};
 use super::forward::admission::Ticket;
 use super::forward::Forwarder;
 use super::name::{classify, Labels, Lookup};
+use super::settings::Balance;
 use super::wire::{
     parse_query, pointer, rtype, Flags, Parsed, Query, Rcode, ResponseWriter, CLASS_ANY, CLASS_IN,
     HEADER_LEN, PLAIN_UDP_MAX,
 };
 use super::zones::StaticZone;
-use crate::config::Balance;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -335,7 +335,7 @@ impl Handler {
             forwarder,
             remote: None,
             stats: Arc::default(),
-            trusted: crate::config::Recursors::default().allow,
+            trusted: super::settings::Recursors::default().allow,
         }
     }
 

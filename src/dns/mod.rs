@@ -5,7 +5,8 @@
 //! size budget, `zones` serves static zone files, `forward` sends other
 //! names upstream, `handler` ties them together, `server` runs UDP and TCP
 //! (`udp`: the batched receive/send and load shedding; `tcp`: connections
-//! and their limits).
+//! and their limits). `settings` holds the answer policy and forwarding
+//! settings that `config` validates.
 
 pub mod answers;
 pub mod cookie;
@@ -13,6 +14,7 @@ pub mod forward;
 pub mod handler;
 pub mod name;
 pub mod server;
+pub mod settings;
 pub mod tcp;
 pub mod udp;
 pub mod wire;

@@ -37,7 +37,6 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::config::ConsulConfig;
 use crate::consul_client::ConsulClient;
 use crate::dns::handler::Remote;
 use crate::locks::{MutexExt, RwLockExt};
@@ -46,6 +45,19 @@ use crate::registry::{
     Check, CheckKind, Connect, Health, Instance, InstanceKey, Node, Registry, Source,
     TaggedAddress, Thresholds, Weights,
 };
+
+/// The Consul agent to mirror.
+#[derive(Debug, Clone)]
+pub struct ConsulConfig {
+    /// `http(s)://host:port`, no trailing slash.
+    pub url: String,
+    pub token: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Certificate and key, both or neither.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Below a Consul agent's default `http_max_conns_per_client` (200).
+    pub max_watches: usize,
+}
 
 /// A loop never starts requests closer together than this.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);

@@ -24,11 +24,27 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::config::DockerConfig;
 use crate::locks::MutexExt;
 use crate::metrics::Metrics;
 use crate::registry::definition::ServiceDef;
 use crate::registry::{Check, CheckKind, Health, Instance, InstanceKey, Registry, Source};
+
+/// The Docker engine to follow, and Registrator's address choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port` / `http://host:port`.
+    pub url: String,
+    /// Published ports are registered at this address. [default: the node
+    /// address]
+    pub host_ip: Option<IpAddr>,
+    /// Exposed ports at the container's address instead.
+    pub internal: bool,
+    /// The network to take the container's address from.
+    pub network: Option<String>,
+}
+
+/// The engine's default socket.
+pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
 
 /// What one container contributes: its instances and their checks.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Edns, Message, MessageType, Query};
 use hickory_proto::rr::{Name, RecordType};
 use proptest::prelude::*;
-use signpost::dns::answers::{AnswerConfig, Answers};
+use signpost::dns::answers::Answers;
 use signpost::dns::handler::{Handler, Outcome, Scratch, Transport};
 use signpost::dns::name::{classify, DomainName, Labels};
 use signpost::registry::Registry;
@@ -32,7 +32,7 @@ fn handler() -> Handler {
     ]);
     let mut config = Config::ephemeral();
     config.alt_domain = Some(DomainName::new("alt").unwrap());
-    let answers = Arc::new(Answers::new(AnswerConfig::from_config(&config)));
+    let answers = Arc::new(Answers::new(config.answer_config()));
     let registry = Registry::new(answers.clone());
     let own = OwnNode {
         name: "me".into(),

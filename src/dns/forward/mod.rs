@@ -41,8 +41,8 @@ use tokio::time::Instant;
 use admission::{Admission, Ticket};
 
 use super::handler::Transport;
+use super::settings::Recursors;
 use super::wire::{parse_query, Flags, Parsed, Rcode, ResponseWriter};
-use crate::config::Recursors;
 use crate::locks::MutexExt;
 
 /// The first and the longest wait between probes of a down upstream.
