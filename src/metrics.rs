@@ -31,8 +31,6 @@ pub struct StatusLabel {
 pub struct Metrics {
     registry: Registry,
     pub dns: Arc<DnsStats>,
-    /// The HTTP listener's refusals and timeouts.
-    pub http: Arc<crate::api::serve::HttpStats>,
     /// Health check runs by result.
     pub check_runs: Family<ResultLabel, Counter>,
     /// Set at scrape time from the registry.
@@ -145,8 +143,6 @@ impl Metrics {
         );
         let dns = Arc::new(DnsStats::default());
         registry.register_collector(Box::new(Arc::clone(&dns)));
-        let http = Arc::new(crate::api::serve::HttpStats::default());
-        registry.register_collector(Box::new(HttpCollector(Arc::clone(&http))));
         let check_runs = Family::<ResultLabel, Counter>::default();
         registry.register(
             "check_runs",
@@ -180,7 +176,6 @@ impl Metrics {
         Metrics {
             registry,
             dns,
-            http,
             check_runs,
             services,
             instances,
@@ -199,6 +194,12 @@ impl Metrics {
             docker_resyncs,
             docker_event_to_dns,
         }
+    }
+
+    /// Adds a component's collector (its stats, read at scrape time); the
+    /// code that wires the server together calls this.
+    pub fn register(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
     }
 
     /// The metrics in Prometheus' text format.
@@ -418,258 +419,6 @@ impl Collector for DnsStats {
     }
 }
 
-/// The store's health and group commit, read from the registry's
-/// [`StoreStatus`](crate::registry::StoreStatus) at scrape time.
-#[derive(Debug)]
-struct StoreCollector(Arc<crate::registry::StoreStatus>);
-
-impl Collector for StoreCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
-        let degraded = i64::from(s.is_degraded());
-        gauge(&mut encoder, "store_degraded", "1 while the store in --data-dir refuses writes (API writes get 5xx; reads and DNS go on)", degraded)?;
-        let commit_seconds = s.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder
-            .encode_descriptor(
-                "store_commit_seconds",
-                "Time spent writing batches to the store, fsync included (divide by store_batches_total for the mean)",
-                None,
-                MetricType::Counter,
-            )?
-            .encode_counter::<NoLabelSet, _, u64>(&commit_seconds, None)?;
-        for (name, help, value) in [
-            (
-                "store_failed_batches",
-                "Batches of writes the store refused",
-                &s.failed_batches,
-            ),
-            (
-                "store_refused_writes",
-                "API writes refused because the store refused them",
-                &s.refused_writes,
-            ),
-            (
-                "store_batches",
-                "Batches written to the store (one fsync each)",
-                &s.batches,
-            ),
-            (
-                "store_batched_writes",
-                "API writes carried by those batches (writes per batch: the group-commit factor)",
-                &s.batched_writes,
-            ),
-        ] {
-            counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
-        }
-        Ok(())
-    }
-}
-
-impl Metrics {
-    /// Adds the store's metrics (with `--data-dir`).
-    pub fn watch_store(&mut self, status: Arc<crate::registry::StoreStatus>) {
-        self.registry
-            .register_collector(Box::new(StoreCollector(status)));
-    }
-}
-
-/// Forwarding's bounds, read from the [`Forwarder`](crate::dns::forward::Forwarder)
-/// at scrape time.
-struct ForwardCollector(Arc<crate::dns::forward::Forwarder>);
-
-impl std::fmt::Debug for ForwardCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ForwardCollector")
-    }
-}
-
-impl Collector for ForwardCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let f = &self.0;
-        let in_flight = f.in_flight() as i64;
-        gauge(
-            &mut encoder,
-            "forward_in_flight",
-            "Forwarded queries waiting for an upstream now",
-            in_flight,
-        )?;
-        for (name, help, v) in [
-            (
-                "forward_shed",
-                "Forwarded queries dropped unanswered to admit newer ones (in-flight limit, total or per client)",
-                f.shed(),
-            ),
-            (
-                "forward_coalesced",
-                "Forwarded questions that shared an identical question's upstream query",
-                f.stats.coalesced.load(Ordering::Relaxed),
-            ),
-            (
-                "forward_upstreams_down",
-                "Forwarded questions answered SERVFAIL at once because every upstream was marked down",
-                f.stats.upstreams_down.load(Ordering::Relaxed),
-            ),
-            (
-                "forward_marked_down",
-                "Times an upstream was marked down (failures in a row, or a refused connection)",
-                f.stats.marked_down.load(Ordering::Relaxed),
-            ),
-            (
-                "forward_timeouts",
-                "Forwarded questions an upstream did not answer within recursor_timeout",
-                f.stats.timeouts.load(Ordering::Relaxed),
-            ),
-        ] {
-            counter(&mut encoder, name, help, v)?;
-        }
-        Ok(())
-    }
-}
-
-impl Metrics {
-    /// Adds forwarding's metrics (with upstream recursors).
-    pub fn watch_forwarder(&mut self, forwarder: Arc<crate::dns::forward::Forwarder>) {
-        self.registry
-            .register_collector(Box::new(ForwardCollector(forwarder)));
-    }
-}
-
-/// The DNS answer sets' template cache, read at scrape time.
-struct AnswersCollector(Arc<crate::dns::answers::Answers>);
-
-impl std::fmt::Debug for AnswersCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AnswersCollector")
-    }
-}
-
-impl Collector for AnswersCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        gauge(
-            &mut encoder,
-            "dns_template_cache_names",
-            "Prepared-query template names whose answers are cached now",
-            self.0.template_cache_len() as i64,
-        )?;
-        counter(
-            &mut encoder,
-            "dns_template_cache_cleared",
-            "Times the template answer cache was full and cleared",
-            self.0.template_sets_cleared.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Metrics {
-    /// Adds the answer sets' cache metrics.
-    pub fn watch_answers(&mut self, answers: Arc<crate::dns::answers::Answers>) {
-        self.registry
-            .register_collector(Box::new(AnswersCollector(answers)));
-    }
-}
-
-/// The HTTP listener's bounds, read at scrape time.
-#[derive(Debug)]
-struct HttpCollector(Arc<crate::api::serve::HttpStats>);
-
-impl Collector for HttpCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let h = &self.0;
-        let open = h.conns.open.load(Ordering::Relaxed) as i64;
-        gauge(
-            &mut encoder,
-            "http_connections",
-            "HTTP connections open now",
-            open,
-        )?;
-        for (name, help, v) in [
-            (
-                "http_refused_connection_limit",
-                "HTTP connections closed at the total connection limit to admit a new one (the biggest holder's idlest)",
-                &h.conns.evicted_total,
-            ),
-            (
-                "http_refused_per_client",
-                "HTTP connections closed at a client's connection limit to admit its new one (its idlest, or the one waiting longest for headers)",
-                &h.conns.evicted_per_client,
-            ),
-            (
-                "http_refused_busy",
-                "New HTTP connections closed at once: at a limit, every candidate had a request in progress",
-                &h.conns.refused,
-            ),
-            (
-                "http_timed_out",
-                "HTTP connections cut: headers not sent in time, or idle past the idle timeout",
-                &h.timed_out,
-            ),
-            (
-                "http_accept_errors",
-                "Failed accepts (out of file descriptors, memory); each backs off 100 ms",
-                &h.accept_errors,
-            ),
-        ] {
-            counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
-        }
-        Ok(())
-    }
-}
-
-/// DNS over TCP's connection table, read at scrape time.
-struct TcpCollector(Arc<crate::dns::tcp::TcpConns>);
-
-impl std::fmt::Debug for TcpCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TcpCollector")
-    }
-}
-
-impl Collector for TcpCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let t = &self.0.admission.stats;
-        let open = t.open.load(Ordering::Relaxed) as i64;
-        gauge(
-            &mut encoder,
-            "dns_tcp_connections",
-            "DNS over TCP connections open now",
-            open,
-        )?;
-        for (name, help, v) in [
-            (
-                "dns_tcp_evicted_idle",
-                "DNS TCP connections closed (after any query they had sent) to admit a new one at the connection limit",
-                &t.evicted_total,
-            ),
-            (
-                "dns_tcp_evicted_per_client",
-                "DNS TCP connections closed (after any query they had sent) to admit a new one from the same client at its limit",
-                &t.evicted_per_client,
-            ),
-            (
-                "dns_tcp_refused",
-                "New DNS TCP connections closed at once: every candidate connection was busy",
-                &t.refused,
-            ),
-            (
-                "dns_tcp_accept_errors",
-                "Failed DNS TCP accepts (out of file descriptors); each backs off 100 ms",
-                &self.0.accept_errors,
-            ),
-        ] {
-            counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
-        }
-        Ok(())
-    }
-}
-
-impl Metrics {
-    /// Adds DNS over TCP's connection metrics.
-    pub fn watch_tcp(&mut self, conns: Arc<crate::dns::tcp::TcpConns>) {
-        self.registry
-            .register_collector(Box::new(TcpCollector(conns)));
-    }
-}
-
 /// Lets a "limit reached" warning through at most once every 10 s: a flood
 /// hits a limit thousands of times a second, and the counters say how often.
 #[derive(Debug, Default)]
@@ -687,15 +436,20 @@ impl LogLimiter {
     }
 }
 
-/// One unlabelled counter, for the collectors above.
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+/// One unlabelled counter, for a component's collector.
+pub fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> std::fmt::Result {
     encoder
         .encode_descriptor(name, help, None, MetricType::Counter)?
         .encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
-/// One unlabelled gauge, for the collectors above.
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+/// One unlabelled gauge, for a component's collector.
+pub fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
         .encode_gauge(&v)

@@ -17,6 +17,13 @@ use crate::metrics::Metrics;
 use crate::registry::{Registry, Store, StoreError};
 use crate::sync::consul::{ConsulSync, Sidecar, SyncError};
 use crate::sync::files::{self, Definitions, FileError, OwnNode};
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::metrics::{counter, gauge};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -117,16 +124,21 @@ impl Signpost {
                 config.dns_config.udp_payload_max,
             ))
         });
+        // Each component's stats, read by its collector at scrape time.
         let mut metrics = Metrics::new();
         if registry.is_durable() {
-            metrics.watch_store(registry.store_status().clone());
+            metrics.register(Box::new(StoreCollector(registry.store_status().clone())));
         }
         if let Some(f) = &forwarder {
-            metrics.watch_forwarder(f.clone());
+            metrics.register(Box::new(crate::dns::forward::ForwardCollector(f.clone())));
         }
         let tcp_conns = crate::dns::tcp::TcpConns::new();
-        metrics.watch_tcp(tcp_conns.clone());
-        metrics.watch_answers(answers.clone());
+        metrics.register(Box::new(crate::dns::tcp::TcpCollector(tcp_conns.clone())));
+        metrics.register(Box::new(crate::dns::answers::AnswersCollector(
+            answers.clone(),
+        )));
+        let http_stats = Arc::new(api::serve::HttpStats::default());
+        metrics.register(Box::new(api::serve::HttpCollector(http_stats.clone())));
         let metrics = Arc::new(metrics);
         let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
         let consul = match &config.consul {
@@ -214,7 +226,7 @@ impl Signpost {
             listener,
             app,
             config.http_limits,
-            metrics.http.clone(),
+            http_stats,
             stopped,
             HTTP_DRAIN,
         ));
@@ -326,5 +338,52 @@ impl Signpost {
         // ones finish and closes the store cleanly.
         let registry = self.registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.close()).await;
+    }
+}
+
+/// The store's health and group commit, read from the registry's
+/// [`StoreStatus`](crate::registry::StoreStatus) at scrape time.
+#[derive(Debug)]
+struct StoreCollector(Arc<crate::registry::StoreStatus>);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let degraded = i64::from(s.is_degraded());
+        gauge(&mut encoder, "store_degraded", "1 while the store in --data-dir refuses writes (API writes get 5xx; reads and DNS go on)", degraded)?;
+        let commit_seconds = s.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder
+            .encode_descriptor(
+                "store_commit_seconds",
+                "Time spent writing batches to the store, fsync included (divide by store_batches_total for the mean)",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&commit_seconds, None)?;
+        for (name, help, value) in [
+            (
+                "store_failed_batches",
+                "Batches of writes the store refused",
+                &s.failed_batches,
+            ),
+            (
+                "store_refused_writes",
+                "API writes refused because the store refused them",
+                &s.refused_writes,
+            ),
+            (
+                "store_batches",
+                "Batches written to the store (one fsync each)",
+                &s.batches,
+            ),
+            (
+                "store_batched_writes",
+                "API writes carried by those batches (writes per batch: the group-commit factor)",
+                &s.batched_writes,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
+        }
+        Ok(())
     }
 }

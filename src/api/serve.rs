@@ -27,6 +27,10 @@ use tower::ServiceExt;
 
 use crate::locks::MutexExt;
 use crate::net::{Admission, AdmissionStats, ConnState, Limits};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::metrics::{counter, gauge};
 
 /// The HTTP listener's bounds (see `api::serve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,5 +303,52 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// The HTTP listener's bounds, read at scrape time.
+#[derive(Debug)]
+pub struct HttpCollector(pub Arc<HttpStats>);
+
+impl Collector for HttpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        let open = h.conns.open.load(Ordering::Relaxed) as i64;
+        gauge(
+            &mut encoder,
+            "http_connections",
+            "HTTP connections open now",
+            open,
+        )?;
+        for (name, help, v) in [
+            (
+                "http_refused_connection_limit",
+                "HTTP connections closed at the total connection limit to admit a new one (the biggest holder's idlest)",
+                &h.conns.evicted_total,
+            ),
+            (
+                "http_refused_per_client",
+                "HTTP connections closed at a client's connection limit to admit its new one (its idlest, or the one waiting longest for headers)",
+                &h.conns.evicted_per_client,
+            ),
+            (
+                "http_refused_busy",
+                "New HTTP connections closed at once: at a limit, every candidate had a request in progress",
+                &h.conns.refused,
+            ),
+            (
+                "http_timed_out",
+                "HTTP connections cut: headers not sent in time, or idle past the idle timeout",
+                &h.timed_out,
+            ),
+            (
+                "http_accept_errors",
+                "Failed accepts (out of file descriptors, memory); each backs off 100 ms",
+                &h.accept_errors,
+            ),
+        ] {
+            counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
+        }
+        Ok(())
     }
 }

@@ -26,6 +26,10 @@ use super::wire::{CLASS_IN, QNAME_OFFSET};
 use crate::locks::{MutexExt, RwLockExt};
 use crate::registry::small::SmallSet;
 use crate::registry::{ChangeListener, Changes, Health, InstanceView, Meta, State};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::metrics::{counter, gauge};
 
 /// What shapes answers, fixed for the life of an [`Answers`].
 #[derive(Debug, Clone)]
@@ -888,6 +892,34 @@ impl ChangeListener for Answers {
             }
         }
         self.update_ptr(state, changes);
+    }
+}
+
+/// The DNS answer sets' template cache, read at scrape time.
+pub struct AnswersCollector(pub Arc<Answers>);
+
+impl std::fmt::Debug for AnswersCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswersCollector")
+    }
+}
+
+impl Collector for AnswersCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "dns_template_cache_names",
+            "Prepared-query template names whose answers are cached now",
+            self.0.template_cache_len() as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "dns_template_cache_cleared",
+            "Times the template answer cache was full and cleared",
+            self.0
+                .template_sets_cleared
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
 

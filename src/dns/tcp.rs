@@ -24,6 +24,10 @@ use tokio::sync::watch;
 
 use super::handler::{Handler, Outcome, Scratch, Transport};
 use crate::net::{Admission, Limits, Place};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::metrics::{counter, gauge};
 
 /// A TCP connection with no query for this long is closed (RFC 7766 asks
 /// servers to time idle connections out).
@@ -260,4 +264,51 @@ async fn answer(
         }
     }
     true
+}
+
+/// DNS over TCP's connection table, read at scrape time.
+pub struct TcpCollector(pub Arc<TcpConns>);
+
+impl std::fmt::Debug for TcpCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TcpCollector")
+    }
+}
+
+impl Collector for TcpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.0.admission.stats;
+        let open = t.open.load(Ordering::Relaxed) as i64;
+        gauge(
+            &mut encoder,
+            "dns_tcp_connections",
+            "DNS over TCP connections open now",
+            open,
+        )?;
+        for (name, help, v) in [
+            (
+                "dns_tcp_evicted_idle",
+                "DNS TCP connections closed (after any query they had sent) to admit a new one at the connection limit",
+                &t.evicted_total,
+            ),
+            (
+                "dns_tcp_evicted_per_client",
+                "DNS TCP connections closed (after any query they had sent) to admit a new one from the same client at its limit",
+                &t.evicted_per_client,
+            ),
+            (
+                "dns_tcp_refused",
+                "New DNS TCP connections closed at once: every candidate connection was busy",
+                &t.refused,
+            ),
+            (
+                "dns_tcp_accept_errors",
+                "Failed DNS TCP accepts (out of file descriptors); each backs off 100 ms",
+                &self.0.accept_errors,
+            ),
+        ] {
+            counter(&mut encoder, name, help, v.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
 }

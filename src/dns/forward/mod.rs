@@ -44,6 +44,10 @@ use super::handler::Transport;
 use super::settings::Recursors;
 use super::wire::{parse_query, Flags, Parsed, Rcode, ResponseWriter};
 use crate::locks::MutexExt;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::metrics::{counter, gauge};
 
 /// The first and the longest wait between probes of a down upstream.
 const PROBE_FIRST: Duration = Duration::from_millis(250);
@@ -589,4 +593,57 @@ async fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>>
     let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
     s.read_exact(&mut buf).await?;
     Ok(buf)
+}
+
+/// Forwarding's bounds, read from the [`Forwarder`](Forwarder)
+/// at scrape time.
+pub struct ForwardCollector(pub Arc<Forwarder>);
+
+impl std::fmt::Debug for ForwardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardCollector")
+    }
+}
+
+impl Collector for ForwardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let f = &self.0;
+        let in_flight = f.in_flight() as i64;
+        gauge(
+            &mut encoder,
+            "forward_in_flight",
+            "Forwarded queries waiting for an upstream now",
+            in_flight,
+        )?;
+        for (name, help, v) in [
+            (
+                "forward_shed",
+                "Forwarded queries dropped unanswered to admit newer ones (in-flight limit, total or per client)",
+                f.shed(),
+            ),
+            (
+                "forward_coalesced",
+                "Forwarded questions that shared an identical question's upstream query",
+                f.stats.coalesced.load(Ordering::Relaxed),
+            ),
+            (
+                "forward_upstreams_down",
+                "Forwarded questions answered SERVFAIL at once because every upstream was marked down",
+                f.stats.upstreams_down.load(Ordering::Relaxed),
+            ),
+            (
+                "forward_marked_down",
+                "Times an upstream was marked down (failures in a row, or a refused connection)",
+                f.stats.marked_down.load(Ordering::Relaxed),
+            ),
+            (
+                "forward_timeouts",
+                "Forwarded questions an upstream did not answer within recursor_timeout",
+                f.stats.timeouts.load(Ordering::Relaxed),
+            ),
+        ] {
+            counter(&mut encoder, name, help, v)?;
+        }
+        Ok(())
+    }
 }
