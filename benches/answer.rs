@@ -11,7 +11,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use signpost::dns::answers::Answers;
-use signpost::dns::handler::{Handler, Outcome, Scratch, Transport};
+use signpost::dns::handler::{Handler, Outcome, Scratch};
+use signpost::dns::wire::Transport;
 use signpost::registry::{Instance, Node, Registry, Source, Weights};
 use signpost::Config;
 

@@ -15,7 +15,7 @@ use hickory_proto::rr::{Name, RecordType};
 use serde_json::json;
 
 use super::{encoded, reply, Api, ApiError, ApiResult, Params};
-use crate::dns::handler::Transport;
+use crate::dns::wire::Transport;
 use crate::registry::{Health, Source};
 
 type Shared = State<Arc<Api>>;

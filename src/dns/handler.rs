@@ -15,17 +15,12 @@ use super::forward::admission::Ticket;
 use super::forward::Forwarder;
 use super::name::{classify, Labels, Lookup};
 use super::settings::Balance;
+use super::wire::Transport;
 use super::wire::{
     parse_query, pointer, rtype, Flags, Parsed, Query, Rcode, ResponseWriter, CLASS_ANY, CLASS_IN,
     HEADER_LEN, PLAIN_UDP_MAX,
 };
 use super::zones::StaticZone;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
 
 /// The largest DNS message, and so the budget of a TCP reply.
 pub const TCP_MAX: usize = 65535;

@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use super::handler::{Handler, Outcome, Scratch, Transport};
+use super::handler::{Handler, Outcome, Scratch};
 use super::udp::{enable_timestamps, Batch, Stamp};
+use super::wire::Transport;
 
 /// How often an idle UDP thread looks at the stop flag.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
@@ -174,25 +175,6 @@ impl DnsServer {
     }
 }
 
-/// One line per query, for `--query-log`.
-pub(crate) fn log_query(
-    peer: SocketAddr,
-    transport: &str,
-    reply: &[u8],
-    elapsed: std::time::Duration,
-) {
-    let name = super::wire::question_text(reply).unwrap_or_else(|| "-".into());
-    let rcode = reply.get(3).map(|b| b & 0x0F).unwrap_or(0);
-    let answers = reply
-        .get(6..8)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]))
-        .unwrap_or(0);
-    tracing::info!(
-        target: "signpost::query",
-        %peer, transport, question = %name, rcode, answers, micros = elapsed.as_micros() as u64
-    );
-}
-
 fn udp_loop(
     sock: Arc<UdpSocket>,
     handler: Arc<Handler>,
@@ -244,7 +226,7 @@ fn udp_loop(
             match outcome {
                 Outcome::Reply => {
                     if query_log {
-                        log_query(peer, "udp", out, started.elapsed());
+                        super::wire::log_query(peer, "udp", out, started.elapsed());
                     }
                 }
                 Outcome::Drop => {
@@ -283,7 +265,7 @@ fn udp_loop(
                             };
                             handler.stats().record(false, &reply, started.elapsed());
                             if query_log {
-                                log_query(peer, "udp", &reply, started.elapsed());
+                                super::wire::log_query(peer, "udp", &reply, started.elapsed());
                             }
                             if !reply.is_empty() {
                                 let _ = sock.send_to(&reply, peer);

@@ -22,7 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::handler::{Handler, Outcome, Scratch, Transport};
+use super::handler::{Handler, Outcome, Scratch};
+use super::wire::Transport;
 use crate::net::{Admission, Limits, Place};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -253,7 +254,7 @@ async fn answer(
     }
     handler.stats().record(true, out, started.elapsed());
     if query_log {
-        super::server::log_query(peer, "tcp", out, started.elapsed());
+        super::wire::log_query(peer, "tcp", out, started.elapsed());
     }
     if !out.is_empty() {
         let mut framed = Vec::with_capacity(out.len() + 2);

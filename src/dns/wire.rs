@@ -514,6 +514,32 @@ pub fn pointer(at: usize) -> Option<[u8; 2]> {
     (at < 0x4000).then(|| (0xC000 | at as u16).to_be_bytes())
 }
 
+/// The transport a query came over: it sets the reply's size budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One line per query, for `--query-log`.
+pub fn log_query(
+    peer: std::net::SocketAddr,
+    transport: &str,
+    reply: &[u8],
+    elapsed: std::time::Duration,
+) {
+    let name = question_text(reply).unwrap_or_else(|| "-".into());
+    let rcode = reply.get(3).map(|b| b & 0x0F).unwrap_or(0);
+    let answers = reply
+        .get(6..8)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .unwrap_or(0);
+    tracing::info!(
+        target: "signpost::query",
+        %peer, transport, question = %name, rcode, answers, micros = elapsed.as_micros() as u64
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

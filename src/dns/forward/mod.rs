@@ -40,8 +40,8 @@ use tokio::time::Instant;
 
 use admission::{Admission, Ticket};
 
-use super::handler::Transport;
 use super::settings::Recursors;
+use super::wire::Transport;
 use super::wire::{parse_query, Flags, Parsed, Rcode, ResponseWriter};
 use crate::locks::MutexExt;
 use prometheus_client::collector::Collector;
