@@ -3,6 +3,8 @@
 //! load benchmark's data), plus one service of 5,000 instances answered
 //! over TCP to show that answer cost does not grow with what is registered.
 
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::str::FromStr;
 use std::sync::Arc;

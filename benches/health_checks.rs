@@ -6,6 +6,8 @@
 //! change the defaults). The target runs in a child process (this binary
 //! again), so only signpost's own work is counted. Loopback only.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::rss_mib;

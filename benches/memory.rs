@@ -2,6 +2,8 @@
 //! registry holds 20,000 services × 5 instances, each on its own node,
 //! with every answer set built. `cargo bench --bench memory`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::rss_mib;
@@ -104,13 +106,16 @@ fn main() {
 /// between that and RSS is allocator rounding and free pages.
 struct Counting;
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+// SAFETY: every call is passed on unchanged to mimalloc, a GlobalAlloc.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
         unsafe { mimalloc::MiMalloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
         LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `p` came from `alloc` above with this layout.
         unsafe { mimalloc::MiMalloc.dealloc(p, l) }
     }
 }

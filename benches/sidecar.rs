@@ -7,6 +7,8 @@
 //! (it speaks Consul's HTTP API) in a child process, so the memory measured
 //! is the sidecar's own. Loopback only.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::rss_mib;

@@ -14,6 +14,8 @@
 //! before/after ratio). `WRITE_BENCH_SECONDS` sets each phase's length
 //! (default 5), `WRITE_BENCH_WRITERS` the writer count (default 32).
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

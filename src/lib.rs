@@ -28,6 +28,8 @@
 //! * [`cli`]      — the client commands (`kv`, `services`, `catalog`,
 //!   `watch`, `lock`, ...) that talk to a running agent over HTTP.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod alloc;
 pub mod api;
 pub mod cli;

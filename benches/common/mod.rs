@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 /// Resident set size of this process, in MiB (Linux).
-pub fn rss_mib() -> f64 {
+pub(crate) fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     let kb: f64 = status
         .lines()
@@ -18,7 +18,7 @@ pub fn rss_mib() -> f64 {
 /// Runs this bench binary again with `env` set (so it plays a peer in its
 /// own process, whose memory and CPU are not counted), and reads the
 /// address it prints first.
-pub fn spawn_peer(env: &str) -> (std::process::Child, std::net::SocketAddr) {
+pub(crate) fn spawn_peer(env: &str) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
         .env(env, "1")

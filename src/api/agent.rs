@@ -28,12 +28,12 @@ const SERVICE_MAINTENANCE: &str = "_service_maintenance:";
 const NODE_MAINTENANCE: &str = "_node_maintenance";
 
 /// The check that puts service `service_id` in maintenance.
-pub fn maintenance_check_id(service_id: &str) -> String {
+pub(super) fn maintenance_check_id(service_id: &str) -> String {
     format!("{SERVICE_MAINTENANCE}{service_id}")
 }
 
 /// Whether a check is a maintenance one (a service's or the node's).
-pub fn is_maintenance_check(id: &str) -> bool {
+pub(super) fn is_maintenance_check(id: &str) -> bool {
     id.starts_with(SERVICE_MAINTENANCE) || id == NODE_MAINTENANCE
 }
 
@@ -58,7 +58,7 @@ fn read_only(what: &str, source: Source) -> ApiError {
 
 /// Keeps the live status of a check that is registered again without an
 /// explicit Status, as a running agent does.
-pub fn keep_status_of(txn: &Txn<'_>, check: &mut Check, explicit: bool) {
+pub(super) fn keep_status_of(txn: &Txn<'_>, check: &mut Check, explicit: bool) {
     if explicit {
         return;
     }
@@ -68,7 +68,7 @@ pub fn keep_status_of(txn: &Txn<'_>, check: &mut Check, explicit: bool) {
     }
 }
 
-pub async fn register_service(
+pub(super) async fn register_service(
     State(api): Shared,
     RawQuery(q): RawQuery,
     body: Result<Bytes, BytesRejection>,
@@ -132,7 +132,7 @@ fn own_instance(api: &Api, id: &str) -> Result<(InstanceKey, Source, String), Ap
         })
 }
 
-pub async fn deregister_service(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn deregister_service(State(api): Shared, Path(id): Path<String>) -> ApiResult {
     let (key, source, _) = own_instance(&api, &id)?;
     if source != Source::Api {
         return Err(read_only(&format!("service {id:?}"), source));
@@ -188,7 +188,7 @@ fn maintenance_check(api: &Api, service: Option<(&str, String)>, reason: &str) -
     }
 }
 
-pub async fn maintenance(
+pub(super) async fn maintenance(
     State(api): Shared,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
@@ -222,7 +222,7 @@ async fn set_maintenance(api: &Api, check: Check, enable: bool) -> ApiResult {
 
 /// `/v1/agent/maintenance`: the whole node out of DNS (a critical node
 /// check), or back.
-pub async fn node_maintenance(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn node_maintenance(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let enable = enable_param(&params)?;
     let check = maintenance_check(&api, None, params.get("reason").unwrap_or(""));
@@ -273,7 +273,7 @@ fn health_reply(params: &Params, health: Health, body: &serde_json::Value) -> Re
 
 /// `/v1/agent/health/service/name/:name`: every local instance of a service
 /// and the worst status among them.
-pub async fn health_by_name(
+pub(super) async fn health_by_name(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -307,7 +307,7 @@ pub async fn health_by_name(
 }
 
 /// `/v1/agent/health/service/id/:id`: one local instance's status.
-pub async fn health_by_id(
+pub(super) async fn health_by_id(
     State(api): Shared,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
@@ -320,7 +320,10 @@ pub async fn health_by_id(
     }
 }
 
-pub async fn register_check(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub(super) async fn register_check(
+    State(api): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let def: CheckDef = json_body(body)?;
     if def.name.is_empty() {
         return Err(ApiError::bad_request("Missing check name"));
@@ -380,7 +383,7 @@ fn own_check(api: &Api, id: &str) -> Result<Check, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("Unknown check ID {id:?}")))
 }
 
-pub async fn deregister_check(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn deregister_check(State(api): Shared, Path(id): Path<String>) -> ApiResult {
     let check = own_check(&api, &id)?;
     if check.source != Source::Api {
         return Err(read_only(&format!("check {id:?}"), check.source));
@@ -392,7 +395,7 @@ pub async fn deregister_check(State(api): Shared, Path(id): Path<String>) -> Api
 }
 
 /// Sets a TTL check's status, as `/v1/agent/check/{pass,warn,fail,update}`.
-pub async fn set_ttl_status(
+pub(super) async fn set_ttl_status(
     api: &Api,
     id: &str,
     status: Health,
@@ -417,15 +420,27 @@ async fn ttl(api: Arc<Api>, id: String, q: Option<String>, status: Health) -> Ap
     Ok(ok(&api))
 }
 
-pub async fn pass(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn pass(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     ttl(api, id, q, Health::Passing).await
 }
 
-pub async fn warn(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn warn(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     ttl(api, id, q, Health::Warning).await
 }
 
-pub async fn fail(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn fail(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     ttl(api, id, q, Health::Critical).await
 }
 
@@ -437,7 +452,7 @@ struct Update {
     output: String,
 }
 
-pub async fn update_check(
+pub(super) async fn update_check(
     State(api): Shared,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -455,7 +470,7 @@ pub async fn update_check(
     Ok(ok(&api))
 }
 
-pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
@@ -485,7 +500,7 @@ fn content_hash(body: &[u8]) -> String {
 
 /// `/v1/agent/service/:id`, with `ContentHash`, and blocking on `?hash=`
 /// (until the hash differs) as well as on `?index=`.
-pub async fn service(
+pub(super) async fn service(
     State(api): Shared,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
@@ -529,7 +544,7 @@ fn hashed_reply(index: u64, hash: &str, body: &serde_json::Value) -> Response {
     r
 }
 
-pub async fn checks(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn checks(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
@@ -562,7 +577,7 @@ fn member(api: &Api) -> serde_json::Value {
     })
 }
 
-pub async fn this_agent(State(api): Shared) -> ApiResult {
+pub(super) async fn this_agent(State(api): Shared) -> ApiResult {
     let body = json!({
         "Config": {
             "Datacenter": api.datacenter,
@@ -581,6 +596,6 @@ pub async fn this_agent(State(api): Shared) -> ApiResult {
     Ok(reply(api.registry.index(), &body))
 }
 
-pub async fn members(State(api): Shared) -> ApiResult {
+pub(super) async fn members(State(api): Shared) -> ApiResult {
     Ok(reply(api.registry.index(), &[member(&api)]))
 }

@@ -24,7 +24,7 @@ fn read_only(what: String) -> ApiError {
     ))
 }
 
-pub async fn register(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub(super) async fn register(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let reg: CatalogRegistration = json_body(body)?;
     if let Some(dc) = &reg.datacenter {
         if !dc.eq_ignore_ascii_case(&api.datacenter) {
@@ -99,7 +99,10 @@ struct Deregistration {
     check_id: Option<String>,
 }
 
-pub async fn deregister(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub(super) async fn deregister(
+    State(api): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let d: Deregistration = json_body(body)?;
     if d.node.is_empty() {
         return Err(ApiError::bad_request("Missing node name"));
@@ -140,7 +143,7 @@ fn local<'a>(api: &'a Api) -> impl Fn(&crate::registry::InstanceView<'_>) -> boo
     move |v| v.node.is_some_and(|n| n.datacenter == api.datacenter)
 }
 
-pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     // Judged on each instance as a catalog "service node", as Consul does.
     let filter = params.filter(Some(&["NodeMeta"]))?;
@@ -172,18 +175,18 @@ pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
 
 /// The index of one service's entries (or of all services when it is gone
 /// or never existed).
-pub fn service_index(s: &Registry, name: &str) -> u64 {
+pub(super) fn service_index(s: &Registry, name: &str) -> u64 {
     s.service_index(&name.to_ascii_lowercase())
 }
 
 /// Whether an instance carries every tag asked for (case-insensitively).
-pub fn has_tags(tags: &[String], wanted: &[&str]) -> bool {
+pub(super) fn has_tags(tags: &[String], wanted: &[&str]) -> bool {
     wanted
         .iter()
         .all(|w| tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
 }
 
-pub async fn service(
+pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -210,7 +213,7 @@ pub async fn service(
 /// service, its native ones and the proxies in front of it (an empty list
 /// for a service with neither). Its index is the registry's: a proxy for
 /// the service may be registered under any name.
-pub async fn connect(
+pub(super) async fn connect(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -233,7 +236,7 @@ pub async fn connect(
     .await
 }
 
-pub async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let filter = params.filter(Some(&["Meta"]))?;
     api.blocking(&params, |s| {
@@ -251,11 +254,11 @@ pub async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
 /// The index of node reads: the nodes table's (a node of its own would
 /// cost a map entry per node; a watcher may wake for another node's change,
 /// which Consul's blocking contract allows).
-pub fn node_index(s: &Registry, _node: &str) -> u64 {
+pub(super) fn node_index(s: &Registry, _node: &str) -> u64 {
     s.tables().nodes
 }
 
-pub async fn node(
+pub(super) async fn node(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -279,7 +282,7 @@ pub async fn node(
     .await
 }
 
-pub async fn datacenters(State(api): Shared) -> ApiResult {
+pub(super) async fn datacenters(State(api): Shared) -> ApiResult {
     let mut dcs: BTreeSet<String> = api
         .registry
         .read(|s| s.nodes().map(|n| n.datacenter.clone()).collect());
@@ -291,16 +294,16 @@ fn server_address(api: &Api) -> String {
     std::net::SocketAddr::new(api.node_address, 8300).to_string()
 }
 
-pub async fn leader(State(api): Shared) -> ApiResult {
+pub(super) async fn leader(State(api): Shared) -> ApiResult {
     Ok(reply(api.registry.index(), &server_address(&api)))
 }
 
-pub async fn peers(State(api): Shared) -> ApiResult {
+pub(super) async fn peers(State(api): Shared) -> ApiResult {
     Ok(reply(api.registry.index(), &[server_address(&api)]))
 }
 
 /// `/v1/catalog/node-services/:node`: a node and its services as a list.
-pub async fn node_services(
+pub(super) async fn node_services(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -326,20 +329,20 @@ pub async fn node_services(
 
 /// signpost keeps no network coordinates (there is no gossip to measure
 /// them): it answers as a datacenter whose agents have none yet.
-pub async fn coordinate_datacenters(State(api): Shared) -> ApiResult {
+pub(super) async fn coordinate_datacenters(State(api): Shared) -> ApiResult {
     Ok(reply(
         api.registry.index(),
         &json!([{"Datacenter": api.datacenter, "AreaID": "wan", "Coordinates": []}]),
     ))
 }
 
-pub async fn coordinate_nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn coordinate_nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     api.blocking(&params, |s| encoded(s.tables().nodes, &json!([])))
         .await
 }
 
-pub async fn coordinate_node(Path(node): Path<String>) -> ApiResult {
+pub(super) async fn coordinate_node(Path(node): Path<String>) -> ApiResult {
     Err(ApiError::not_found(format!(
         "no coordinates for node {node:?}: signpost measures none"
     )))

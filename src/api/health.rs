@@ -19,7 +19,7 @@ fn check_out<'a>(s: &'a Registry, c: &'a Check) -> CheckOut<'a> {
     CheckOut::new(c, inst)
 }
 
-pub async fn service(
+pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -49,7 +49,7 @@ pub async fn service(
 
 /// `/v1/health/connect/:service`: `/v1/health/service` for the instances
 /// that carry Connect traffic for the service (see `catalog::connect`).
-pub async fn connect(
+pub(super) async fn connect(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -77,7 +77,7 @@ pub async fn connect(
     .await
 }
 
-pub async fn checks(
+pub(super) async fn checks(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -102,7 +102,7 @@ pub async fn checks(
     .await
 }
 
-pub async fn node(
+pub(super) async fn node(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -122,7 +122,7 @@ pub async fn node(
     .await
 }
 
-pub async fn state(
+pub(super) async fn state(
     State(api): Shared,
     Path(state): Path<String>,
     RawQuery(q): RawQuery,

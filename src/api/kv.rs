@@ -15,7 +15,7 @@ use super::{body_bytes, index_headers, reply, Api, ApiError, ApiResult, Params};
 type Shared = State<Arc<Api>>;
 
 /// Consul's cap on one value.
-pub const MAX_VALUE: usize = 512 * 1024;
+pub(super) const MAX_VALUE: usize = 512 * 1024;
 
 fn key_of(path: Option<Path<String>>) -> String {
     path.map(|Path(k)| k).unwrap_or_default()
@@ -28,7 +28,7 @@ enum Found {
     Missing,
 }
 
-pub async fn get(
+pub(super) async fn get(
     State(api): Shared,
     path: Option<Path<String>>,
     RawQuery(q): RawQuery,
@@ -104,7 +104,7 @@ pub async fn get(
     })
 }
 
-pub async fn put(
+pub(super) async fn put(
     State(api): Shared,
     path: Option<Path<String>>,
     RawQuery(q): RawQuery,
@@ -165,7 +165,7 @@ pub async fn put(
     Ok(reply(api.registry.index(), &done))
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     State(api): Shared,
     path: Option<Path<String>>,
     RawQuery(q): RawQuery,

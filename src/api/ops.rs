@@ -13,14 +13,14 @@ use crate::metrics::StatusLabel;
 type Shared = State<Arc<Api>>;
 
 /// Alive: the process answers HTTP.
-pub async fn live() -> &'static str {
+pub(super) async fn live() -> &'static str {
     "ok\n"
 }
 
 /// Ready to answer DNS truthfully and take writes: zones are loaded (they
 /// are, once the listener runs), in sidecar mode the first full sync is
 /// done, and the store (with --data-dir) accepts writes.
-pub async fn ready(State(api): Shared) -> Response {
+pub(super) async fn ready(State(api): Shared) -> Response {
     let store = api.registry.store_status();
     if store.is_degraded() {
         let reason = store.reason().unwrap_or_default().replace('\n', " ");
@@ -40,7 +40,7 @@ pub async fn ready(State(api): Shared) -> Response {
     }
 }
 
-pub async fn metrics(State(api): Shared) -> Response {
+pub(super) async fn metrics(State(api): Shared) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -55,7 +55,7 @@ pub async fn metrics(State(api): Shared) -> Response {
 /// `Samples`), or with `?format=prometheus` the text `/metrics` serves.
 /// Counters are signpost's totals since start (Consul's are per 10 s
 /// interval; tools read `Count` and `Sum` either way).
-pub async fn agent_metrics(
+pub(super) async fn agent_metrics(
     State(api): Shared,
     axum::extract::RawQuery(q): axum::extract::RawQuery,
 ) -> ApiResult {
@@ -225,7 +225,7 @@ fn current_metrics(api: &Api) -> String {
 
 /// Sidecar mode's sync: whether it is complete, how stale the view is,
 /// the last error.
-pub async fn docker_status(State(api): Shared) -> ApiResult {
+pub(super) async fn docker_status(State(api): Shared) -> ApiResult {
     match &api.docker {
         Some(d) => Ok(reply(api.registry.index(), &d.status())),
         None => Err(ApiError::not_found(
@@ -234,7 +234,7 @@ pub async fn docker_status(State(api): Shared) -> ApiResult {
     }
 }
 
-pub async fn sync_status(State(api): Shared) -> ApiResult {
+pub(super) async fn sync_status(State(api): Shared) -> ApiResult {
     match &api.consul {
         Some(c) => Ok(reply(api.registry.index(), &c.status())),
         None => Err(ApiError::not_found(

@@ -86,7 +86,7 @@ fn session_exists(s: &Registry, session: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub(super) async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let (name, session, definition) = parse_body(body)?;
     let id = super::session::uuid();
     let q = PreparedQuery {
@@ -108,7 +108,7 @@ pub async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> 
     Ok(reply(api.registry.index(), &json!({ "ID": id })))
 }
 
-pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     api.blocking(&params, |s| {
         let out: Vec<Value> = s.queries().map(shape).collect();
@@ -117,7 +117,11 @@ pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     .await
 }
 
-pub async fn get(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn get(
+    State(api): Shared,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let params = Params::parse(q.as_deref());
     api.blocking(&params, |s| {
         let q = s
@@ -128,7 +132,7 @@ pub async fn get(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQue
     .await
 }
 
-pub async fn update(
+pub(super) async fn update(
     State(api): Shared,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -153,7 +157,7 @@ pub async fn update(
     Ok(super::agent::ok(&api))
 }
 
-pub async fn delete(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn delete(State(api): Shared, Path(id): Path<String>) -> ApiResult {
     api.registry.write_api(|t| t.remove_query(&id)).await?;
     Ok(super::agent::ok(&api))
 }
@@ -171,7 +175,7 @@ fn lookup<'a>(s: &'a Registry, asked: &str) -> Option<(&'a PreparedQuery, QueryS
 }
 
 /// Runs a query by ID or name (templates included) against the registry.
-pub async fn execute(
+pub(super) async fn execute(
     State(api): Shared,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
@@ -244,7 +248,7 @@ pub async fn execute(
 }
 
 /// The query a name resolves to, templates filled in.
-pub async fn explain(State(api): Shared, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn explain(State(api): Shared, Path(id): Path<String>) -> ApiResult {
     let (index, body) = api.registry.read(|s| {
         let Some((q, spec)) = lookup(s, &id) else {
             return (s.tables().queries, None);

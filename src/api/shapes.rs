@@ -9,7 +9,7 @@ use crate::registry::{Check, CheckKind, Connect, Instance, KvEntry, Meta, Node, 
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct Weights {
+pub(super) struct Weights {
     pub passing: u16,
     pub warning: u16,
 }
@@ -25,7 +25,7 @@ impl From<crate::registry::Weights> for Weights {
 
 /// A stable node ID in Consul's UUID form, derived from the node name
 /// (signpost has no agents to mint one).
-pub fn node_id(name: &str) -> String {
+pub(super) fn node_id(name: &str) -> String {
     // FNV-1a, twice with different seeds: 128 stable bits.
     let hash = |seed: u64| {
         name.bytes()
@@ -46,7 +46,7 @@ pub fn node_id(name: &str) -> String {
 /// `Node` of `/v1/catalog/nodes` and `/v1/health/service`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct NodeOut<'a> {
+pub(super) struct NodeOut<'a> {
     #[serde(rename = "ID")]
     pub id: String,
     pub node: &'a str,
@@ -59,7 +59,7 @@ pub struct NodeOut<'a> {
 }
 
 impl<'a> NodeOut<'a> {
-    pub fn new(n: &'a Node) -> NodeOut<'a> {
+    pub(super) fn new(n: &'a Node) -> NodeOut<'a> {
         let mut tagged: BTreeMap<&str, &str> = n
             .tagged_addresses
             .iter()
@@ -84,7 +84,7 @@ impl<'a> NodeOut<'a> {
 /// in `/v1/health/service` and `/v1/catalog/node`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ServiceOut<'a> {
+pub(super) struct ServiceOut<'a> {
     #[serde(rename = "ID")]
     pub id: &'a str,
     pub service: &'a str,
@@ -109,14 +109,14 @@ pub struct ServiceOut<'a> {
 /// `Proxy` of a Connect proxy.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ProxyOut<'a> {
+pub(super) struct ProxyOut<'a> {
     pub destination_service_name: &'a str,
 }
 
 /// `Connect` of a native Connect service.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ConnectOut {
+pub(super) struct ConnectOut {
     pub native: bool,
 }
 
@@ -134,7 +134,7 @@ fn connect_parts(i: &Instance) -> (Option<ProxyOut<'_>>, Option<ConnectOut>) {
 }
 
 impl<'a> ServiceOut<'a> {
-    pub fn new(i: &'a Instance, datacenter: &'a str) -> ServiceOut<'a> {
+    pub(super) fn new(i: &'a Instance, datacenter: &'a str) -> ServiceOut<'a> {
         ServiceOut {
             id: &i.id,
             service: &i.name,
@@ -158,7 +158,7 @@ impl<'a> ServiceOut<'a> {
 /// A flat "service node" of `/v1/catalog/service/:name`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct ServiceNodeOut<'a> {
+pub(super) struct ServiceNodeOut<'a> {
     #[serde(rename = "ID")]
     pub id: String,
     pub node: &'a str,
@@ -186,7 +186,7 @@ pub struct ServiceNodeOut<'a> {
 }
 
 impl<'a> ServiceNodeOut<'a> {
-    pub fn new(n: &'a Node, i: &'a Instance) -> ServiceNodeOut<'a> {
+    pub(super) fn new(n: &'a Node, i: &'a Instance) -> ServiceNodeOut<'a> {
         let node = NodeOut::new(n);
         ServiceNodeOut {
             id: node.id,
@@ -216,7 +216,7 @@ impl<'a> ServiceNodeOut<'a> {
 /// A check (`/v1/agent/checks`, `/v1/health/*`).
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct CheckOut<'a> {
+pub(super) struct CheckOut<'a> {
     pub node: &'a str,
     #[serde(rename = "CheckID")]
     pub check_id: &'a str,
@@ -240,7 +240,7 @@ pub struct CheckOut<'a> {
 
 impl<'a> CheckOut<'a> {
     /// `instance` is the check's service, when it has one, for its tags.
-    pub fn new(c: &'a Check, instance: Option<&'a Instance>) -> CheckOut<'a> {
+    pub(super) fn new(c: &'a Check, instance: Option<&'a Instance>) -> CheckOut<'a> {
         let (interval, timeout) = match &c.kind {
             CheckKind::Http {
                 interval, timeout, ..
@@ -288,7 +288,7 @@ impl<'a> CheckOut<'a> {
 /// One entry of `/v1/health/service/:name`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct HealthEntry<'a> {
+pub(super) struct HealthEntry<'a> {
     pub node: NodeOut<'a>,
     pub service: ServiceOut<'a>,
     pub checks: Vec<CheckOut<'a>>,
@@ -296,7 +296,7 @@ pub struct HealthEntry<'a> {
 
 impl<'a> HealthEntry<'a> {
     /// An instance on `node` with its own and its node's checks.
-    pub fn new(
+    pub(super) fn new(
         s: &'a crate::registry::State,
         node: &'a crate::registry::Node,
         inst: &'a crate::registry::Instance,
@@ -315,7 +315,7 @@ impl<'a> HealthEntry<'a> {
 /// A KV entry, value in base64 as Consul sends it.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct KvOut<'a> {
+pub(super) struct KvOut<'a> {
     pub lock_index: u64,
     /// The holding session, only when the key is locked (as Consul).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,7 +328,7 @@ pub struct KvOut<'a> {
 }
 
 impl<'a> KvOut<'a> {
-    pub fn new(e: &'a KvEntry) -> KvOut<'a> {
+    pub(super) fn new(e: &'a KvEntry) -> KvOut<'a> {
         use base64::Engine;
         KvOut {
             lock_index: e.lock_index,

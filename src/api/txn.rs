@@ -21,7 +21,7 @@ use crate::registry::{KvEntry, Txn};
 type Shared = State<Arc<Api>>;
 
 /// Consul's `txn_max_ops` default.
-pub const MAX_OPS: usize = 64;
+pub(super) const MAX_OPS: usize = 64;
 
 #[derive(Deserialize)]
 struct Op {
@@ -150,7 +150,7 @@ fn run(api: &Api, txn: &mut Txn<'_>, op: &KvOp, value: Vec<u8>) -> Result<Out, S
     }
 }
 
-pub async fn txn(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+pub(super) async fn txn(State(api): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let ops: Vec<Op> = json_body(body)?;
     if ops.len() > MAX_OPS {
         return Err(ApiError {

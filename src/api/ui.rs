@@ -51,7 +51,7 @@ fn etag() -> &'static str {
     })
 }
 
-pub async fn root() -> Redirect {
+pub(super) async fn root() -> Redirect {
     Redirect::temporary("/ui/")
 }
 
@@ -72,7 +72,7 @@ fn gzipped(i: usize) -> &'static [u8] {
     })[i]
 }
 
-pub async fn file(headers: HeaderMap, path: Option<Path<String>>) -> Response {
+pub(super) async fn file(headers: HeaderMap, path: Option<Path<String>>) -> Response {
     let name = path.map(|Path(p)| p).unwrap_or_default();
     let Some(i) = FILES.iter().position(|(n, _, _)| *n == name) else {
         return (StatusCode::NOT_FOUND, "no such file\n").into_response();
@@ -132,7 +132,7 @@ fn in_maintenance(s: &crate::registry::State, key: &crate::registry::InstanceKey
 
 /// `/v1/signpost/ui/services`: every service with its tags, sources and
 /// instance counts by health (maintenance apart), blocking on any change.
-pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     api.blocking(&params, |s| {
         let mut out = Vec::new();
@@ -170,7 +170,7 @@ pub async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
 
 /// `/v1/signpost/ui/service/:name`: each instance with its checks, source,
 /// and whether DNS answers it now and why not.
-pub async fn service(
+pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
@@ -228,7 +228,7 @@ pub async fn service(
 /// `/v1/signpost/dns?name=&type=`: the records signpost answers now, as
 /// `dig` would print them, through the real handler (over its TCP path, so
 /// nothing is truncated).
-pub async fn dns(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
+pub(super) async fn dns(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     let params = Params::parse(q.as_deref());
     let name = params.get("name").unwrap_or("").trim();
     if name.is_empty() {

@@ -59,7 +59,9 @@ pub struct Batch {
     out_msgs: Vec<libc::mmsghdr>,
 }
 
-// The raw pointers inside only ever point into this struct's own vectors.
+// SAFETY: the raw pointers inside (libc's msghdr and iovec) only ever
+// point into this struct's own heap buffers, which move with it and are
+// never shared: sending the whole batch to another thread is sound.
 unsafe impl Send for Batch {}
 
 /// One received datagram.
@@ -102,12 +104,16 @@ impl Batch {
             // structs for which all zeroes is a valid value.
             addrs: vec![unsafe { zeroed() }; BATCH],
             cmsgs: vec![[0u8; CMSG_SPACE]; BATCH],
+            // SAFETY: as above, plain C structs.
             iovecs: vec![unsafe { zeroed() }; BATCH],
+            // SAFETY: as above, plain C structs.
             msgs: vec![unsafe { zeroed() }; BATCH],
             received: BATCH,
             replies: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             reply_to: Vec::with_capacity(BATCH),
+            // SAFETY: as above, plain C structs.
             out_iovecs: vec![unsafe { zeroed() }; BATCH],
+            // SAFETY: as above, plain C structs.
             out_msgs: vec![unsafe { zeroed() }; BATCH],
         };
         // The headers point into the vectors' heap buffers, which never

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-pub fn signpost() -> Command {
+pub(crate) fn signpost() -> Command {
     Command::new(env!("CARGO_BIN_EXE_signpost"))
 }
 
@@ -96,7 +96,7 @@ fn check_reports_file_line_and_reason() {
 }
 
 /// The binary running on port 0, with the addresses read from its log.
-pub struct Running {
+pub(crate) struct Running {
     pub child: std::process::Child,
     pub dns: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
@@ -111,7 +111,7 @@ impl Drop for Running {
     }
 }
 
-pub fn run_binary(args: &[&str]) -> Running {
+pub(crate) fn run_binary(args: &[&str]) -> Running {
     let mut child = signpost()
         .args([
             "--dns",

@@ -380,7 +380,7 @@ fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/clients")
 }
 
-pub fn run_script(program: &std::path::Path, args: &[String], limit: Duration) {
+pub(crate) fn run_script(program: &std::path::Path, args: &[String], limit: Duration) {
     let mut child = Command::new(program)
         .args(args)
         .stdout(std::process::Stdio::piped())

@@ -180,6 +180,7 @@ fn signals_at_startup_are_safe() {
             std::thread::sleep(Duration::from_micros(200));
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
         std::thread::sleep(Duration::from_millis(300));
         assert!(
@@ -187,6 +188,7 @@ fn signals_at_startup_are_safe() {
             "SIGHUP {delay_ms} ms into startup killed signpost (zones: {})",
             zones.is_some()
         );
+        // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "SIGTERM exits cleanly");
@@ -593,6 +595,7 @@ fn raise_own_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: both calls take a valid pointer to a local rlimit.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         lim.rlim_cur = lim.rlim_max;

@@ -1,5 +1,7 @@
 //! signpost's integration tests: one binary, real sockets, servers on port 0.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod api;

@@ -150,6 +150,7 @@ async fn patroni_fails_over_on_signpost() {
             "Patroni's failover",
         );
     };
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return missing_tool(
             "root",

@@ -437,6 +437,7 @@ async fn a_damaged_store_never_starts_silently_empty_and_never_panics() {
         assert_eq!(http("PUT", &url, Some(&body)).await.status, 200);
     }
     let mut child = srv;
+    // SAFETY: signalling our own child.
     unsafe { libc::kill(child.child.id() as i32, libc::SIGTERM) };
     child.child.wait().unwrap();
     let pristine = std::fs::read(good.path().join("signpost.redb")).unwrap();
@@ -492,6 +493,7 @@ async fn small_store(kill: bool) -> Vec<u8> {
     }
     let mut srv = srv;
     let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    // SAFETY: signalling our own child.
     unsafe { libc::kill(srv.child.id() as i32, signal) };
     srv.child.wait().unwrap();
     std::fs::read(dir.path().join("signpost.redb")).unwrap()

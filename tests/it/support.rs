@@ -18,20 +18,20 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 use signpost::{Config, Signpost};
 
-pub use hickory_proto::op::ResponseCode;
+pub(crate) use hickory_proto::op::ResponseCode;
 
 /// The repository's own zones/ directory.
-pub fn shipped_zones() -> PathBuf {
+pub(crate) fn shipped_zones() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("zones")
 }
 
 /// A directory of definition files written for one test.
-pub struct ZoneDir {
+pub(crate) struct ZoneDir {
     pub dir: tempfile::TempDir,
 }
 
 impl ZoneDir {
-    pub fn new(files: &[(&str, &str)]) -> ZoneDir {
+    pub(crate) fn new(files: &[(&str, &str)]) -> ZoneDir {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write zone file");
@@ -39,24 +39,27 @@ impl ZoneDir {
         ZoneDir { dir }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
 
 /// A signpost running in this process on loopback port 0.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub signpost: Option<Signpost>,
     pub dns: SocketAddr,
     pub http: SocketAddr,
 }
 
 impl TestServer {
-    pub async fn start(zones: Option<&Path>) -> TestServer {
+    pub(crate) async fn start(zones: Option<&Path>) -> TestServer {
         Self::start_with(zones, |_| {}).await
     }
 
-    pub async fn start_with(zones: Option<&Path>, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    pub(crate) async fn start_with(
+        zones: Option<&Path>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::ephemeral();
         config.zones = zones.map(Path::to_path_buf);
         config.node = "testnode".into();
@@ -72,15 +75,15 @@ impl TestServer {
     }
 
     /// `http://<addr><path>`
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
 
-    pub fn signpost(&self) -> &Signpost {
+    pub(crate) fn signpost(&self) -> &Signpost {
         self.signpost.as_ref().expect("running")
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.signpost.take() {
             s.shutdown().await;
         }
@@ -88,15 +91,15 @@ impl TestServer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     Udp,
     Tcp,
 }
 
-pub const BOTH: [Via; 2] = [Via::Udp, Via::Tcp];
+pub(crate) const BOTH: [Via; 2] = [Via::Udp, Via::Tcp];
 
 /// A hickory DNS client connected to `server` over `via`.
-pub async fn client(server: SocketAddr, via: Via) -> Client<TokioRuntimeProvider> {
+pub(crate) async fn client(server: SocketAddr, via: Via) -> Client<TokioRuntimeProvider> {
     let provider = TokioRuntimeProvider::default();
     match via {
         Via::Udp => {
@@ -118,7 +121,7 @@ pub async fn client(server: SocketAddr, via: Via) -> Client<TokioRuntimeProvider
 }
 
 /// One query, answered as a parsed message.
-pub async fn query(server: SocketAddr, via: Via, name: &str, rtype: RecordType) -> Message {
+pub(crate) async fn query(server: SocketAddr, via: Via, name: &str, rtype: RecordType) -> Message {
     let mut c = client(server, via).await;
     let resp = c
         .query(Name::from_str(name).expect("name"), DNSClass::IN, rtype)
@@ -129,7 +132,7 @@ pub async fn query(server: SocketAddr, via: Via, name: &str, rtype: RecordType) 
 
 /// Sends raw bytes over UDP and returns the raw reply, if any arrives
 /// within `wait`.
-pub fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(wait)).expect("timeout");
     sock.send_to(bytes, server).expect("send");
@@ -142,7 +145,7 @@ pub fn udp_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u
 
 /// Sends raw bytes over UDP without blocking the runtime (which may be
 /// serving the other side) and returns the reply, if one comes in `wait`.
-pub async fn udp_async(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) async fn udp_async(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -155,7 +158,7 @@ pub async fn udp_async(server: SocketAddr, bytes: &[u8], wait: Duration) -> Opti
 }
 
 /// Sends one framed query over a fresh TCP connection and reads one reply.
-pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+pub(crate) async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(server)
@@ -176,7 +179,7 @@ pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A query message, with EDNS at `edns` bytes when given.
-pub fn query_bytes(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+pub(crate) fn query_bytes(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
     let mut m = Message::query();
     m.metadata.id = fastrand::u16(..);
     m.metadata.recursion_desired = true;
@@ -190,7 +193,7 @@ pub fn query_bytes(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> 
 }
 
 /// Records as sorted zone-file lines, for comparing without order.
-pub fn lines(records: &[Record]) -> Vec<String> {
+pub(crate) fn lines(records: &[Record]) -> Vec<String> {
     let mut v: Vec<String> = records.iter().map(|r| r.to_string()).collect();
     v.sort();
     v
@@ -198,7 +201,7 @@ pub fn lines(records: &[Record]) -> Vec<String> {
 
 /// Parses zone-file text (absolute names, explicit TTL and class) into
 /// sorted lines in the same form as [`lines`].
-pub fn zone(text: &str) -> Vec<String> {
+pub(crate) fn zone(text: &str) -> Vec<String> {
     // Leading blanks mean "same owner" in zone files; the expected texts
     // are indented for reading, so every line is taken as it stands.
     let text: String = text.lines().map(|l| format!("{}\n", l.trim())).collect();
@@ -214,30 +217,30 @@ pub fn zone(text: &str) -> Vec<String> {
 
 /// Asserts that a section holds exactly the records of `expected`.
 #[track_caller]
-pub fn assert_records(section: &[Record], expected: &str) {
+pub(crate) fn assert_records(section: &[Record], expected: &str) {
     assert_eq!(lines(section), zone(expected), "records differ");
 }
 
 /// An HTTP exchange's outcome: status, `X-Consul-Index`, body text.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub index: Option<u64>,
     pub body: String,
 }
 
 impl Reply {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
 /// Sends `method url` with an optional body and returns what came back.
-pub async fn http(method: &str, url: &str, body: Option<&str>) -> Reply {
+pub(crate) async fn http(method: &str, url: &str, body: Option<&str>) -> Reply {
     http_with(method, url, body, &[]).await
 }
 
-pub async fn http_with(
+pub(crate) async fn http_with(
     method: &str,
     url: &str,
     body: Option<&str>,
@@ -270,7 +273,7 @@ pub async fn http_with(
 }
 
 /// The A records (as text) that `name` resolves to over UDP.
-pub async fn a_records(server: SocketAddr, name: &str) -> Vec<String> {
+pub(crate) async fn a_records(server: SocketAddr, name: &str) -> Vec<String> {
     let m = query(server, Via::Udp, name, RecordType::A).await;
     let mut v: Vec<String> = m
         .answers
@@ -285,7 +288,7 @@ pub async fn a_records(server: SocketAddr, name: &str) -> Vec<String> {
 }
 
 /// The ports of the SRV answers of `name` over `via`, sorted.
-pub async fn srv_ports(server: SocketAddr, via: Via, name: &str) -> Vec<u16> {
+pub(crate) async fn srv_ports(server: SocketAddr, via: Via, name: &str) -> Vec<u16> {
     let mut v: Vec<u16> = query(server, via, name, RecordType::SRV)
         .await
         .answers
@@ -301,7 +304,7 @@ pub async fn srv_ports(server: SocketAddr, via: Via, name: &str) -> Vec<u16> {
 
 /// Polls `probe` every 50 ms until it returns true; fails the test, saying
 /// `what`, once `limit` has passed.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
+pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -314,7 +317,7 @@ where
 }
 
 /// A port free on loopback for both UDP and TCP now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
@@ -326,7 +329,7 @@ pub fn free_port() -> u16 {
 
 /// Fails the test unless signpost at `server` answers its own SOA over UDP
 /// (DNS still works while something else is under attack).
-pub async fn assert_dns_answers(server: SocketAddr) {
+pub(crate) async fn assert_dns_answers(server: SocketAddr) {
     let m = query(server, Via::Udp, "consul.", RecordType::SOA).await;
     assert_eq!(
         m.metadata.response_code,
@@ -338,7 +341,7 @@ pub async fn assert_dns_answers(server: SocketAddr) {
 /// A test whose outside tool is missing: under CI (`CI` set; `scripts/test`
 /// installs every tool there) that is a failure naming what to install;
 /// elsewhere the test skips and says so.
-pub fn missing_tool(tool: &str, install: &str, detail: &str) {
+pub(crate) fn missing_tool(tool: &str, install: &str, detail: &str) {
     let message = format!("{tool} is missing ({detail}): apt-get install {install}");
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
         panic!("{message}");

@@ -60,7 +60,7 @@ async fn every_shipped_zone_file_loads_and_answers() {
 
 /// A catalog of services × instances, each instance on its own node (the
 /// load benchmark's shape).
-pub fn bench_catalog(services: usize, instances: usize) -> String {
+pub(crate) fn bench_catalog(services: usize, instances: usize) -> String {
     let mut regs = Vec::with_capacity(services * instances);
     for i in 0..services {
         for k in 0..instances {
