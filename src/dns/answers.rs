@@ -564,10 +564,6 @@ impl Answers {
         )
     }
 
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     fn fit(&self, v: &InstanceView<'_>) -> bool {
         match v.health {
             Health::Passing => true,

@@ -56,20 +56,6 @@ impl DomainName {
         &self.labels
     }
 
-    /// `<prefix>.<domain>.` in wire form.
-    pub fn wire_with_prefix(&self, prefix: &[&str]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
-        for l in prefix
-            .iter()
-            .copied()
-            .chain(self.labels.iter().map(String::as_str))
-        {
-            out.push(l.len() as u8);
-            out.extend_from_slice(l.as_bytes());
-        }
-        out.push(0);
-        out
-    }
 }
 
 impl fmt::Display for DomainName {

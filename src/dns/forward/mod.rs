@@ -615,6 +615,12 @@ impl Collector for ForwardCollector {
             "Forwarded queries waiting for an upstream now",
             in_flight,
         )?;
+        gauge(
+            &mut encoder,
+            "forward_cache_entries",
+            "Forwarded answers cached now (at most recursor_cache_size; the least recently used go first)",
+            f.cache_len() as i64,
+        )?;
         for (name, help, v) in [
             (
                 "forward_shed",
