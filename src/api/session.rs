@@ -183,7 +183,11 @@ fn duration(v: &Value, what: &str) -> Result<Duration, ApiError> {
     }
 }
 
-pub fn go_duration(d: Duration) -> String {
+/// A session TTL as Consul shows it: Consul echoes the TTL as the client
+/// sent it, which clients send in whole seconds (`"60s"`, where Go's
+/// `Duration.String()`, [`format_duration`](crate::registry::definition::format_duration),
+/// would say `1m0s`), or in milliseconds below a second.
+pub(crate) fn ttl_text(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {
@@ -199,7 +203,7 @@ pub fn shape(s: &Session) -> Value {
         "Node": s.node,
         "LockDelay": s.lock_delay.as_nanos() as u64,
         "Behavior": match s.behavior { Behavior::Release => "release", Behavior::Delete => "delete" },
-        "TTL": s.ttl.map(go_duration).unwrap_or_default(),
+        "TTL": s.ttl.map(ttl_text).unwrap_or_default(),
         "NodeChecks": s.node_checks,
         "ServiceChecks": (!s.service_checks.is_empty()).then(|| {
             s.service_checks.iter().map(|id| json!({"ID": id, "Namespace": ""})).collect::<Vec<_>>()
@@ -241,8 +245,8 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
     if !ttl.is_zero() && !(api.session_ttl_min..=TTL_MAX).contains(&ttl) {
         return Err(ApiError::internal(format!(
             "Invalid Session TTL '{}', must be between [{}={}]",
-            go_duration(ttl),
-            go_duration(api.session_ttl_min),
+            ttl_text(ttl),
+            ttl_text(api.session_ttl_min),
             "24h0m0s"
         )));
     }
