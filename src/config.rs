@@ -17,6 +17,7 @@ pub use crate::dns::settings::{
     Balance, DnsConfig, Recursors, Soa, TtlMap, DEFAULT_ALLOW_RECURSION, DEFAULT_UDP_PAYLOAD,
     DEFAULT_UDP_PAYLOAD_TRUSTED,
 };
+use crate::located::Located;
 pub use crate::sync::consul::ConsulConfig;
 pub use crate::sync::docker::{DockerConfig, DEFAULT_DOCKER};
 
@@ -344,15 +345,9 @@ struct SoaFileConfig {
 /// A configuration problem: which file (or flag), which line, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}:{line}:{column}: {reason}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        reason: String,
-    },
+    /// The config file (or a file it names) cannot be read or parsed.
+    #[error(transparent)]
+    File(#[from] crate::located::Located),
     #[error("{origin}: {reason}")]
     Invalid { origin: String, reason: String },
 }
@@ -559,10 +554,7 @@ impl Config {
             (Some(t), _) => Some(t),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::Read {
-                        path: path.clone(),
-                        reason: format!("cannot read http token file: {e}"),
-                    })?
+                    .map_err(|e| Located::file(&path, format!("cannot read http token file: {e}")))?
                     .trim()
                     .to_string(),
             ),
@@ -836,18 +828,11 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.to_path_buf(),
-        reason: format!("cannot read config file: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Located::file(path, format!("cannot read config file: {e}")))?;
     toml::from_str(&text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
-        ConfigError::Parse {
-            path: path.to_path_buf(),
-            line,
-            column,
-            reason: e.message().to_string(),
-        }
+        Located::at(path, line, column, e.message()).into()
     })
 }
 

@@ -15,6 +15,7 @@
 //!   and the sidecar sync's), and why a request failed.
 //! * [`fds`]      — the open-file limit (raised at start, sizes TCP's).
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
+//! * [`located`]  — an error at `path:line:column`, for every file signpost reads.
 //! * [`locks`]    — std locks taken back after a panic poisoned them.
 //! * [`metrics`]  — Prometheus metrics for `/metrics`.
 //! * [`net`]      — connection admission shared by the HTTP and DNS TCP
@@ -38,6 +39,7 @@ pub mod consul_client;
 pub mod dns;
 pub mod fds;
 pub mod health;
+pub mod located;
 pub mod locks;
 pub mod metrics;
 pub mod net;

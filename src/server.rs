@@ -11,7 +11,6 @@ use crate::dns::answers::Answers;
 use crate::dns::forward::Forwarder;
 use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
-use crate::dns::zones::ZoneError;
 use crate::health::HealthChecks;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Store, StoreError};
@@ -27,10 +26,9 @@ use crate::metrics::{counter, gauge};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A file of `zones/` (service definitions or a static zone).
     #[error(transparent)]
-    Zones(#[from] FileError),
-    #[error(transparent)]
-    StaticZone(#[from] ZoneError),
+    Zones(#[from] crate::located::Located),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -55,7 +55,6 @@ impl DomainName {
     pub fn labels(&self) -> &[String] {
         &self.labels
     }
-
 }
 
 impl fmt::Display for DomainName {

@@ -21,17 +21,8 @@ use hickory_server::zone_handler::{AxfrPolicy, ZoneType};
 
 use super::answers::{owned_by_question, rr_tail};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ZoneError {
-    #[error("{path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    #[error("{path}:{line}: {reason}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-}
+/// A zone file that cannot be loaded: its path and line.
+pub type ZoneError = crate::located::Located;
 
 /// The records of one owner name.
 #[derive(Debug, Default)]
@@ -117,19 +108,19 @@ fn parse(text: &str, path: &Path, default_origin: &Name) -> Result<Parsed, Strin
 
 /// Reads and builds one zone file.
 pub fn load_zone(path: &Path) -> Result<StaticZone, ZoneError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ZoneError::Io {
-        path: path.to_path_buf(),
-        reason: format!("cannot read: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ZoneError::file(path, format!("cannot read: {e}")))?;
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    let default_origin = Name::from_ascii(format!("{stem}.")).map_err(|e| ZoneError::Parse {
-        path: path.to_path_buf(),
-        line: 1,
-        reason: format!("file name {stem:?} is not a zone name and no $ORIGIN is given: {e}"),
+    let default_origin = Name::from_ascii(format!("{stem}.")).map_err(|e| {
+        ZoneError::line(
+            path,
+            1,
+            format!("file name {stem:?} is not a zone name and no $ORIGIN is given: {e}"),
+        )
     })?;
     let (origin, records) = match parse(&text, path, &default_origin) {
         Ok(p) => p,
@@ -156,11 +147,7 @@ fn locate(text: &str, path: &Path, origin: &Name, whole_reason: String) -> ZoneE
         // Only the whole file fails (an unclosed parenthesis, say).
         None => (lines.len().max(1), whole_reason),
     };
-    ZoneError::Parse {
-        path: path.to_path_buf(),
-        line,
-        reason,
-    }
+    ZoneError::line(path, line, reason)
 }
 
 fn build(origin: Name, records: BTreeMap<RrKey, RecordSet>, path: &Path) -> StaticZone {
@@ -214,10 +201,7 @@ fn build(origin: Name, records: BTreeMap<RrKey, RecordSet>, path: &Path) -> Stat
 /// Every `*.zone` file of `dir`, in name order.
 pub fn load_dir(dir: &Path) -> Result<Vec<StaticZone>, ZoneError> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ZoneError::Io {
-            path: dir.to_path_buf(),
-            reason: format!("cannot read zones directory: {e}"),
-        })?
+        .map_err(|e| ZoneError::file(dir, format!("cannot read zones directory: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "zone") && p.is_file())
         .collect();
@@ -226,15 +210,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<StaticZone>, ZoneError> {
     for p in paths {
         let zone = load_zone(&p)?;
         if let Some(other) = zones.iter().find(|z| z.origin == zone.origin) {
-            return Err(ZoneError::Parse {
-                path: p,
-                line: 1,
-                reason: format!(
+            return Err(ZoneError::line(
+                &p,
+                1,
+                format!(
                     "zone {} is also loaded from {}",
                     zone.origin,
                     other.path.display()
                 ),
-            });
+            ));
         }
         zones.push(zone);
     }

@@ -23,20 +23,8 @@ use serde::Deserialize;
 use crate::registry::definition::{CatalogParts, CatalogRegistration, CheckDef, ServiceDef};
 use crate::registry::{Node, Registry, Source};
 
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error("{path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    #[error("{path}:{line}:{column}: {reason}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        reason: String,
-    },
-    #[error("{path}: {reason}")]
-    Conflict { path: PathBuf, reason: String },
-}
+/// A definition file that cannot be loaded: its path, line and column.
+pub type FileError = crate::located::Located;
 
 /// The agent-definition file shape.
 #[derive(Debug, Default, Deserialize)]
@@ -127,20 +115,13 @@ fn parse_error(path: &Path, e: &serde_json::Error) -> FileError {
         Some(i) => text[..i].to_string(),
         None => text,
     };
-    FileError::Parse {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        reason,
-    }
+    FileError::at(path, e.line(), e.column(), reason)
 }
 
 /// Parses one definition file into `defs`.
 pub fn load_file(path: &Path, defs: &mut Definitions) -> Result<(), FileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FileError::Io {
-        path: path.to_path_buf(),
-        reason: format!("cannot read: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::file(path, format!("cannot read: {e}")))?;
     // Syntax and shape first, for a precise location; then the text is
     // read again into typed, validated definitions of that shape.
     let shape: Shape = serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
@@ -157,12 +138,12 @@ pub fn load_file(path: &Path, defs: &mut Definitions) -> Result<(), FileError> {
         let f: AgentFile = serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
         if f.service.is_none() && f.services.is_empty() && f.check.is_none() && f.checks.is_empty()
         {
-            return Err(FileError::Parse {
-                path: p.to_path_buf(),
-                line: 1,
-                column: 1,
-                reason: "no \"service\", \"services\", \"checks\" or catalog \"Node\" found".into(),
-            });
+            return Err(FileError::at(
+                path,
+                1,
+                1,
+                "no \"service\", \"services\", \"checks\" or catalog \"Node\" found",
+            ));
         }
         defs.services.extend(
             f.service
@@ -179,10 +160,7 @@ pub fn load_file(path: &Path, defs: &mut Definitions) -> Result<(), FileError> {
 
 /// Reads every `*.json` file of `dir`, in name order.
 pub fn load_dir(dir: &Path) -> Result<Definitions, FileError> {
-    let io = |e: std::io::Error| FileError::Io {
-        path: dir.to_path_buf(),
-        reason: format!("cannot read zones directory: {e}"),
-    };
+    let io = |e: std::io::Error| FileError::file(dir, format!("cannot read zones directory: {e}"));
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -210,43 +188,43 @@ impl Definitions {
         let mut ids: BTreeMap<(Option<&str>, &str), &Path> = BTreeMap::new();
         for (path, s) in &self.services {
             if let Some(other) = ids.insert((None, &s.id), &**path) {
-                return Err(FileError::Conflict {
-                    path: path.to_path_buf(),
-                    reason: format!(
+                return Err(FileError::file(
+                    path,
+                    format!(
                         "service ID {:?} is defined twice (also in {})",
                         s.id,
                         other.display()
                     ),
-                });
+                ));
             }
         }
         let mut nodes: BTreeMap<&str, (&str, &Path)> = BTreeMap::new();
         for (path, c) in &self.catalog {
             if let Some((addr, other)) = nodes.insert(&c.node, (&c.address, &**path)) {
                 if addr != c.address {
-                    return Err(FileError::Conflict {
-                        path: path.to_path_buf(),
-                        reason: format!(
+                    return Err(FileError::file(
+                        path,
+                        format!(
                             "node {:?} has address {:?} here and {:?} in {}",
                             c.node,
                             c.address,
                             addr,
                             other.display()
                         ),
-                    });
+                    ));
                 }
             }
             if let Some(s) = &c.service {
                 if let Some(other) = ids.insert((Some(&c.node), &s.id), &**path) {
-                    return Err(FileError::Conflict {
-                        path: path.to_path_buf(),
-                        reason: format!(
+                    return Err(FileError::file(
+                        path,
+                        format!(
                             "service ID {:?} on node {:?} is defined twice (also in {})",
                             s.id,
                             c.node,
                             other.display()
                         ),
-                    });
+                    ));
                 }
             }
         }
