@@ -84,7 +84,7 @@ impl Signpost {
                 let (mut store, mut saved) = Store::open_and_load(dir, config.damaged_store)?;
                 store.adopt_node(&config.node, &mut saved)?;
                 let index = saved.index;
-                let registry = Registry::with_store(answers.clone(), Some(store));
+                let registry = Registry::with_store(answers.clone(), Some(Box::new(store)));
                 let restored = registry.restore(saved);
                 tracing::info!(
                     entries = restored,

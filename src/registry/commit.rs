@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{oneshot, watch};
 
-use super::store::{Rows, Store, StoreError};
+use super::store::{Durable, Rows, StoreError};
 use super::{ChangeListener, Changes, State, Touched, Txn};
 
 /// How long the committer waits before probing a failed store again when
@@ -128,7 +128,10 @@ impl Registry {
 
     /// A registry whose API writes are made durable in `store` before they
     /// are visible. Starts the committer thread that owns the store.
-    pub fn with_store(listener: Arc<dyn ChangeListener>, store: Option<Store>) -> Arc<Registry> {
+    pub fn with_store(
+        listener: Arc<dyn ChangeListener>,
+        store: Option<Box<dyn Durable>>,
+    ) -> Arc<Registry> {
         let Some(store) = store else {
             return Self::new(listener);
         };
@@ -336,7 +339,7 @@ impl Registry {
 
 /// The committer thread: takes what is queued, writes it, publishes it.
 /// Holds only a weak reference, so that a dropped registry ends it.
-fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
+fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Box<dyn Durable>) {
     let mut failing_since: Option<(Instant, u64)> = None;
     loop {
         let Some(reg) = registry.upgrade() else {
@@ -368,7 +371,7 @@ fn commit_loop(registry: std::sync::Weak<Registry>, mut store: Store) {
                 }
                 drop(w);
                 if failing_since.is_some() {
-                    probe(&reg, &mut store, &mut failing_since);
+                    probe(&reg, store.as_mut(), &mut failing_since);
                 }
                 continue;
             }
@@ -486,7 +489,7 @@ fn recovered(reg: &Registry, since: &mut Option<(Instant, u64)>) {
 
 /// While degraded and idle: see whether the store takes a write again, so
 /// that `/ready` recovers without waiting for a client to try.
-fn probe(reg: &Registry, store: &mut Store, since: &mut Option<(Instant, u64)>) {
+fn probe(reg: &Registry, store: &mut dyn Durable, since: &mut Option<(Instant, u64)>) {
     match store.probe() {
         Ok(()) => recovered(reg, since),
         Err(e) => {

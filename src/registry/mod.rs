@@ -6,6 +6,11 @@
 //! [`ChangeListener`] (the DNS answer sets) rebuilds just what changed, and
 //! watchers of the index wake. All of that happens before `write` returns,
 //! so a write is visible in DNS by the time its caller acknowledges it.
+//!
+//! API writes are made durable first, through one seam: [`store::Durable`],
+//! which the committer thread (`commit`) hands each batch. The embedded redb
+//! store (`store`) implements it; a replicated store is a second
+//! implementation of the same thing.
 
 mod commit;
 pub mod definition;

@@ -66,6 +66,37 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The seam where a store plugs into the registry's write path: the
+/// committer thread hands it each batch of writes' rows, and a write is
+/// acknowledged (and made visible) only once the batch is durable. The
+/// embedded store ([`Store`], redb in `--data-dir`) is one implementation;
+/// a replicated one (a cluster's) is another.
+pub trait Durable: Send {
+    /// Makes a batch durable in one transaction: all of it when this
+    /// returns `Ok`, none of it otherwise.
+    fn write(&mut self, batch: &[&Rows]) -> Result<(), StoreError>;
+    /// After a failed write: whatever the failure left behind is dropped,
+    /// so the next write starts afresh.
+    fn reset(&mut self);
+    /// A write that changes nothing, to learn whether writes are taken
+    /// again (a full disk freed, a store that came back).
+    fn probe(&mut self) -> Result<(), StoreError>;
+}
+
+impl Durable for Store {
+    fn write(&mut self, batch: &[&Rows]) -> Result<(), StoreError> {
+        Store::write(self, batch)
+    }
+
+    fn reset(&mut self) {
+        Store::reset(self)
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        Store::probe(self)
+    }
+}
+
 /// What the store held at start.
 #[derive(Debug, Default)]
 pub struct Saved {
