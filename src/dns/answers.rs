@@ -24,7 +24,7 @@ use super::name::DomainName;
 use super::settings::DnsConfig;
 use super::wire::{CLASS_IN, QNAME_OFFSET};
 use crate::locks::{MutexExt, RwLockExt};
-use crate::registry::small::SmallSet;
+use crate::registry::compact::SmallSet;
 use crate::registry::{ChangeListener, Changes, Health, InstanceView, Meta, State};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;

@@ -246,3 +246,31 @@ pub fn find<'a>(
     }
     best
 }
+
+/// Prepared-query writes.
+impl super::Txn<'_> {
+    /// Adds or replaces a prepared query, stamped with this index.
+    pub fn upsert_query(&mut self, mut q: PreparedQuery) {
+        q.create_index = self
+            .state
+            .queries
+            .get(&q.id)
+            .map(|o| o.create_index)
+            .unwrap_or(self.next_index);
+        q.modify_index = self.next_index;
+        self.touched.queries.insert(q.id.clone());
+        self.state
+            .queries
+            .insert(q.id.clone(), std::sync::Arc::new(q));
+        self.changes.queries = true;
+    }
+
+    pub fn remove_query(&mut self, id: &str) -> bool {
+        let existed = self.state.queries.remove(id).is_some();
+        if existed {
+            self.touched.queries.insert(id.to_string());
+            self.changes.queries = true;
+        }
+        existed
+    }
+}

@@ -1,0 +1,243 @@
+//! Reading the registry: services, instances with their node and health,
+//! checks, KV, sessions and queries, as of one published state; and the
+//! index upkeep writes use.
+
+use super::*;
+
+impl State {
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn tables(&self) -> &TableIndexes {
+        &self.tables
+    }
+
+    /// The index of one service's entries (lower-cased name): its own while
+    /// it exists, the services table's once it is gone or if it never was.
+    pub fn service_index(&self, lower: &str) -> u64 {
+        self.services
+            .get(lower)
+            .map(|e| e.index)
+            .unwrap_or(self.tables.services)
+    }
+
+    pub fn check_defs(&self) -> u64 {
+        self.check_defs
+    }
+
+    pub fn session(&self, id: &str) -> Option<&Session> {
+        self.sessions.get(id).map(|s| &**s)
+    }
+
+    pub fn query(&self, id: &str) -> Option<&query::PreparedQuery> {
+        self.queries.get(id).map(|q| &**q)
+    }
+
+    pub fn queries(&self) -> impl Iterator<Item = &query::PreparedQuery> {
+        self.queries.values().map(|q| &**q)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values().map(|s| &**s)
+    }
+
+    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key).map(|e| &**e)
+    }
+
+    /// KV entries whose key starts with `prefix`, in key order.
+    pub fn kv_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KvEntry> + 'a {
+        self.kv
+            .range(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| &**v)
+    }
+
+    /// Stores an instance and indexes it by service; returns its
+    /// lower-cased service name.
+    pub(super) fn insert_instance(&mut self, inst: Instance) -> String {
+        let key = inst.key();
+        let lower = inst.name.to_ascii_lowercase();
+        let shared: Arc<str> = lower.as_str().into();
+        if self
+            .by_service
+            .insert((shared.clone(), key.clone()))
+            .is_none()
+        {
+            self.services.entry(shared).or_default().instances += 1;
+        }
+        self.instances.insert(key, Arc::new(inst));
+        lower
+    }
+
+    pub(super) fn unindex_service(&mut self, lower: &str, key: &InstanceKey) {
+        if self
+            .by_service
+            .remove(&(Arc::from(lower), key.clone()))
+            .is_some()
+        {
+            if let Some(e) = self.services.get_mut(lower) {
+                e.instances -= 1;
+                if e.instances == 0 {
+                    self.services.remove(lower);
+                }
+            }
+        }
+    }
+
+    pub(super) fn stamp(&mut self, changes: &Changes, index: u64) {
+        let t = &mut self.tables;
+        for s in &changes.services {
+            if let Some(e) = self.services.get_mut(s.as_str()) {
+                e.index = index;
+            }
+            t.services = index;
+        }
+        if !changes.nodes.is_empty() {
+            t.nodes = index;
+        }
+        if changes.checks {
+            t.checks = index;
+        }
+        if changes.kv {
+            t.kv = index;
+        }
+        if changes.sessions {
+            t.sessions = index;
+        }
+        if changes.queries {
+            t.queries = index;
+        }
+    }
+
+    /// The keys of every entry that came from `source`.
+    pub fn keys_of(&self, source: Source) -> SourceKeys {
+        SourceKeys {
+            nodes: self
+                .nodes()
+                .filter(|n| n.source == source)
+                .map(|n| n.name.clone())
+                .collect(),
+            instances: self
+                .instances()
+                .filter(|i| i.source == source)
+                .map(Instance::key)
+                .collect(),
+            checks: self
+                .checks()
+                .filter(|c| c.source == source)
+                .map(|c| (c.node.clone(), c.id.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).map(|n| &**n)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().map(|n| &**n)
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
+        self.instances.get(key).map(|i| &**i)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.values().map(|i| &**i)
+    }
+
+    /// Lower-cased names of every service with at least one instance.
+    pub fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(|k| &**k)
+    }
+
+    /// Every instance of a service (by lower-cased name), with its node and
+    /// health.
+    pub fn service_instances<'a>(
+        &'a self,
+        lower_name: &str,
+    ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        let name: Arc<str> = lower_name.into();
+        self.by_service
+            .range((name.clone(), InstanceKey::new("", ""))..)
+            .take_while(move |(n, _)| *n == name)
+            .filter_map(move |(_, k)| self.view(k))
+    }
+
+    /// Every instance that carries Connect traffic for a service (by
+    /// lower-cased name): its native instances and the proxies in front of
+    /// it. A scan of every instance: Connect lookups are HTTP reads, rare
+    /// beside DNS, which never calls this.
+    pub fn connect_instances<'a>(
+        &'a self,
+        lower_name: &'a str,
+    ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        self.instances
+            .iter()
+            .filter(move |(_, i)| {
+                i.connect_for()
+                    .is_some_and(|f| f.eq_ignore_ascii_case(lower_name))
+            })
+            .filter_map(move |(k, _)| self.view(k))
+    }
+
+    /// Every instance on a node.
+    pub fn node_instances<'a>(&'a self, node: &str) -> impl Iterator<Item = InstanceView<'a>> + 'a {
+        self.keys_on(node).filter_map(move |k| self.view(k))
+    }
+
+    /// The keys of a node's instances: keys sort by node first, so they are
+    /// one range of the instance map (no per-node index to keep in memory).
+    pub(super) fn keys_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a InstanceKey> + 'a {
+        let node = node.to_string();
+        let from = InstanceKey::new(&node, "");
+        self.instances
+            .range(from..)
+            .map(|(k, _)| k)
+            .take_while(move |k| *k.node == *node)
+    }
+
+    pub fn view(&self, key: &InstanceKey) -> Option<InstanceView<'_>> {
+        let instance = self.instances.get(key)?;
+        Some(InstanceView {
+            instance,
+            node: self.node(&key.node),
+            health: self.health_of(key),
+        })
+    }
+
+    /// The worst status among an instance's checks and its node's checks;
+    /// passing when it has none.
+    pub fn health_of(&self, key: &InstanceKey) -> Health {
+        self.checks_of(key)
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Health::Passing)
+    }
+
+    /// An instance's own checks followed by its node's checks.
+    pub fn checks_of<'a>(&'a self, key: &InstanceKey) -> impl Iterator<Item = &'a Check> + 'a {
+        let own = CheckOwner {
+            node: key.node.to_string(),
+            service_id: Some(key.id.to_string()),
+        };
+        let node = CheckOwner {
+            node: key.node.to_string(),
+            service_id: None,
+        };
+        let own = self.checks.get(&own).into_iter().flat_map(|m| m.values());
+        let node = self.checks.get(&node).into_iter().flat_map(|m| m.values());
+        own.chain(node)
+    }
+
+    pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
+        let owner = self.check_owner.get(&(node.to_string(), id.to_string()))?;
+        self.checks.get(owner)?.get(id)
+    }
+
+    pub fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.values().flat_map(|m| m.values())
+    }
+}
