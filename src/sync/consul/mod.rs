@@ -1,0 +1,267 @@
+//! Sidecar mode: mirror a Consul agent's catalog and health into the
+//! registry with blocking queries, so DNS answers come from memory.
+//!
+//! One watcher follows `/v1/catalog/services` for the set of services; one
+//! watcher per service follows `/v1/health/service/:name`. Each keeps
+//! Consul's blocking-query contract: the index is reset to 0 when it goes
+//! backwards, an index below 1 is taken as 1, and a loop never runs more
+//! often than every [`MIN_INTERVAL`]. At most `max_watches` requests are
+//! open at once (a Consul agent serves 200 per client by default); with
+//! more services than that, watchers take turns with short waits sized so
+//! that each service is read again about every [`ROTATION`]: a change then
+//! shows within about that long instead of at once, and the agent sees
+//! more (short) requests. Raise `consul_max_watches` together with the
+//! agent's `http_max_conns_per_client` to keep every watch blocking.
+//!
+//! When the agent is unreachable or answers 5xx, the last known view keeps
+//! serving (instances known to be unhealthy stay out) while the watchers
+//! retry with exponential backoff and jitter. Until the first full sync the
+//! DNS side answers SERVFAIL instead of a false NXDOMAIN, and `/ready` says
+//! not ready.
+//!
+//! Other datacenters are watched on demand: the first query for
+//! `name.service.dc2.consul` starts a watcher with `?dc=dc2`, and a watcher
+//! unused for [`REMOTE_IDLE`] is dropped with its entries. A datacenter the
+//! agent does not list is never asked about.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::consul_client::ConsulClient;
+use crate::dns::handler::Remote;
+use crate::locks::{MutexExt, RwLockExt};
+use crate::metrics::Metrics;
+use crate::registry::{
+    Check, CheckKind, Connect, Health, Instance, InstanceKey, Node, Registry, Source,
+    TaggedAddress, Thresholds, Weights,
+};
+
+mod apply;
+mod blocking;
+mod remote;
+mod watch;
+mod wire;
+
+pub use blocking::next_index;
+use blocking::Backoff;
+use remote::RemoteWatch;
+pub use remote::Sidecar;
+use wire::Entry;
+
+/// The Consul agent to mirror.
+#[derive(Debug, Clone)]
+pub struct ConsulConfig {
+    /// `http(s)://host:port`, no trailing slash.
+    pub url: String,
+    pub token: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Certificate and key, both or neither.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Below a Consul agent's default `http_max_conns_per_client` (200).
+    pub max_watches: usize,
+}
+
+/// A loop never starts requests closer together than this.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Consul's default blocking wait.
+const LONG_WAIT: Duration = Duration::from_secs(300);
+
+/// When watchers outnumber the slots they take turns with short waits,
+/// sized so that every service is read again about this often.
+const ROTATION: Duration = Duration::from_secs(2);
+
+/// The shortest of those waits.
+const MIN_SHARED_WAIT: Duration = Duration::from_millis(100);
+
+/// A remote datacenter's service unused this long stops being watched.
+pub const REMOTE_IDLE: Duration = Duration::from_secs(600);
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot reach the consul agent: {0}")]
+    Unreachable(String),
+    #[error("consul agent answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("consul agent sent a body signpost cannot read: {0}")]
+    Body(String),
+    #[error("cannot set up the consul client: {0}")]
+    Setup(String),
+}
+
+/// Where the sync stands, for `/v1/signpost/sync` and the logs.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub consul: String,
+    pub synced: bool,
+    /// Seconds since the agent last answered; `None` before any answer.
+    pub last_contact_seconds_ago: Option<f64>,
+    /// Seconds since requests started failing; `None` while they succeed.
+    pub failing_for_seconds: Option<f64>,
+    pub last_error: Option<String>,
+    pub services_watched: usize,
+    pub remote_watches: Vec<String>,
+    pub datacenters: Vec<String>,
+}
+
+pub struct ConsulSync {
+    cfg: ConsulConfig,
+    /// The agent's API, shared with the CLI's commands.
+    client: ConsulClient,
+    registry: Arc<Registry>,
+    local_dc: String,
+    metrics: Arc<Metrics>,
+    synced: AtomicBool,
+    started: Instant,
+    /// std Mutexes below: held for a read or an update, never across .await.
+    last_ok: Mutex<Option<Instant>>,
+    failing_since: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+    slots: Semaphore,
+    /// Service watchers alive, local and remote, to choose the wait.
+    watchers: AtomicUsize,
+    datacenters: RwLock<BTreeSet<String>>,
+    remote: Mutex<HashMap<(String, String), RemoteWatch>>,
+    /// Watcher tasks, aborted at shutdown.
+    tasks: Mutex<JoinSet<()>>,
+    requests: AtomicU64,
+}
+
+impl ConsulSync {
+    pub fn new(
+        cfg: ConsulConfig,
+        registry: Arc<Registry>,
+        local_dc: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<ConsulSync>, SyncError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("signpost/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| SyncError::Setup(format!("{}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| SyncError::Setup(format!("{}: {e}", ca.display())))?;
+            b = b.add_root_certificate(cert);
+        }
+        if let Some((cert, key)) = &cfg.client_identity {
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| SyncError::Setup(format!("{}: {e}", cert.display())))?;
+            pem.extend(
+                std::fs::read(key)
+                    .map_err(|e| SyncError::Setup(format!("{}: {e}", key.display())))?,
+            );
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| SyncError::Setup(format!("client certificate: {e}")))?;
+            b = b.identity(id);
+        }
+        let http = b.build().map_err(|e| SyncError::Setup(e.to_string()))?;
+        let client = ConsulClient::new(&cfg.url, cfg.token.clone(), http);
+        Ok(Arc::new(ConsulSync {
+            slots: Semaphore::new(cfg.max_watches),
+            cfg,
+            client,
+            registry,
+            local_dc,
+            metrics,
+            synced: AtomicBool::new(false),
+            started: Instant::now(),
+            last_ok: Mutex::new(None),
+            failing_since: Mutex::new(None),
+            last_error: Mutex::new(None),
+            watchers: AtomicUsize::new(0),
+            datacenters: RwLock::new(BTreeSet::new()),
+            remote: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            requests: AtomicU64::new(0),
+        }))
+    }
+
+    /// Starts following the agent.
+    pub fn start(self: &Arc<Self>) {
+        let mut tasks = self.tasks.locked();
+        tasks.spawn(Arc::clone(self).follow_services());
+        tasks.spawn(Arc::clone(self).follow_datacenters());
+        tasks.spawn(Arc::clone(self).expire_remote());
+    }
+
+    /// Stops every watcher.
+    pub async fn shutdown(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.locked());
+        tasks.shutdown().await;
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Seconds since the agent last answered (since start before that).
+    pub fn staleness(&self) -> f64 {
+        let last = *self.last_ok.locked();
+        last.unwrap_or(self.started).elapsed().as_secs_f64()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> Status {
+        let lock = |m: &Mutex<Option<Instant>>| *m.locked();
+        Status {
+            consul: self.cfg.url.clone(),
+            synced: self.is_synced(),
+            last_contact_seconds_ago: lock(&self.last_ok).map(|t| t.elapsed().as_secs_f64()),
+            failing_for_seconds: lock(&self.failing_since).map(|t| t.elapsed().as_secs_f64()),
+            last_error: self.last_error.locked().clone(),
+            services_watched: self.watchers.load(Ordering::Relaxed),
+            remote_watches: self
+                .remote
+                .locked()
+                .keys()
+                .map(|(dc, s)| format!("{s}.service.{dc}"))
+                .collect(),
+            datacenters: self.datacenters.read_locked().iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blocking_query_index_contract() {
+        assert_eq!(next_index(0, 42), 42);
+        assert_eq!(next_index(42, 42), 42);
+        assert_eq!(next_index(42, 50), 50);
+        assert_eq!(next_index(42, 7), 0, "backwards: start over");
+        assert_eq!(next_index(0, 0), 1, "below 1 is 1");
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::new();
+        let first = b.next();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        for _ in 0..20 {
+            assert!(b.next() <= BACKOFF_MAX);
+        }
+        b.reset();
+        assert!(b.next() <= BACKOFF_MIN);
+    }
+}
