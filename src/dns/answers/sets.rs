@@ -1,0 +1,182 @@
+//! The ready-made answer sets: one instance's records ([`Entry`]), a
+//! service's and its tags' sets, a node's, the apex's; and the encoding
+//! helpers that make them.
+
+use super::*;
+
+/// Where the SRV target name starts inside a ready-made SRV record:
+/// owner pointer (2), type, class, TTL, RDLENGTH (10), priority, weight,
+/// port (6).
+pub const SRV_TARGET_AT: usize = 18;
+
+/// Where the RDATA starts in a record with a 2-byte owner pointer.
+pub const RDATA_AT: usize = 12;
+
+/// The `node_txt` of every instance whose node has no meta: an empty `Arc`
+/// still allocates, and there is one per instance.
+pub(super) static NO_TXT: std::sync::LazyLock<Arc<[Box<[u8]>]>> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
+/// One instance's ready-made records.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its A or AAAA record; `None` when the address is a host name.
+    pub addr_rr: Option<Box<[u8]>>,
+    pub is_v6: bool,
+    /// For a host-name address: a CNAME to it.
+    pub cname_rr: Option<Box<[u8]>>,
+    /// Its SRV record, one per domain (same order as `AnswerConfig::domains`).
+    pub srv_rr: Vec<Box<[u8]>>,
+    /// Whether `addr_rr` is also the glue of the SRV target.
+    pub glue: bool,
+    /// The node's meta as TXT records (type..RDATA), for the additional
+    /// section of SRV answers whose target is the node.
+    pub node_txt: Arc<[Box<[u8]>]>,
+    /// Instances on the same target share one id, so glue is sent once.
+    pub target_id: u32,
+    /// SRV weight for its health state; also the weight of weighted order.
+    pub weight: u16,
+}
+
+impl Entry {
+    /// The A/AAAA record minus its owner: type, class, TTL, RDLENGTH, RDATA.
+    pub fn addr_tail(&self) -> Option<&[u8]> {
+        self.addr_rr.as_deref().map(|rr| &rr[2..])
+    }
+}
+
+/// The records of one service or one tag of it.
+#[derive(Debug, Default)]
+pub struct RecordSet {
+    pub entries: Vec<Arc<Entry>>,
+    /// Distinct SRV targets among the service's instances (the bound of
+    /// `Entry::target_id`).
+    pub targets: u32,
+    /// Every entry has the same weight: a weighted order is a uniform one.
+    pub uniform: bool,
+    /// Where the next round-robin answer starts.
+    pub next: AtomicU32,
+}
+
+impl RecordSet {
+    /// A set of `entries`, with what is derived from them: `targets`
+    /// distinct SRV targets, and whether every weight is the same.
+    pub fn of(entries: Vec<Arc<Entry>>, targets: u32) -> RecordSet {
+        RecordSet {
+            uniform: entries.windows(2).all(|p| p[0].weight == p[1].weight),
+            targets,
+            entries,
+            next: AtomicU32::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ServiceSet {
+    pub all: RecordSet,
+    /// Lower-cased tag → the instances carrying it.
+    pub tags: HashMap<Box<str>, RecordSet>,
+}
+
+#[derive(Debug)]
+pub struct NodeSet {
+    pub addr_rr: Option<Box<[u8]>>,
+    pub is_v6: bool,
+    /// Node meta as TXT records owned by the question name.
+    pub txt_rr: Vec<Box<[u8]>>,
+}
+
+/// Records of a domain apex, minus their owner (written as a pointer to
+/// the domain part of the question name).
+#[derive(Debug)]
+pub struct Apex {
+    /// The SOA for negative answers and SOA queries; TTL = SOA minimum.
+    pub soa_tail: Box<[u8]>,
+    pub ns_tail: Box<[u8]>,
+    /// Glue for the NS target: type..RDATA.
+    pub ns_glue_tail: Box<[u8]>,
+}
+
+/// type, class, TTL, RDLENGTH and RDATA of a record, encoded by hickory
+/// with no name compression, so it can be copied into any message.
+pub fn rr_tail(rtype: RecordType, ttl: u32, rdata: &RData) -> Vec<u8> {
+    let mut rd = Vec::with_capacity(64);
+    {
+        let mut enc = BinEncoder::new(&mut rd);
+        enc.set_name_encoding(NameEncoding::Uncompressed);
+        rdata.emit(&mut enc).expect("encoding to a Vec cannot fail");
+    }
+    let mut out = Vec::with_capacity(10 + rd.len());
+    out.extend_from_slice(&u16::from(rtype).to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rd.len() as u16).to_be_bytes());
+    out.extend_from_slice(&rd);
+    out
+}
+
+/// A record owned by the question name.
+pub fn owned_by_question(tail: &[u8]) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(2 + tail.len());
+    out.extend_from_slice(&(0xC000 | QNAME_OFFSET).to_be_bytes());
+    out.extend_from_slice(tail);
+    out.into_boxed_slice()
+}
+
+pub(super) fn addr_tail(ip: IpAddr, ttl: u32) -> (Vec<u8>, bool) {
+    use hickory_proto::rr::rdata::{A, AAAA};
+    match ip {
+        IpAddr::V4(v4) => (rr_tail(RecordType::A, ttl, &RData::A(A(v4))), false),
+        IpAddr::V6(v6) => (rr_tail(RecordType::AAAA, ttl, &RData::AAAA(AAAA(v6))), true),
+    }
+}
+
+/// `<hex of the address>`, the label of `.addr.` names.
+pub fn addr_hex(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().iter().map(|b| format!("{b:02x}")).collect(),
+        IpAddr::V6(v6) => v6.octets().iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+pub(super) fn name_of(labels: &[&str]) -> Option<Name> {
+    let mut n = Name::from_labels(labels.iter().map(|l| l.as_bytes())).ok()?;
+    n.set_fqdn(true);
+    Some(n)
+}
+
+/// RFC 1464: `key=value`, with `` ` ``, `=` and leading/trailing blanks of
+/// the key escaped by a backquote; cut to one 255-byte string.
+pub fn meta_txt(key: &str, value: &str) -> String {
+    let mut k = String::with_capacity(key.len());
+    let last = key.chars().count().saturating_sub(1);
+    for (i, c) in key.chars().enumerate() {
+        let edge_blank = c == ' ' && (i == 0 || i == last);
+        if c == '`' || c == '=' || edge_blank {
+            k.push('`');
+        }
+        k.push(c);
+    }
+    let mut s = format!("{k}={value}");
+    if s.len() > 255 {
+        let mut end = 255;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+pub(super) fn txt_tails(meta: &Meta, ttl: u32) -> Vec<Box<[u8]>> {
+    meta.iter()
+        .map(|(k, v)| {
+            rr_tail(
+                RecordType::TXT,
+                ttl,
+                &RData::TXT(TXT::new(vec![meta_txt(k, v)])),
+            )
+            .into_boxed_slice()
+        })
+        .collect()
+}
