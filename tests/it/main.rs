@@ -22,5 +22,6 @@ mod resolver;
 mod sessions;
 mod sidecar;
 mod store;
+mod structure;
 mod ui;
 mod zones;
