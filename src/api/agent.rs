@@ -70,10 +70,9 @@ pub(super) fn keep_status_of(txn: &Txn<'_>, check: &mut Check, explicit: bool) {
 
 pub(super) async fn register_service(
     State(api): Shared,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let def: ServiceDef = json_body(body)?;
     let replace = params.flag("replace-existing-checks");
     let explicit: Vec<bool> = def.checks.iter().map(|c| c.status.is_some()).collect();
@@ -191,9 +190,8 @@ fn maintenance_check(api: &Api, service: Option<(&str, String)>, reason: &str) -
 pub(super) async fn maintenance(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let enable = enable_param(&params)?;
     let (_, source, name) = own_instance(&api, &id)?;
     // Maintenance takes an instance out of DNS: a change to it, refused for
@@ -222,8 +220,7 @@ async fn set_maintenance(api: &Api, check: Check, enable: bool) -> ApiResult {
 
 /// `/v1/agent/maintenance`: the whole node out of DNS (a critical node
 /// check), or back.
-pub(super) async fn node_maintenance(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn node_maintenance(State(api): Shared, params: Params) -> ApiResult {
     let enable = enable_param(&params)?;
     let check = maintenance_check(&api, None, params.get("reason").unwrap_or(""));
     set_maintenance(&api, check, enable).await
@@ -276,9 +273,8 @@ fn health_reply(params: &Params, health: Health, body: &serde_json::Value) -> Re
 pub(super) async fn health_by_name(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let found = api.registry.read(|s| {
         let entries: Vec<(Health, serde_json::Value)> = s
             .node_instances(&api.node)
@@ -310,9 +306,8 @@ pub(super) async fn health_by_name(
 pub(super) async fn health_by_id(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let key = InstanceKey::new(&api.node, &id);
     match api.registry.read(|s| health_entry(s, &api, &key)) {
         Some((health, body)) => Ok(health_reply(&params, health, &body)),
@@ -470,8 +465,7 @@ pub(super) async fn update_check(
     Ok(ok(&api))
 }
 
-pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
         let mut out: BTreeMap<&str, ServiceOut<'_>> = s
@@ -503,9 +497,8 @@ fn content_hash(body: &[u8]) -> String {
 pub(super) async fn service(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let key = InstanceKey::new(&api.node, &id);
     let view = |s: &crate::registry::State| {
         let i = s
@@ -544,8 +537,7 @@ fn hashed_reply(index: u64, hash: &str, body: &serde_json::Value) -> Response {
     r
 }
 
-pub(super) async fn checks(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn checks(State(api): Shared, params: Params) -> ApiResult {
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
         let mut out: BTreeMap<&str, CheckOut<'_>> = s

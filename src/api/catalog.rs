@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -143,8 +143,7 @@ fn local<'a>(api: &'a Api) -> impl Fn(&crate::registry::InstanceView<'_>) -> boo
     move |v| v.node.is_some_and(|n| n.datacenter == api.datacenter)
 }
 
-pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
     // Judged on each instance as a catalog "service node", as Consul does.
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let wanted = |v: &crate::registry::InstanceView<'_>| {
@@ -189,9 +188,8 @@ pub(super) fn has_tags(tags: &[String], wanted: &[&str]) -> bool {
 pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
@@ -216,9 +214,8 @@ pub(super) async fn service(
 pub(super) async fn connect(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
@@ -236,8 +233,7 @@ pub(super) async fn connect(
     .await
 }
 
-pub(super) async fn nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn nodes(State(api): Shared, params: Params) -> ApiResult {
     let filter = params.filter(Some(&["Meta"]))?;
     api.blocking(&params, |s| {
         let mut out: Vec<NodeOut<'_>> = s
@@ -261,9 +257,8 @@ pub(super) fn node_index(s: &Registry, _node: &str) -> u64 {
 pub(super) async fn node(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     api.blocking(&params, |s| {
         let body = s.node(&name).map(|n| {
             let services: BTreeMap<&str, ServiceOut<'_>> = s
@@ -306,9 +301,8 @@ pub(super) async fn peers(State(api): Shared) -> ApiResult {
 pub(super) async fn node_services(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
         let Some(n) = s.node(&name) else {
@@ -336,8 +330,7 @@ pub(super) async fn coordinate_datacenters(State(api): Shared) -> ApiResult {
     ))
 }
 
-pub(super) async fn coordinate_nodes(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn coordinate_nodes(State(api): Shared, params: Params) -> ApiResult {
     api.blocking(&params, |s| encoded(s.tables().nodes, &json!([])))
         .await
 }

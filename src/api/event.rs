@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use regex::Regex;
@@ -64,10 +64,9 @@ fn regex(params: &Params, key: &str) -> Result<(String, Option<Regex>), ApiError
 pub async fn fire(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     api.check_dc(&params)?;
     let payload = body_bytes(body)?;
     if payload.len() > MAX_PAYLOAD {
@@ -128,8 +127,7 @@ pub async fn fire(
 /// The list's index: one above the LTime of the newest event, so that it
 /// starts at 1 (Consul's clients treat 0 as "no index") and the first
 /// event moves it.
-pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub async fn list(State(api): Shared, params: Params) -> ApiResult {
     api.check_dc(&params)?;
     let name = params.get("name").unwrap_or("").to_string();
     let min_index = params.u64("index")?.unwrap_or(0);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 
 use super::catalog::{has_tags, node_index, service_index};
 use super::shapes::{CheckOut, HealthEntry};
@@ -22,9 +22,8 @@ fn check_out<'a>(s: &'a Registry, c: &'a Check) -> CheckOut<'a> {
 pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let passing = params.flag("passing");
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["Node", "Meta"]))?;
@@ -52,9 +51,8 @@ pub(super) async fn service(
 pub(super) async fn connect(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let passing = params.flag("passing");
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["Node", "Meta"]))?;
@@ -80,9 +78,8 @@ pub(super) async fn connect(
 pub(super) async fn checks(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let lower = name.to_ascii_lowercase();
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
@@ -105,9 +102,8 @@ pub(super) async fn checks(
 pub(super) async fn node(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let filter = params.filter(None)?;
     api.blocking(&params, |s| {
         let mut out: Vec<CheckOut<'_>> = s
@@ -125,9 +121,8 @@ pub(super) async fn node(
 pub(super) async fn state(
     State(api): Shared,
     Path(state): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let wanted = match state.as_str() {
         "any" => None,
         other => Some(

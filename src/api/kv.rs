@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
@@ -31,9 +31,8 @@ enum Found {
 pub(super) async fn get(
     State(api): Shared,
     path: Option<Path<String>>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let key = key_of(path);
     let recurse = params.flag("recurse");
     let keys = params.flag("keys");
@@ -107,10 +106,9 @@ pub(super) async fn get(
 pub(super) async fn put(
     State(api): Shared,
     path: Option<Path<String>>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let key = key_of(path);
     if key.is_empty() {
         return Err(ApiError::bad_request("Missing key name"));
@@ -168,9 +166,8 @@ pub(super) async fn put(
 pub(super) async fn delete(
     State(api): Shared,
     path: Option<Path<String>>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let key = key_of(path);
     let cas = params.u64("cas")?;
     let done = if params.flag("recurse") {

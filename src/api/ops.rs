@@ -55,11 +55,7 @@ pub(super) async fn metrics(State(api): Shared) -> Response {
 /// `Samples`), or with `?format=prometheus` the text `/metrics` serves.
 /// Counters are signpost's totals since start (Consul's are per 10 s
 /// interval; tools read `Count` and `Sum` either way).
-pub(super) async fn agent_metrics(
-    State(api): Shared,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> ApiResult {
-    let params = super::Params::parse(q.as_deref());
+pub(super) async fn agent_metrics(State(api): Shared, params: super::Params) -> ApiResult {
     let text = current_metrics(&api);
     match params.get("format") {
         Some("prometheus") => Ok((

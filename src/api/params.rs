@@ -9,6 +9,18 @@ use super::*;
 #[derive(Debug, Default)]
 pub struct Params(Vec<(String, String)>);
 
+/// Read handlers take the query string parsed: `params: Params`.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Params, Self::Rejection> {
+        Ok(Params::parse(parts.uri.query()))
+    }
+}
+
 impl Params {
     pub fn parse(query: Option<&str>) -> Params {
         Params(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
@@ -108,8 +108,7 @@ pub(super) async fn create(State(api): Shared, body: Result<Bytes, BytesRejectio
     Ok(reply(api.registry.index(), &json!({ "ID": id })))
 }
 
-pub(super) async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn list(State(api): Shared, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let out: Vec<Value> = s.queries().map(shape).collect();
         super::encoded(s.tables().queries, &out)
@@ -117,12 +116,7 @@ pub(super) async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult
     .await
 }
 
-pub(super) async fn get(
-    State(api): Shared,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn get(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let q = s
             .query(&id)
@@ -178,9 +172,8 @@ fn lookup<'a>(s: &'a Registry, asked: &str) -> Option<(&'a PreparedQuery, QueryS
 pub(super) async fn execute(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     api.check_dc(&params)?;
     let limit = params.u64("limit")?.map(|l| l as usize);
     // Where to look, in order: here, then the failover datacenters the

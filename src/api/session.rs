@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
@@ -342,8 +342,7 @@ pub async fn renew(State(api): Shared, Path(id): Path<String>) -> ApiResult {
     }
 }
 
-pub async fn info(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub async fn info(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let out: Vec<Value> = s.session(&id).map(shape).into_iter().collect();
         super::encoded(s.tables().sessions, &out)
@@ -351,8 +350,7 @@ pub async fn info(State(api): Shared, Path(id): Path<String>, RawQuery(q): RawQu
     .await
 }
 
-pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub async fn list(State(api): Shared, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let out: Vec<Value> = s.sessions().map(shape).collect();
         super::encoded(s.tables().sessions, &out)
@@ -360,12 +358,7 @@ pub async fn list(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
     .await
 }
 
-pub async fn node(
-    State(api): Shared,
-    Path(node): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub async fn node(State(api): Shared, Path(node): Path<String>, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let out: Vec<Value> = s.sessions().filter(|x| x.node == node).map(shape).collect();
         super::encoded(s.tables().sessions, &out)

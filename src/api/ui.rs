@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use hickory_proto::op::{Message, Query};
@@ -132,8 +132,7 @@ fn in_maintenance(s: &crate::registry::State, key: &crate::registry::InstanceKey
 
 /// `/v1/signpost/ui/services`: every service with its tags, sources and
 /// instance counts by health (maintenance apart), blocking on any change.
-pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let mut out = Vec::new();
         for lower in s.service_names() {
@@ -173,9 +172,8 @@ pub(super) async fn services(State(api): Shared, RawQuery(q): RawQuery) -> ApiRe
 pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    let params = Params::parse(q.as_deref());
     let only_passing = api.only_passing();
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
@@ -228,8 +226,7 @@ pub(super) async fn service(
 /// `/v1/signpost/dns?name=&type=`: the records signpost answers now, as
 /// `dig` would print them, through the real handler (over its TCP path, so
 /// nothing is truncated).
-pub(super) async fn dns(State(api): Shared, RawQuery(q): RawQuery) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+pub(super) async fn dns(State(api): Shared, params: Params) -> ApiResult {
     let name = params.get("name").unwrap_or("").trim();
     if name.is_empty() {
         return Err(ApiError::bad_request("missing name"));
