@@ -10,11 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-async fn register(srv: &TestServer, body: &str) {
-    let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-}
-
 #[tokio::test]
 async fn filters_select_and_bad_ones_say_where() {
     let srv = TestServer::start(None).await;

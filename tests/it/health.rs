@@ -56,11 +56,6 @@ impl Drop for Target {
     }
 }
 
-async fn register(srv: &TestServer, body: &str) {
-    let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-}
-
 async fn health_status(srv: &TestServer, service: &str) -> Vec<String> {
     let j = http(
         "GET",

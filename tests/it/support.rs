@@ -2,8 +2,6 @@
 //! sockets with hickory's DNS client; expected answers are written as
 //! zone-file text.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -358,4 +356,19 @@ pub(crate) fn missing_tool(tool: &str, install: &str, detail: &str) {
         }
     }
     eprintln!("skipped: {message}");
+}
+
+/// Registers a service through the agent API; fails the test unless 200.
+pub(crate) async fn register(srv: &TestServer, body: &str) {
+    let r = http("PUT", &srv.url("/v1/agent/service/register"), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Whether `cmd` is on the PATH.
+pub(crate) fn have(cmd: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
