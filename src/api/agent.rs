@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -409,8 +409,7 @@ pub(super) async fn set_ttl_status(
     Ok(())
 }
 
-async fn ttl(api: Arc<Api>, id: String, q: Option<String>, status: Health) -> ApiResult {
-    let params = Params::parse(q.as_deref());
+async fn ttl(api: Arc<Api>, id: String, params: Params, status: Health) -> ApiResult {
     set_ttl_status(&api, &id, status, params.get("note").unwrap_or("")).await?;
     Ok(ok(&api))
 }
@@ -418,25 +417,25 @@ async fn ttl(api: Arc<Api>, id: String, q: Option<String>, status: Health) -> Ap
 pub(super) async fn pass(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    ttl(api, id, q, Health::Passing).await
+    ttl(api, id, params, Health::Passing).await
 }
 
 pub(super) async fn warn(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    ttl(api, id, q, Health::Warning).await
+    ttl(api, id, params, Health::Warning).await
 }
 
 pub(super) async fn fail(
     State(api): Shared,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> ApiResult {
-    ttl(api, id, q, Health::Critical).await
+    ttl(api, id, params, Health::Critical).await
 }
 
 #[derive(Deserialize)]
