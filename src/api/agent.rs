@@ -414,27 +414,15 @@ async fn ttl(api: Arc<Api>, id: String, params: Params, status: Health) -> ApiRe
     Ok(ok(&api))
 }
 
-pub(super) async fn pass(
-    State(api): Shared,
-    Path(id): Path<String>,
-    params: Params,
-) -> ApiResult {
+pub(super) async fn pass(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
     ttl(api, id, params, Health::Passing).await
 }
 
-pub(super) async fn warn(
-    State(api): Shared,
-    Path(id): Path<String>,
-    params: Params,
-) -> ApiResult {
+pub(super) async fn warn(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
     ttl(api, id, params, Health::Warning).await
 }
 
-pub(super) async fn fail(
-    State(api): Shared,
-    Path(id): Path<String>,
-    params: Params,
-) -> ApiResult {
+pub(super) async fn fail(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
     ttl(api, id, params, Health::Critical).await
 }
 

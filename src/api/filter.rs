@@ -547,6 +547,40 @@ mod tests {
         }
     }
 
+    /// Precedence, spacing and quoting edges: `and` binds tighter than
+    /// `or`, `not` tighter than both; whitespace is free; a quoted value
+    /// may hold what would otherwise be an operator.
+    #[test]
+    fn grammar_edges() {
+        let cases: &[(&str, bool)] = &[
+            // (a or b) and c would be false; a or (b and c) is true.
+            (
+                "Service.Port == 8080 or Service.Port == 1 and Service.Service == x",
+                true,
+            ),
+            (
+                "Service.Port == 1 or Service.Port == 8080 and Service.Service == web",
+                true,
+            ),
+            ("not Service.Port == 1 and Service.Service == web", true),
+            ("not (Service.Port == 1 and Service.Service == web)", true),
+            ("  Service.Service   ==   web  ", true),
+            ("(((Service.Service == web)))", true),
+            ("Service.Service == \"web and not\"", false),
+            ("\"a b\" not in Service.Tags", true),
+            ("Service.Port == \"8080\"", true),
+            ("Service.Port != 8081", true),
+            (
+                "Checks.Status == passing and Checks.Status == critical",
+                true,
+            ),
+        ];
+        for (expr, want) in cases {
+            let f = Filter::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            assert_eq!(f.matches(&entry()), *want, "{expr}");
+        }
+    }
+
     #[test]
     fn hostile_nesting_is_refused_not_a_crash() {
         let deep = format!(
