@@ -135,6 +135,8 @@ impl Signpost {
         metrics.register(Box::new(crate::dns::answers::AnswersCollector(
             answers.clone(),
         )));
+        let dns_stats = Arc::new(crate::dns::stats::DnsStats::default());
+        metrics.register(Box::new(Arc::clone(&dns_stats)));
         let http_stats = Arc::new(api::serve::HttpStats::default());
         metrics.register(Box::new(api::serve::HttpCollector(http_stats.clone())));
         let metrics = Arc::new(metrics);
@@ -178,7 +180,7 @@ impl Signpost {
             )
         });
         let mut handler = Handler::new(answers.clone(), zones, forwarder)
-            .with_stats(metrics.dns.clone())
+            .with_stats(dns_stats)
             .with_trusted(config.recursors.allow.clone());
         if let Some(sync) = &consul {
             handler = handler.with_remote(Arc::new(Sidecar(sync.clone())));

@@ -15,6 +15,7 @@ pub mod handler;
 pub mod name;
 pub mod server;
 pub mod settings;
+pub mod stats;
 pub mod tcp;
 pub mod udp;
 pub mod wire;

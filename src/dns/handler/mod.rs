@@ -68,7 +68,7 @@ pub struct Handler {
     zones: arc_swap::ArcSwap<Vec<StaticZone>>,
     forwarder: Option<Arc<Forwarder>>,
     remote: Option<Arc<dyn Remote>>,
-    stats: Arc<crate::metrics::DnsStats>,
+    stats: Arc<crate::dns::stats::DnsStats>,
     /// Clients answered up to `udp_payload_max_trusted` (the
     /// `allow_recursion` ranges: loopback and private networks by default).
     trusted: Vec<ipnet::IpNet>,
@@ -191,12 +191,12 @@ impl Handler {
     }
 
     /// Counts replies into `stats` (the listeners record every one).
-    pub fn with_stats(mut self, stats: Arc<crate::metrics::DnsStats>) -> Handler {
+    pub fn with_stats(mut self, stats: Arc<crate::dns::stats::DnsStats>) -> Handler {
         self.stats = stats;
         self
     }
 
-    pub fn stats(&self) -> &crate::metrics::DnsStats {
+    pub fn stats(&self) -> &crate::dns::stats::DnsStats {
         &self.stats
     }
 
