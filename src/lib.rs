@@ -8,6 +8,11 @@
 //!                          health (checks)
 //! ```
 //!
+//! Dependencies point one way: `server`/`cli` → `config` → `api`, `dns`,
+//! `sync`, `health` → `registry`, with `metrics`, `net`, `locks`,
+//! `located`, `consul_client` and `fds` at the bottom; the registry imports
+//! nothing else from the crate. `tests/it/structure.rs` keeps it so.
+//!
 //! * [`alloc`]    — mimalloc's settings, shared by the binary and the memory bench.
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
 //! * [`config`]   — flags and TOML, validated into a `Config`.
