@@ -185,6 +185,24 @@ pub(super) fn has_tags(tags: &[String], wanted: &[&str]) -> bool {
         .all(|w| tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
 }
 
+/// `views` as the catalog's flat service nodes: local ones carrying every
+/// tag asked, filtered, in node and ID order.
+fn service_nodes<'a>(
+    api: &Api,
+    views: impl Iterator<Item = crate::registry::InstanceView<'a>>,
+    tags: &[&str],
+    filter: Option<&super::filter::Filter>,
+) -> Vec<ServiceNodeOut<'a>> {
+    let mut out: Vec<ServiceNodeOut<'a>> = views
+        .filter(local(api))
+        .filter(|v| has_tags(&v.instance.tags, tags))
+        .filter_map(|v| Some(ServiceNodeOut::new(v.node?, v.instance)))
+        .collect();
+    out.sort_by(|a, b| (a.node, a.service_id).cmp(&(b.node, b.service_id)));
+    keep(filter, &mut out);
+    out
+}
+
 pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
@@ -194,14 +212,7 @@ pub(super) async fn service(
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
-        let mut out: Vec<ServiceNodeOut<'_>> = s
-            .service_instances(&lower)
-            .filter(local(&api))
-            .filter(|v| has_tags(&v.instance.tags, &tags))
-            .filter_map(|v| Some(ServiceNodeOut::new(v.node?, v.instance)))
-            .collect();
-        out.sort_by(|a, b| (a.node, a.service_id).cmp(&(b.node, b.service_id)));
-        keep(filter.as_ref(), &mut out);
+        let out = service_nodes(&api, s.service_instances(&lower), &tags, filter.as_ref());
         encoded(service_index(s, &name), &out)
     })
     .await
@@ -220,14 +231,7 @@ pub(super) async fn connect(
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
-        let mut out: Vec<ServiceNodeOut<'_>> = s
-            .connect_instances(&lower)
-            .filter(local(&api))
-            .filter(|v| has_tags(&v.instance.tags, &tags))
-            .filter_map(|v| Some(ServiceNodeOut::new(v.node?, v.instance)))
-            .collect();
-        out.sort_by(|a, b| (a.node, a.service_id).cmp(&(b.node, b.service_id)));
-        keep(filter.as_ref(), &mut out);
+        let out = service_nodes(&api, s.connect_instances(&lower), &tags, filter.as_ref());
         encoded(s.index(), &out)
     })
     .await

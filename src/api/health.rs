@@ -19,6 +19,31 @@ fn check_out<'a>(s: &'a Registry, c: &'a Check) -> CheckOut<'a> {
     CheckOut::new(c, inst)
 }
 
+/// `views` as health entries: local ones carrying every tag asked (and
+/// passing, with `?passing`), filtered, in node and ID order.
+fn entries<'a>(
+    api: &Api,
+    s: &'a Registry,
+    views: impl Iterator<Item = crate::registry::InstanceView<'a>>,
+    tags: &[&str],
+    passing: bool,
+    filter: Option<&super::filter::Filter>,
+) -> Vec<HealthEntry<'a>> {
+    let mut out: Vec<HealthEntry<'a>> = Vec::new();
+    for v in views {
+        let Some(node) = v.node.filter(|n| n.datacenter == api.datacenter) else {
+            continue;
+        };
+        if !has_tags(&v.instance.tags, tags) || (passing && v.health != Health::Passing) {
+            continue;
+        }
+        out.push(HealthEntry::new(s, node, v.instance));
+    }
+    out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
+    keep(filter, &mut out);
+    out
+}
+
 pub(super) async fn service(
     State(api): Shared,
     Path(name): Path<String>,
@@ -29,18 +54,14 @@ pub(super) async fn service(
     let filter = params.filter(Some(&["Node", "Meta"]))?;
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
-        let mut out: Vec<HealthEntry<'_>> = Vec::new();
-        for v in s.service_instances(&lower) {
-            let Some(node) = v.node.filter(|n| n.datacenter == api.datacenter) else {
-                continue;
-            };
-            if !has_tags(&v.instance.tags, &tags) || (passing && v.health != Health::Passing) {
-                continue;
-            }
-            out.push(HealthEntry::new(s, node, v.instance));
-        }
-        out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
-        keep(filter.as_ref(), &mut out);
+        let out = entries(
+            &api,
+            s,
+            s.service_instances(&lower),
+            &tags,
+            passing,
+            filter.as_ref(),
+        );
         encoded(service_index(s, &name), &out)
     })
     .await
@@ -58,18 +79,14 @@ pub(super) async fn connect(
     let filter = params.filter(Some(&["Node", "Meta"]))?;
     let lower = name.to_ascii_lowercase();
     api.blocking(&params, |s| {
-        let mut out: Vec<HealthEntry<'_>> = Vec::new();
-        for v in s.connect_instances(&lower) {
-            let Some(node) = v.node.filter(|n| n.datacenter == api.datacenter) else {
-                continue;
-            };
-            if !has_tags(&v.instance.tags, &tags) || (passing && v.health != Health::Passing) {
-                continue;
-            }
-            out.push(HealthEntry::new(s, node, v.instance));
-        }
-        out.sort_by(|a, b| (a.node.node, a.service.id).cmp(&(b.node.node, b.service.id)));
-        keep(filter.as_ref(), &mut out);
+        let out = entries(
+            &api,
+            s,
+            s.connect_instances(&lower),
+            &tags,
+            passing,
+            filter.as_ref(),
+        );
         encoded(s.index(), &out)
     })
     .await

@@ -136,10 +136,12 @@ impl Handler {
         };
         let trusted = self.is_trusted(client);
         let cookie = q.edns.and_then(|e| e.cookie);
-        let cookies = self.cookies.load();
+        // Loaded only for a query that carries a cookie (most carry none).
+        let cookies = cookie.map(|_| self.cookies.load());
         let now = cookie.map(|_| unix_now()).unwrap_or(0);
         let proven = cookie
-            .is_some_and(|c| c.server_len > 0 && cookies.valid(&c.client, c.server(), client, now));
+            .zip(cookies.as_deref())
+            .is_some_and(|(c, k)| c.server_len > 0 && k.valid(&c.client, c.server(), client, now));
         // Neither trusted nor proven over UDP: the classic 512 bytes at
         // most, and rate limited (see `handle`).
         *limited = transport == Transport::Udp && !trusted && !proven;
@@ -149,7 +151,7 @@ impl Handler {
         }
         let payload = self.udp_cap(trusted);
         let mut w = ResponseWriter::new(out, &q, budget);
-        if let Some(c) = cookie {
+        if let (Some(c), Some(cookies)) = (cookie, cookies.as_deref()) {
             w.cookie(&c.client, &cookies.server_cookie(&c.client, client, now));
             // A server cookie that is not ours (or too old): BADCOOKIE with
             // a fresh one, so that the client retries with it.
