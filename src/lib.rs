@@ -15,6 +15,8 @@
 //!
 //! * [`alloc`]    — mimalloc's settings, shared by the binary and the memory bench.
 //! * [`api`]      — the Consul-compatible HTTP API (agent, catalog, health, KV).
+//! * [`cluster`]  — cluster mode: the registry shared through etcd, and
+//!   this member's liveness there.
 //! * [`config`]   — flags and TOML, validated into a `Config`.
 //! * [`consul_client`] — one client for a Consul agent's HTTP API (the CLI's
 //!   and the sidecar sync's), and why a request failed.
@@ -39,6 +41,7 @@
 pub mod alloc;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod consul_client;
 pub mod dns;

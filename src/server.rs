@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{self, Api};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dns::answers::Answers;
 use crate::dns::forward::Forwarder;
@@ -13,6 +14,7 @@ use crate::dns::handler::Handler;
 use crate::dns::server::DnsServer;
 use crate::health::HealthChecks;
 use crate::metrics::Metrics;
+use crate::registry::shared::Agent;
 use crate::registry::{Registry, Store, StoreError};
 use crate::sync::consul::{ConsulSync, Sidecar, SyncError};
 use crate::sync::files::{self, Definitions, FileError, OwnNode};
@@ -35,6 +37,8 @@ pub enum StartError {
     Consul(#[from] SyncError),
     #[error(transparent)]
     Listen(#[from] std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::etcd::EtcdError),
 }
 
 /// How long in-flight HTTP requests get to finish at shutdown; blocking
@@ -50,6 +54,8 @@ pub struct Signpost {
     pub metrics: Arc<Metrics>,
     /// Sidecar mode's sync, when `--consul` is set.
     pub consul: Option<Arc<ConsulSync>>,
+    /// This member of the cluster, when `--etcd` is set.
+    pub cluster: Option<Arc<Cluster>>,
     handler: Arc<Handler>,
     dns: DnsServer,
     http_addr: SocketAddr,
@@ -79,8 +85,27 @@ impl Signpost {
         crate::registry::model::set_check_output_max(config.check_output_max_size);
         let defs = load_zones(&config)?;
         let answers = Arc::new(Answers::new(config.answer_config()));
-        let registry = match &config.data_dir {
-            Some(dir) => {
+        let mut cluster = None;
+        let registry = match (&config.cluster, &config.data_dir) {
+            (Some(c), _) => {
+                let me = Agent {
+                    name: config.node.clone(),
+                    address: config.node_address().to_string(),
+                    datacenter: config.datacenter.clone(),
+                };
+                let member = Cluster::new(c.clone(), me)?;
+                let registry = Registry::with_shared(answers.clone(), member.clone());
+                member.start(&registry);
+                tracing::info!(
+                    "cluster mode: node {} sharing the registry under {} in etcd {}",
+                    config.node,
+                    c.prefix,
+                    c.endpoints.join(",")
+                );
+                cluster = Some(member);
+                registry
+            }
+            (None, Some(dir)) => {
                 let (mut store, mut saved) = Store::open_and_load(dir, config.damaged_store)?;
                 store.adopt_node(&config.node, &mut saved)?;
                 let index = saved.index;
@@ -94,7 +119,7 @@ impl Signpost {
                 );
                 registry
             }
-            None => {
+            (None, None) => {
                 tracing::warn!(
                     "no --data-dir: services registered through the HTTP API are kept in memory only and lost at restart"
                 );
@@ -140,7 +165,11 @@ impl Signpost {
         let http_stats = Arc::new(api::serve::HttpStats::default());
         metrics.register(Box::new(api::serve::HttpCollector(http_stats.clone())));
         let metrics = Arc::new(metrics);
-        let health = HealthChecks::start(registry.clone(), metrics.check_runs.clone());
+        let health = HealthChecks::start(
+            registry.clone(),
+            metrics.check_runs.clone(),
+            cluster.as_ref().map(|_| config.node.clone()),
+        );
         let consul = match &config.consul {
             Some(c) => {
                 let sync = ConsulSync::new(
@@ -199,7 +228,9 @@ impl Signpost {
                 )
             })?;
         let http_addr = listener.local_addr()?;
-        let sessions = Arc::new(api::session::Sessions::default());
+        let sessions = Arc::new(api::session::Sessions::new(
+            cluster.as_ref().map(|_| config.node.clone()),
+        ));
         let (sessions_stop, sessions_stopped) = tokio::sync::watch::channel(false);
         let sessions_task = tokio::spawn(sessions.clone().run(registry.clone(), sessions_stopped));
         let app = api::router(Arc::new(Api {
@@ -216,6 +247,7 @@ impl Signpost {
             metrics: metrics.clone(),
             events: Default::default(),
             consul: consul.clone(),
+            cluster: cluster.clone(),
             docker: docker.as_ref().map(|(d, _)| d.clone()),
             dns: handler.clone(),
             ui: config.ui,
@@ -238,6 +270,7 @@ impl Signpost {
             health,
             metrics,
             consul,
+            cluster,
             handler,
             dns,
             http_addr,
@@ -333,6 +366,9 @@ impl Signpost {
             let _ = task.await;
         }
         self.health.shutdown().await;
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
         self.dns.shutdown().await;
         // Every acknowledged write is on disk already; this lets queued
         // ones finish and closes the store cleanly.

@@ -1,5 +1,6 @@
 //! `/v1/agent/*`: services and checks on signpost's own node.
 
+use crate::registry::shared::SERF_CHECK;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ fn read_only(what: &str, source: Source) -> ApiError {
         Source::Consul => "the Consul agent",
         Source::Api => "the API",
         Source::Docker => "the Docker engine",
+        Source::Cluster => "the cluster's member list",
     };
     ApiError::forbidden(format!(
         "{what} comes from {from} and is read-only through the API"
@@ -85,7 +87,7 @@ pub(super) async fn register_service(
                     return Err(read_only(&format!("service {:?}", def.id), old.source));
                 }
             }
-            let (inst, checks) = def.into_parts(&node, Source::Api);
+            let (inst, checks) = def.clone().into_parts(&node, Source::Api);
             for c in &checks {
                 if let Some(old) = txn.state().check(&node, &c.id) {
                     if old.source != Source::Api {
@@ -109,7 +111,7 @@ pub(super) async fn register_service(
                 }
             }
             txn.upsert_instance(inst);
-            for (mut c, explicit) in checks.into_iter().zip(explicit) {
+            for (mut c, explicit) in checks.into_iter().zip(explicit.iter().copied()) {
                 keep_status_of(txn, &mut c, explicit);
                 txn.upsert_check(c);
             }
@@ -209,7 +211,7 @@ async fn set_maintenance(api: &Api, check: Check, enable: bool) -> ApiResult {
     api.registry
         .write_api(|txn| {
             if enable {
-                txn.upsert_check(check);
+                txn.upsert_check(check.clone());
             } else {
                 txn.remove_check(&check.node, &check.id);
             }
@@ -358,7 +360,7 @@ pub(super) async fn register_check(
                     return Err(read_only(&format!("check {id:?}"), old.source));
                 }
             }
-            let mut check = def.into_check(
+            let mut check = def.clone().into_check(
                 &node,
                 service.as_ref().map(|(i, n)| (i.as_str(), n.as_str())),
                 id.clone(),
@@ -545,12 +547,18 @@ pub(super) async fn checks(State(api): Shared, params: Params) -> ApiResult {
 }
 
 fn member(api: &Api) -> serde_json::Value {
+    member_shape(&api.node, &api.node_address.to_string(), &api.datacenter, 1)
+}
+
+/// A member as Consul's `/v1/agent/members` lists it; `status` is serf's:
+/// 1 alive, 4 failed.
+fn member_shape(name: &str, address: &str, datacenter: &str, status: u8) -> serde_json::Value {
     json!({
-        "Name": api.node,
-        "Addr": api.node_address.to_string(),
+        "Name": name,
+        "Addr": address,
         "Port": 8301,
-        "Tags": {"dc": api.datacenter, "role": "node", "build": env!("CARGO_PKG_VERSION")},
-        "Status": 1,
+        "Tags": {"dc": datacenter, "role": "node", "build": env!("CARGO_PKG_VERSION")},
+        "Status": status,
         "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
         "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
     })
@@ -575,6 +583,22 @@ pub(super) async fn this_agent(State(api): Shared) -> ApiResult {
     Ok(reply(api.registry.index(), &body))
 }
 
+/// `/v1/agent/members`: this agent, or in a cluster every member, alive
+/// or failed as its `serfHealth` says.
 pub(super) async fn members(State(api): Shared) -> ApiResult {
-    Ok(reply(api.registry.index(), &[member(&api)]))
+    if api.cluster.is_none() {
+        return Ok(reply(api.registry.index(), &[member(&api)]));
+    }
+    let members: Vec<serde_json::Value> = api.registry.read(|s| {
+        s.nodes()
+            .filter_map(|n| {
+                let c = s.check(&n.name, SERF_CHECK)?;
+                (c.source == Source::Cluster).then(|| {
+                    let status = if c.status == Health::Passing { 1 } else { 4 };
+                    member_shape(&n.name, &n.address, &n.datacenter, status)
+                })
+            })
+            .collect()
+    });
+    Ok(reply(api.registry.index(), &members))
 }

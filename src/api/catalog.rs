@@ -70,16 +70,19 @@ pub(super) async fn register(State(api): Shared, body: Result<Bytes, BytesReject
                 return Err(read_only(format!("check {:?}", c.id)));
             }
             if existing.is_none() || !skip_node_update {
-                txn.upsert_node(node);
+                txn.upsert_node(node.clone());
             }
-            if let Some((inst, inst_checks)) = service {
+            if let Some((inst, inst_checks)) = service.clone() {
                 txn.upsert_instance(inst);
-                for (mut c, explicit) in inst_checks.into_iter().zip(service_explicit) {
+                for (mut c, explicit) in inst_checks
+                    .into_iter()
+                    .zip(service_explicit.iter().copied())
+                {
                     keep_status_of(txn, &mut c, explicit);
                     txn.upsert_check(c);
                 }
             }
-            for (mut c, explicit) in checks.into_iter().zip(explicit) {
+            for (mut c, explicit) in checks.iter().cloned().zip(explicit.iter().copied()) {
                 keep_status_of(txn, &mut c, explicit);
                 txn.upsert_check(c);
             }
@@ -293,12 +296,28 @@ fn server_address(api: &Api) -> String {
     std::net::SocketAddr::new(api.node_address, 8300).to_string()
 }
 
+/// `/v1/status/leader`: in a cluster, etcd's leader (its peer address, as
+/// Consul gives its leader's server address), or "" when there is none.
 pub(super) async fn leader(State(api): Shared) -> ApiResult {
-    Ok(reply(api.registry.index(), &server_address(&api)))
+    let leader = match &api.cluster {
+        Some(c) => c
+            .peers()
+            .await
+            .ok()
+            .and_then(|(_, lead)| lead)
+            .unwrap_or_default(),
+        None => server_address(&api),
+    };
+    Ok(reply(api.registry.index(), &leader))
 }
 
+/// `/v1/status/peers`: in a cluster, etcd's members.
 pub(super) async fn peers(State(api): Shared) -> ApiResult {
-    Ok(reply(api.registry.index(), &[server_address(&api)]))
+    let peers = match &api.cluster {
+        Some(c) => c.peers().await.map(|(p, _)| p).unwrap_or_default(),
+        None => vec![server_address(&api)],
+    };
+    Ok(reply(api.registry.index(), &peers))
 }
 
 /// `/v1/catalog/node-services/:node`: a node and its services as a list.

@@ -137,6 +137,12 @@ pub(super) async fn index_on_every_reply(
     if !r.headers().contains_key("X-Consul-Index") {
         index_headers(r.headers_mut(), api.registry.index());
     }
+    // A member that lost etcd answers from what it has, as a Consul
+    // server without a leader answers stale reads.
+    if api.cluster.as_ref().is_some_and(|c| !c.is_reachable()) {
+        r.headers_mut()
+            .insert("X-Consul-KnownLeader", HeaderValue::from_static("false"));
+    }
     if let Some(c) = consistency {
         r.headers_mut().insert(
             "X-Consul-Effective-Consistency",

@@ -73,6 +73,8 @@ pub struct Api {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// User events received, for `/v1/event/list`.
     pub events: event::Events,
+    /// This member of the cluster (`--etcd`): readiness, leader and peers.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Sidecar mode's sync, for readiness and its status.
     pub consul: Option<Arc<crate::sync::consul::ConsulSync>>,
     /// The Docker source, for its status.

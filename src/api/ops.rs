@@ -30,6 +30,21 @@ pub(super) async fn ready(State(api): Shared) -> Response {
         )
             .into_response();
     }
+    if let Some(c) = &api.cluster {
+        let why = if !c.is_loaded() {
+            "not ready: reading the registry from etcd\n".to_string()
+        } else if !c.is_reachable() {
+            format!(
+                "not ready: etcd ({}) is out of reach: DNS and reads go on from what this member has, writes are refused\n",
+                c.endpoints().join(",")
+            )
+        } else {
+            String::new()
+        };
+        if !why.is_empty() {
+            return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+        }
+    }
     match &api.consul {
         Some(c) if !c.is_synced() => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -101,7 +101,7 @@ pub(super) async fn create(State(api): Shared, body: Result<Bytes, BytesRejectio
         .write_api(|t| {
             name_free(t.state(), &q.name, None)?;
             session_exists(t.state(), &q.session)?;
-            t.upsert_query(q);
+            t.upsert_query(q.clone());
             Ok::<_, ApiError>(())
         })
         .await??;
@@ -140,9 +140,9 @@ pub(super) async fn update(
             name_free(t.state(), &name, Some(&id))?;
             session_exists(t.state(), &session)?;
             t.upsert_query(PreparedQuery {
-                name,
-                session,
-                definition,
+                name: name.clone(),
+                session: session.clone(),
+                definition: definition.clone(),
                 ..old
             });
             Ok(())

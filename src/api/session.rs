@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::{body_bytes, reply, Api, ApiError, ApiResult, Params};
 use crate::locks::MutexExt;
+use crate::registry::shared::SERF_CHECK;
 use crate::registry::{Behavior, Health, Registry, Session};
 
 type Shared = State<Arc<Api>>;
@@ -41,9 +42,21 @@ pub struct Sessions {
     /// Key → until when no session may acquire it.
     lock_delays: Mutex<HashMap<String, Instant>>,
     wake: tokio::sync::Notify,
+    /// In a cluster, the node whose sessions' TTLs this member keeps (the
+    /// others' members keep theirs; a session renewed through another
+    /// member than its node's is not seen renewed here); `None`: all.
+    only_node: Option<String>,
 }
 
 impl Sessions {
+    /// Sessions whose TTLs are kept here: `node`'s only, or all.
+    pub fn new(only_node: Option<String>) -> Sessions {
+        Sessions {
+            only_node,
+            ..Sessions::default()
+        }
+    }
+
     fn arm(&self, s: &Session) {
         if let Some(ttl) = s.ttl {
             self.deadlines
@@ -88,9 +101,26 @@ impl Sessions {
         registry: Arc<Registry>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        registry.read(|s| s.sessions().for_each(|s| self.arm(s)));
         let mut changes = registry.subscribe();
+        // Sessions armed once already: a session seen for the first time
+        // (restored at start, or in a cluster read from etcd) gets a fresh
+        // TTL; one seen again keeps its deadline.
+        let mut seen = std::collections::HashSet::new();
+        let mut sessions_index = None;
         loop {
+            let index = registry.read(|s| s.tables().sessions);
+            if sessions_index != Some(index) {
+                sessions_index = Some(index);
+                registry.read(|s| {
+                    seen.retain(|id: &String| s.session(id).is_some());
+                    for sess in s.sessions() {
+                        let mine = self.only_node.as_ref().is_none_or(|n| *n == sess.node);
+                        if mine && seen.insert(sess.id.clone()) {
+                            self.arm(sess);
+                        }
+                    }
+                });
+            }
             let next = self
                 .deadlines
                 .locked()
@@ -259,10 +289,18 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
         n => n,
     };
     let mut checks: Vec<String> = Vec::new();
+    let mut listed = false;
     for name in ["Checks", "NodeChecks"] {
         if let Some(list) = field(&body, name).and_then(Value::as_array) {
+            listed = true;
             checks.extend(list.iter().filter_map(Value::as_str).map(String::from));
         }
+    }
+    // Consul ties a session to its node's serfHealth unless told
+    // otherwise; a cluster member's node has one, so its failure
+    // invalidates the sessions (and frees the locks) made through it.
+    if !listed && api.registry.read(|s| s.check(&node, SERF_CHECK).is_some()) {
+        checks.push(SERF_CHECK.to_string());
     }
     // ServiceChecks are objects: [{"ID": "service:web-1", "Namespace": ""}].
     let service_checks: Vec<String> = field(&body, "ServiceChecks")
@@ -317,7 +355,7 @@ pub async fn create(State(api): Shared, body: Result<Bytes, BytesRejection>) -> 
                 }
             }
             t.create_session(session.clone());
-            Ok(session)
+            Ok(session.clone())
         })
         .await??;
     api.sessions.arm(&created);

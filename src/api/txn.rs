@@ -197,7 +197,7 @@ pub(super) async fn txn(State(api): Shared, body: Result<Bytes, BytesRejection>)
         .write_api(|txn| {
             txn.all_or_nothing(|txn| {
                 let mut results = Vec::new();
-                for (i, (op, value)) in decoded.into_iter().enumerate() {
+                for (i, (op, value)) in decoded.iter().cloned().enumerate() {
                     match run(&api, txn, op, value) {
                         Ok(Out::Entries(e)) => results.extend(e),
                         Err(what) => return Err(json!({"OpIndex": i, "What": what})),

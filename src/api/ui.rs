@@ -122,6 +122,7 @@ fn source_name(s: Source) -> &'static str {
         Source::File => "zones/",
         Source::Consul => "Consul",
         Source::Docker => "Docker",
+        Source::Cluster => "cluster",
     }
 }
 

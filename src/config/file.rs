@@ -44,6 +44,8 @@ pub(super) struct FileConfig {
     pub(super) docker_host_ip: Option<IpAddr>,
     pub(super) docker_internal: Option<bool>,
     pub(super) docker_network: Option<String>,
+    pub(super) etcd: Option<OneOrMany<String>>,
+    pub(super) etcd_prefix: Option<String>,
     pub(super) consul: Option<String>,
     pub(super) consul_token: Option<String>,
     pub(super) consul_ca_file: Option<PathBuf>,

@@ -65,6 +65,17 @@ pub struct Flags {
     #[arg(long = "consul", value_name = "URL", global = true)]
     pub consul: Option<String>,
 
+    /// Cluster mode: share one registry with every signpost pointed at this
+    /// etcd (its client URLs, comma-separated, e.g.
+    /// http://10.0.0.1:2379,http://10.0.0.2:2379). etcd is then the store:
+    /// no --data-dir.
+    #[arg(long = "etcd", value_name = "URLS", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// The etcd key prefix the cluster's keys live under. [default: /signpost]
+    #[arg(long = "etcd-prefix", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+
     /// ACL token for the Consul agent.
     #[arg(
         long = "consul-token",

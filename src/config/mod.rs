@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub use crate::api::serve::HttpLimits;
+pub use crate::cluster::ClusterConfig;
 use crate::dns::name::DomainName;
 pub use crate::dns::settings::{
     Balance, DnsConfig, Recursors, Soa, TtlMap, DEFAULT_ALLOW_RECURSION, DEFAULT_UDP_PAYLOAD,
@@ -84,6 +85,8 @@ pub struct Config {
     pub recursors: Recursors,
     /// Sidecar mode when set.
     pub consul: Option<ConsulConfig>,
+    /// Cluster mode when set: the registry lives in etcd.
+    pub cluster: Option<ClusterConfig>,
     /// The Docker engine as a source, when set.
     pub docker: Option<DockerConfig>,
     /// The web UI at /ui/.
@@ -130,6 +133,7 @@ impl Config {
             session_ttl_min: std::time::Duration::from_secs(10),
             recursors: Recursors::default(),
             consul: None,
+            cluster: None,
             docker: None,
             ui: true,
             http_allowed_hosts: Vec::new(),

@@ -239,6 +239,56 @@ impl Config {
                 })
             }
         };
+        let etcd: Vec<String> = if !flags.etcd.is_empty() {
+            flags.etcd.clone()
+        } else {
+            match &file.etcd {
+                None => Vec::new(),
+                Some(OneOrMany::One(u)) => vec![u.clone()],
+                Some(OneOrMany::Many(v)) => v.clone(),
+            }
+        };
+        let cluster = if etcd.is_empty() {
+            None
+        } else {
+            let mut endpoints = Vec::new();
+            for url in &etcd {
+                let url = url.trim().trim_end_matches('/').to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+                    return Err(invalid(format!(
+                        "etcd: {url:?} is not an http:// or https:// URL"
+                    )));
+                }
+                endpoints.push(url);
+            }
+            let prefix = flags
+                .etcd_prefix
+                .clone()
+                .or(file.etcd_prefix.clone())
+                .unwrap_or_else(|| "/signpost".into());
+            let prefix = prefix.trim_end_matches('/').to_string();
+            if !prefix.starts_with('/') || prefix.len() < 2 {
+                return Err(invalid(format!(
+                    "etcd_prefix: {prefix:?} must start with / and name something (e.g. /signpost)"
+                )));
+            }
+            if flags.data_dir.is_some() || file.data_dir.is_some() {
+                return Err(invalid(
+                    "etcd and data_dir: in cluster mode etcd is the store; leave out data_dir"
+                        .into(),
+                ));
+            }
+            if consul.is_some() {
+                return Err(invalid(
+                    "etcd and consul: a member of a signpost cluster cannot also mirror a Consul agent".into(),
+                ));
+            }
+            Some(ClusterConfig {
+                endpoints,
+                prefix,
+                lease_ttl: crate::cluster::DEFAULT_LEASE_TTL,
+            })
+        };
         let docker_url = match (flags.docker.clone(), file.docker.clone()) {
             (Some(url), _) if !url.is_empty() => Some(url),
             (Some(_), _) | (None, Some(DockerSetting::On(true))) => Some(
@@ -317,6 +367,7 @@ impl Config {
             },
             recursors,
             consul,
+            cluster,
             docker,
             ui: flags.ui.or(file.ui).unwrap_or(true),
             http_allowed_hosts: file.http_allowed_hosts.unwrap_or_default(),

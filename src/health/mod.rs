@@ -68,6 +68,9 @@ struct Shared {
     runs: [AtomicU64; 3],
     /// The same, for `/metrics`.
     check_runs: Family<ResultLabel, Counter>,
+    /// In a cluster, the node whose checks this agent runs (each member
+    /// runs its own node's); `None`: every check.
+    only_node: Option<String>,
 }
 
 /// Counts a live check task; drops with the task, however it ends.
@@ -99,6 +102,7 @@ impl HealthChecks {
     pub fn start(
         registry: Arc<Registry>,
         check_runs: Family<ResultLabel, Counter>,
+        only_node: Option<String>,
     ) -> Arc<HealthChecks> {
         let shared = Arc::new(Shared {
             clients: HttpClients::new(),
@@ -107,6 +111,7 @@ impl HealthChecks {
             ttl: Mutex::new(HashMap::new()),
             runs: Default::default(),
             check_runs,
+            only_node,
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(registry, Arc::clone(&shared), stopped));
@@ -155,10 +160,11 @@ impl HealthChecks {
     }
 }
 
-fn specs(registry: &Registry) -> HashMap<CheckKey, Arc<Spec>> {
+fn specs(registry: &Registry, only_node: Option<&str>) -> HashMap<CheckKey, Arc<Spec>> {
     registry.read(|s| {
         s.checks()
             .filter(|c| c.source != Source::Consul && c.kind != CheckKind::Static)
+            .filter(|c| only_node.is_none_or(|n| c.node == n))
             .map(|c| {
                 (
                     (c.node.clone(), c.id.clone()),
@@ -184,7 +190,7 @@ async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch
         let defs = registry.read(|s| s.check_defs());
         if seen != Some(defs) {
             seen = Some(defs);
-            let mut wanted = specs(&registry);
+            let mut wanted = specs(&registry, shared.only_node.as_deref());
             tasks.retain(|key, (spec, handle)| {
                 let keep = wanted.get(key) == Some(spec) && !handle.is_finished();
                 if keep {
@@ -350,7 +356,9 @@ async fn run_periodic(
             })
             .inc();
         if let Some(status) = machine.observe(result) {
-            registry.write(|t| t.set_check_status(&key.0, &key.1, status, &output));
+            registry
+                .write_status(|t| t.set_check_status(&key.0, &key.1, status, &output))
+                .await;
         }
         if reaper.due(registry, key) {
             reaper.reap(registry, key).await;
@@ -406,12 +414,14 @@ async fn run_ttl(
                 if !expired && Instant::now() >= refreshed() + ttl {
                     expired = true;
                     let output = format!("TTL expired: no update for {}", format_duration(ttl));
-                    registry.write(|t| {
-                        // A refresh that got in first wins.
-                        if refreshed().elapsed() >= ttl {
-                            t.set_check_status(&key.0, &key.1, Health::Critical, &output);
-                        }
-                    });
+                    registry
+                        .write_status(|t| {
+                            // A refresh that got in first wins.
+                            if refreshed().elapsed() >= ttl {
+                                t.set_check_status(&key.0, &key.1, Health::Critical, &output);
+                            }
+                        })
+                        .await;
                 }
             }
         }
@@ -456,7 +466,7 @@ mod tests {
         let r = registry_with(
             r#"{"Name": "s", "Check": {"CheckID": "t", "TTL": "10s", "Status": "passing"}}"#,
         );
-        let health = HealthChecks::start(Arc::clone(&r), Family::default());
+        let health = HealthChecks::start(Arc::clone(&r), Family::default(), None);
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(status(&r, "t"), Some(Health::Passing));
         health.touch_ttl("n", "t");
@@ -478,7 +488,7 @@ mod tests {
             r#"{"Name": "s", "ID": "s1", "Check": {"CheckID": "t", "TTL": "10s",
                 "DeregisterCriticalServiceAfter": "1m"}}"#,
         );
-        let health = HealthChecks::start(Arc::clone(&r), Family::default());
+        let health = HealthChecks::start(Arc::clone(&r), Family::default(), None);
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_some()));
         tokio::time::sleep(Duration::from_secs(2)).await;

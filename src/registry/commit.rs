@@ -26,12 +26,20 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{oneshot, watch};
 
+use super::shared::{self, Committed, Event, Shared};
 use super::store::{Durable, Rows, StoreError};
 use super::{ChangeListener, Changes, State, Touched, Txn};
 
 /// How long the committer waits before probing a failed store again when
 /// no write asks it to.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// In a cluster: how many times a write runs again after another member
+/// wrote a key it read, before it gives up.
+const SHARED_RETRIES: usize = 32;
+/// In a cluster: how long a committed write waits for this member's
+/// change stream to bring it back before the writer is told so.
+const APPLY_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether the store accepts writes; read by `/ready`, `/metrics` and the
 /// status endpoint. Atomics and a small mutex: written by the committer
@@ -116,6 +124,10 @@ pub struct Registry {
     /// that waits for "something changed" without polling.
     index_tx: watch::Sender<u64>,
     durable: bool,
+    /// In a cluster, the store every member shares: writes go there first
+    /// and come back through [`apply_events`](Self::apply_events). There
+    /// is no committer then, and the tip is always the visible state.
+    shared: Option<Arc<dyn Shared>>,
     status: Arc<StoreStatus>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -123,7 +135,16 @@ pub struct Registry {
 impl Registry {
     /// A registry that keeps everything in memory.
     pub fn new(listener: Arc<dyn ChangeListener>) -> Arc<Registry> {
-        Self::build(listener, false)
+        Self::build(listener, false, None)
+    }
+
+    /// A cluster member's registry: API writes are committed in `shared`
+    /// and become visible when its change stream brings them back.
+    pub fn with_shared(
+        listener: Arc<dyn ChangeListener>,
+        shared: Arc<dyn Shared>,
+    ) -> Arc<Registry> {
+        Self::build(listener, false, Some(shared))
     }
 
     /// A registry whose API writes are made durable in `store` before they
@@ -135,7 +156,7 @@ impl Registry {
         let Some(store) = store else {
             return Self::new(listener);
         };
-        let registry = Self::build(listener, true);
+        let registry = Self::build(listener, true, None);
         let weak = Arc::downgrade(&registry);
         let handle = std::thread::Builder::new()
             .name("store-commit".into())
@@ -145,7 +166,11 @@ impl Registry {
         registry
     }
 
-    fn build(listener: Arc<dyn ChangeListener>, durable: bool) -> Arc<Registry> {
+    fn build(
+        listener: Arc<dyn ChangeListener>,
+        durable: bool,
+        shared: Option<Arc<dyn Shared>>,
+    ) -> Arc<Registry> {
         let (index_tx, _) = watch::channel(0);
         Arc::new(Registry {
             visible: ArcSwap::from_pointee(State::default()),
@@ -159,6 +184,7 @@ impl Registry {
             listener,
             index_tx,
             durable,
+            shared,
             status: Arc::new(StoreStatus::default()),
             committer: Mutex::new(None),
         })
@@ -171,10 +197,23 @@ impl Registry {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the tip. Returns its output, what it changed and which
-    /// keys it touched; the tip's index has moved when anything changed.
-    fn apply<R>(w: &mut Writer, f: impl FnOnce(&mut Txn<'_>) -> R) -> (R, Changes, Touched) {
-        let next_index = w.tip.index + 1;
+    /// The index a local write commits at: the next one, or in a cluster
+    /// the current revision (only the shared store moves the index there).
+    fn next_index(&self, w: &Writer) -> u64 {
+        match self.shared {
+            Some(_) => w.tip.index,
+            None => w.tip.index + 1,
+        }
+    }
+
+    /// Runs `f` on the tip at `next_index`. Returns its output, what it
+    /// changed and which keys it touched; the tip's index has moved to
+    /// `next_index` when anything changed.
+    fn apply<R>(
+        w: &mut Writer,
+        next_index: u64,
+        f: impl FnOnce(&mut Txn<'_>) -> R,
+    ) -> (R, Changes, Touched) {
         let mut txn = Txn {
             state: &mut w.tip,
             changes: Changes::default(),
@@ -213,7 +252,8 @@ impl Registry {
     /// them, within one disk flush, in order.
     pub fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
         let mut w = self.lock();
-        let (out, changes, touched) = Self::apply(&mut w, f);
+        let next = self.next_index(&w);
+        let (out, changes, touched) = Self::apply(&mut w, next, f);
         if changes.is_empty() {
             return out;
         }
@@ -238,13 +278,20 @@ impl Registry {
     /// As [`write`](Self::write), and the API entries it touched are on
     /// disk before it is visible and before this returns. When the store
     /// refuses it, it was never visible and nothing changed.
-    pub async fn write_api<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> R) -> Result<R, StoreError> {
+    ///
+    /// In a cluster it is committed in the shared store instead, and runs
+    /// again (so `f` is `Fn`) when another member wrote what it read.
+    pub async fn write_api<R>(&self, f: impl Fn(&mut Txn<'_>) -> R) -> Result<R, StoreError> {
+        if let Some(shared) = &self.shared {
+            return self.write_shared(shared.as_ref(), f).await;
+        }
         if !self.durable {
             return Ok(self.write(f));
         }
         let rx = {
             let mut w = self.lock();
-            let (out, changes, touched) = Self::apply(&mut w, f);
+            let next = w.tip.index + 1;
+            let (out, changes, touched) = Self::apply(&mut w, next, f);
             // A write that changed nothing still waits for the writes
             // before it: what it read of them must not be acknowledged
             // before they are on disk.
@@ -282,12 +329,151 @@ impl Registry {
             + saved.queries.len();
         let mut w = self.lock();
         w.tip.index = w.tip.index.max(saved.index);
-        let (_, changes, _) = Self::apply(&mut w, |txn| txn.restore(saved));
+        let next = w.tip.index + 1;
+        let (_, changes, _) = Self::apply(&mut w, next, |txn| txn.restore(saved));
         if !changes.is_empty() {
             let state = w.tip.clone();
             drop(self.publish(state, &changes));
         }
         count
+    }
+
+    /// A check's status, from the agent that runs the check: a local write,
+    /// except in a cluster, where every member must see it (an instance
+    /// failing on one host leaves DNS on all). A status the shared store
+    /// refused is logged: the check's next run writes it again.
+    pub async fn write_status<R>(&self, f: impl Fn(&mut Txn<'_>) -> R) {
+        match &self.shared {
+            Some(shared) => {
+                if let Err(e) = self.write_shared(shared.as_ref(), f).await {
+                    tracing::warn!("cannot record a check's status: {e}");
+                }
+            }
+            None => drop(self.write(f)),
+        }
+    }
+
+    /// A write in a cluster: run on a copy of the visible state, committed
+    /// in the shared store if nothing it read moved, acknowledged once this
+    /// member applied it.
+    async fn write_shared<R>(
+        &self,
+        shared: &dyn Shared,
+        f: impl Fn(&mut Txn<'_>) -> R,
+    ) -> Result<R, StoreError> {
+        for _ in 0..SHARED_RETRIES {
+            let before = self.visible.load_full();
+            let mut after = State::clone(&before);
+            let mut txn = Txn {
+                state: &mut after,
+                changes: Changes::default(),
+                touched: Touched::default(),
+                next_index: before.index + 1,
+            };
+            let out = f(&mut txn);
+            let touched = std::mem::take(&mut txn.touched);
+            let ops = shared::ops(&before, &after, &touched);
+            if ops.is_empty() {
+                // Nothing shared: what it changed (if anything) is local.
+                return Ok(self.write(&f));
+            }
+            match shared.commit(ops).await? {
+                Committed::At(rev) => {
+                    self.applied(rev).await?;
+                    return Ok(out);
+                }
+                Committed::Stale(rev) => self.applied(rev).await?,
+            }
+        }
+        Err(StoreError::new(
+            "etcd",
+            format!("{SHARED_RETRIES} tries in a row found a key written by another member since it was read; try again"),
+        ))
+    }
+
+    /// Waits until this member has applied the shared store's `rev`.
+    async fn applied(&self, rev: u64) -> Result<(), StoreError> {
+        let mut rx = self.index_tx.subscribe();
+        let reached = tokio::time::timeout(APPLY_WAIT, async {
+            rx.wait_for(|i| *i >= rev).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(StoreError::new(
+                "etcd",
+                format!(
+                    "committed at revision {rev}, but this member's change stream has not brought it back within {} s",
+                    APPLY_WAIT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Applies a batch of the shared store's change stream, in revision
+    /// order, and makes it visible at `revision` (the stream's header: it
+    /// may be past the last event). Returns the events that could not be
+    /// applied, for the caller to log.
+    pub fn apply_events(&self, events: Vec<Event>, revision: u64) -> Vec<shared::BadEvent> {
+        let mut bad = Vec::new();
+        let mut all = Changes::default();
+        let mut w = self.lock();
+        for mut group in events
+            .chunk_by(|a, b| a.mod_revision == b.mod_revision)
+            .map(<[Event]>::to_vec)
+        {
+            shared::apply_order(&mut group);
+            let rev = group[0].mod_revision.max(w.tip.index);
+            let (_, changes, _) = Self::apply(&mut w, rev, |t| {
+                bad.extend(group.iter().filter_map(|e| t.apply_event(e).err()));
+            });
+            all.merge(changes);
+        }
+        w.tip.index = w.tip.index.max(revision);
+        let replaced = self.publish(w.tip.clone(), &all);
+        drop(w);
+        drop(replaced);
+        bad
+    }
+
+    /// Replaces every shared entry with `events`, a full read of the
+    /// shared store at `revision` (at start, or when the revision to resume
+    /// from was compacted): keys this member has and the read has not are
+    /// removed.
+    pub fn reload_shared(&self, mut events: Vec<Event>, revision: u64) -> Vec<shared::BadEvent> {
+        let gone: Vec<Event> = {
+            let w = self.lock();
+            let have: std::collections::HashSet<&str> =
+                events.iter().map(|e| e.key.as_str()).collect();
+            w.tip
+                .shared_keys()
+                .filter(|(k, _)| !have.contains(k))
+                .map(|(k, _)| Event {
+                    key: k.to_string(),
+                    value: None,
+                    create_revision: 0,
+                    mod_revision: revision,
+                })
+                .collect()
+        };
+        events.extend(gone);
+        shared::apply_order(&mut events);
+        let mut bad = Vec::new();
+        let mut w = self.lock();
+        let next = revision.max(w.tip.index);
+        let (_, changes, _) = Self::apply(&mut w, next, |t| {
+            bad.extend(events.iter().filter_map(|e| t.apply_event(e).err()));
+        });
+        w.tip.index = next;
+        let replaced = self.publish(w.tip.clone(), &changes);
+        drop(w);
+        drop(replaced);
+        bad
+    }
+
+    /// Whether this registry is a cluster member's.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Whether API writes outlive the process.
@@ -438,7 +624,8 @@ fn refuse(reg: &Registry, batch: Vec<Pending>, e: &StoreError) {
     for p in batch.into_iter().chain(later) {
         replies.extend(p.reply);
         if let Some((touched, after)) = p.replay {
-            let (_, c, _) = Registry::apply(&mut w, |t| t.replay(&after, &touched));
+            let next = w.tip.index + 1;
+            let (_, c, _) = Registry::apply(&mut w, next, |t| t.replay(&after, &touched));
             changes.merge(c);
         }
     }

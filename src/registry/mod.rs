@@ -21,6 +21,7 @@ mod kv;
 pub mod model;
 pub mod query;
 mod sessions;
+pub mod shared;
 mod state;
 pub mod store;
 
@@ -89,6 +90,10 @@ pub struct State {
     queries: OrdMap<String, Arc<query::PreparedQuery>>,
     index: u64,
     tables: TableIndexes,
+    /// In a cluster: each shared-store key this member has applied, with
+    /// its modification revision, which a write expects it still to have.
+    /// Empty otherwise.
+    revs: imbl::HashMap<Arc<str>, u64>,
     /// Moves when a check is added, removed or redefined, never on a status
     /// update: the health runner rescans its checks only when this moves.
     check_defs: u64,

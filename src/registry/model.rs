@@ -23,6 +23,10 @@ pub enum Source {
     /// A running container, from the Docker engine (never stored: the
     /// engine is read afresh at every start).
     Docker,
+    /// Derived from a cluster's member list (a member's node and its
+    /// `serfHealth` check): every member derives it alike, and it is never
+    /// written to the shared store.
+    Cluster,
 }
 
 /// Health of a check, and of an instance (the worst of its checks).

@@ -45,6 +45,13 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    pub fn new(path: impl Into<PathBuf>, reason: impl Into<String>) -> StoreError {
+        StoreError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// The committer thread is gone (signpost is shutting down).
     pub fn stopped() -> StoreError {
         StoreError {
