@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Dependencies point one way: `server`/`cli` → `config` → `api`, `dns`,
-//! `sync`, `health` → `registry`, with `metrics`, `net`, `locks`,
+//! `sync`, `health`, `cluster` → `registry`, with `metrics`, `net`, `locks`,
 //! `located`, `consul_client` and `fds` at the bottom; the registry imports
 //! nothing else from the crate. `tests/it/structure.rs` keeps it so.
 //!

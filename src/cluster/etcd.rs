@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 /// How long one call to one endpoint may take before the next endpoint is
 /// tried.
-const CALL_TIMEOUT: Duration = Duration::from_secs(4);
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, thiserror::Error)]

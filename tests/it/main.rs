@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod client_cli;
 mod clients;
+mod cluster;
 mod conformance;
 mod dns_peers;
 mod dns_queries;
