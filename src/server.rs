@@ -152,6 +152,9 @@ impl Signpost {
         if registry.is_durable() {
             metrics.register(Box::new(StoreCollector(registry.store_status().clone())));
         }
+        if let Some(c) = &cluster {
+            metrics.register(Box::new(crate::cluster::ClusterCollector(c.clone())));
+        }
         if let Some(f) = &forwarder {
             metrics.register(Box::new(crate::dns::forward::ForwardCollector(f.clone())));
         }

@@ -400,3 +400,44 @@ impl Shared for Cluster {
         })
     }
 }
+
+/// The cluster's counters and state for `/metrics`, read at scrape time.
+#[derive(Debug)]
+pub struct ClusterCollector(pub Arc<Cluster>);
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.me.name)
+            .field("endpoints", &self.config.endpoints)
+            .finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for ClusterCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::metrics::{counter, gauge};
+        let c = &self.0;
+        gauge(
+            &mut encoder,
+            "cluster_etcd_reachable",
+            "1 while etcd answers this member (0: DNS and reads go on from memory, writes are refused)",
+            i64::from(c.is_reachable()),
+        )?;
+        let s = &c.stats;
+        for (name, help, value) in [
+            ("cluster_commits", "Writes committed in etcd through this member", &s.commits),
+            ("cluster_conflicts", "Writes that found a key written by another member since they read it, and ran again", &s.conflicts),
+            ("cluster_write_failures", "Writes refused because etcd did not commit them", &s.write_failures),
+            ("cluster_events", "Changes applied from etcd's watch stream", &s.events),
+            ("cluster_reloads", "Full reads of the registry from etcd (at start, or after a compacted revision)", &s.reloads),
+            ("cluster_stream_breaks", "Times the watch stream broke and was resumed", &s.stream_breaks),
+        ] {
+            counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+}

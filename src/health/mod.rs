@@ -357,7 +357,7 @@ async fn run_periodic(
             .inc();
         if let Some(status) = machine.observe(result) {
             registry
-                .write_status(|t| t.set_check_status(&key.0, &key.1, status, &output))
+                .write_agent(|t| t.set_check_status(&key.0, &key.1, status, &output))
                 .await;
         }
         if reaper.due(registry, key) {
@@ -415,7 +415,7 @@ async fn run_ttl(
                     expired = true;
                     let output = format!("TTL expired: no update for {}", format_duration(ttl));
                     registry
-                        .write_status(|t| {
+                        .write_agent(|t| {
                             // A refresh that got in first wins.
                             if refreshed().elapsed() >= ttl {
                                 t.set_check_status(&key.0, &key.1, Health::Critical, &output);

@@ -338,15 +338,16 @@ impl Registry {
         count
     }
 
-    /// A check's status, from the agent that runs the check: a local write,
-    /// except in a cluster, where every member must see it (an instance
-    /// failing on one host leaves DNS on all). A status the shared store
-    /// refused is logged: the check's next run writes it again.
-    pub async fn write_status<R>(&self, f: impl Fn(&mut Txn<'_>) -> R) {
+    /// A write by this agent of what it alone keeps (a check's status, its
+    /// host's containers): local, except in a cluster, where every member
+    /// must see it (an instance failing on one host leaves DNS on all). A
+    /// write the shared store refused is logged: the source writes again
+    /// at its next change or resync.
+    pub async fn write_agent<R>(&self, f: impl Fn(&mut Txn<'_>) -> R) {
         match &self.shared {
             Some(shared) => {
                 if let Err(e) = self.write_shared(shared.as_ref(), f).await {
-                    tracing::warn!("cannot record a check's status: {e}");
+                    tracing::warn!("cannot share this agent's write: {e}");
                 }
             }
             None => drop(self.write(f)),

@@ -103,7 +103,7 @@ pub struct State {
 /// source has, strikes each one it writes again, and removes the rest: it
 /// needs no list of everything it wrote, and never touches another
 /// source's entries.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SourceKeys {
     pub nodes: BTreeSet<String>,
     pub instances: BTreeSet<InstanceKey>,

@@ -98,10 +98,11 @@ pub fn apply_order(events: &mut [Event]) {
     });
 }
 
-/// Entries of these sources live in the shared store; the others (zones/
-/// files, a mirrored Consul, the cluster's own derived entries) stay local.
+/// Entries of these sources live in the shared store (the API's, and each
+/// host's containers under its node); the others (zones/ files, a mirrored
+/// Consul, the cluster's own derived entries) stay local.
 fn is_shared(source: Source) -> bool {
-    source == Source::Api
+    matches!(source, Source::Api | Source::Docker)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {

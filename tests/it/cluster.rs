@@ -10,7 +10,7 @@ use crate::cli::Running;
 use crate::support::*;
 
 /// Three etcd members on loopback ports, in a temporary directory.
-struct Etcd {
+pub(crate) struct Etcd {
     dir: tempfile::TempDir,
     clients: Vec<u16>,
     peers: Vec<u16>,
@@ -19,7 +19,7 @@ struct Etcd {
 
 impl Etcd {
     /// `None` when etcd is not installed (outside CI; in CI the test fails).
-    fn start() -> Option<Etcd> {
+    pub(crate) fn start() -> Option<Etcd> {
         if !have("etcd") {
             missing_tool("etcd", "etcd-server", "the cluster tests run a real etcd");
             return None;
@@ -76,7 +76,7 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.clients[i])
     }
 
-    fn urls(&self) -> String {
+    pub(crate) fn urls(&self) -> String {
         (0..3).map(|i| self.client(i)).collect::<Vec<_>>().join(",")
     }
 
@@ -126,7 +126,7 @@ fn member(etcd: &Etcd, node: &str, prefix: &str) -> Running {
     ])
 }
 
-async fn ready(m: &Running) {
+pub(crate) async fn ready(m: &Running) {
     let url = format!("http://{}/ready", m.http);
     eventually(Duration::from_secs(20), "the member is ready", || async {
         http("GET", &url, None).await.status == 200
@@ -275,6 +275,11 @@ async fn three_members_share_one_registry_and_never_lose_a_concurrent_write() {
         .await;
     }
     eprintln!("45 CAS increments through 3 members: {conflicts} refused CAS, none lost");
+    let metrics = http("GET", &url(&members[0], "/metrics"), None).await.body;
+    assert!(
+        metrics.contains("cluster_commits_total") && metrics.contains("cluster_etcd_reachable 1"),
+        "{metrics}"
+    );
 
     // A lock held through one member cannot be taken through another
     // until it is released.

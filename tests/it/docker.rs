@@ -670,3 +670,58 @@ async fn the_compose_example_comes_up_scales_and_goes_down() {
         "network left"
     );
 }
+
+/// Registrator plus a Consul cluster, as one binary per host: host A's
+/// signpost registers A's containers under its node in the cluster's etcd,
+/// host B's answers them, and A's loss takes them out of B's DNS.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_on_one_cluster_member_is_found_from_another_and_leaves_with_its_host() {
+    let _one = ONE_ENGINE.lock().await;
+    let Some(etcd) = crate::cluster::Etcd::start() else {
+        return;
+    };
+    let Some(engine) = Engine::start() else {
+        return;
+    };
+    let [p1] = free_ports::<1>();
+    engine.run(&format!(
+        "--name web1 -p 127.0.0.1:{p1}:80 -e SERVICE_NAME=web sp-busybox:1.0 httpd -f -p 80"
+    ));
+    let urls = etcd.urls();
+    let mut a = crate::cli::run_binary(&[
+        "--etcd",
+        &urls,
+        "--node",
+        "host-a",
+        "--docker",
+        &engine.url(),
+        "--docker-host-ip",
+        "127.0.0.1",
+    ]);
+    let b = crate::cli::run_binary(&["--etcd", &urls, "--node", "host-b"]);
+    crate::cluster::ready(&a).await;
+    crate::cluster::ready(&b).await;
+    wait_srv(
+        b.dns,
+        "web.service.consul",
+        &[p1],
+        "host A's container from host B",
+    )
+    .await;
+    let services = http(
+        "GET",
+        &format!("http://{}/v1/catalog/service/web", b.http),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(services[0]["Node"], "host-a", "{services}");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "host A's loss takes its container out of B's DNS",
+        || async { srv(b.dns, "web.service.consul").await.is_empty() },
+    )
+    .await;
+}

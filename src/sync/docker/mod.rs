@@ -227,7 +227,7 @@ impl DockerSync {
                 Err(e) => return Err(format!("cannot inspect container {id}: {e}")),
             }
         }
-        let (containers, instances) = self.resync(registry, wanted);
+        let (containers, instances) = self.resync(registry, wanted).await;
         let was_down = self.disconnected_since.locked().take();
         self.set_status(|s| {
             s.connected = true;
@@ -295,7 +295,7 @@ impl DockerSync {
             }) => None,
             Err(e) => return Err(format!("cannot inspect container {id}: {e}")),
         };
-        self.replace(registry, &id, contribution);
+        self.replace(registry, &id, contribution).await;
         if let Some(nanos) = event.time_nano {
             let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
             if let Ok(lag) = SystemTime::now().duration_since(at) {
@@ -306,57 +306,63 @@ impl DockerSync {
     }
 
     /// Replaces one container's entries with `new` (none: it is gone).
-    fn replace(&self, registry: &Registry, id: &str, new: Option<Contribution>) {
-        let mut known = self.known.locked();
-        let old = known.remove(id).unwrap_or_default();
+    ///
+    /// In a cluster the entries are every member's (written through etcd,
+    /// under this member's node), so a container on one host is found from
+    /// all; otherwise they are local.
+    async fn replace(&self, registry: &Registry, id: &str, new: Option<Contribution>) {
+        let old = self.known.locked().remove(id).unwrap_or_default();
         let new = new.unwrap_or_default();
         if old == new {
             if !new.instances.is_empty() {
-                known.insert(id.to_string(), new);
+                self.known.locked().insert(id.to_string(), new);
             }
             return;
         }
         for why in &new.skipped {
             tracing::warn!(container = %short(id), "not registered: {why}");
         }
-        registry.write(|txn| {
-            for inst in &old.instances {
-                if !new.instances.iter().any(|i| i.key() == inst.key()) {
-                    txn.remove_instance(&inst.key());
+        registry
+            .write_agent(|txn| {
+                for inst in &old.instances {
+                    if !new.instances.iter().any(|i| i.key() == inst.key()) {
+                        txn.remove_instance(&inst.key());
+                    }
                 }
-            }
-            for c in &old.checks {
-                if !new.checks.iter().any(|n| n.id == c.id) {
-                    txn.remove_check(&c.node, &c.id);
+                for c in &old.checks {
+                    if !new.checks.iter().any(|n| n.id == c.id) {
+                        txn.remove_check(&c.node, &c.id);
+                    }
                 }
-            }
-            for inst in &new.instances {
-                let clash = txn
-                    .state()
-                    .instance(&inst.key())
-                    .is_some_and(|i| i.source != Source::Docker);
-                if clash {
-                    tracing::warn!(
-                        container = %short(id), service_id = %inst.id,
-                        "not registered: an entry from another source has this service ID"
-                    );
-                    continue;
+                for inst in &new.instances {
+                    let clash = txn
+                        .state()
+                        .instance(&inst.key())
+                        .is_some_and(|i| i.source != Source::Docker);
+                    if clash {
+                        tracing::warn!(
+                            container = %short(id), service_id = %inst.id,
+                            "not registered: an entry from another source has this service ID"
+                        );
+                        continue;
+                    }
+                    txn.upsert_instance(inst.clone());
                 }
-                txn.upsert_instance(inst.clone());
-            }
-            for c in &new.checks {
-                if txn
-                    .state()
-                    .instance(&InstanceKey::new(
-                        &c.node,
-                        c.service_id.as_deref().unwrap_or(""),
-                    ))
-                    .is_some_and(|i| i.source == Source::Docker)
-                {
-                    txn.upsert_check(c.clone());
+                for c in &new.checks {
+                    if txn
+                        .state()
+                        .instance(&InstanceKey::new(
+                            &c.node,
+                            c.service_id.as_deref().unwrap_or(""),
+                        ))
+                        .is_some_and(|i| i.source == Source::Docker)
+                    {
+                        txn.upsert_check(c.clone());
+                    }
                 }
-            }
-        });
+            })
+            .await;
+        let mut known = self.known.locked();
         if !new.instances.is_empty() {
             known.insert(id.to_string(), new);
         }
@@ -371,36 +377,47 @@ impl DockerSync {
 
     /// Makes the Docker entries exactly `wanted`: what is not there any
     /// more is removed, in one transaction with the additions.
-    fn resync(&self, registry: &Registry, wanted: HashMap<String, Contribution>) -> (usize, usize) {
-        let mut stale = registry.read_latest(|s| s.keys_of(Source::Docker));
+    async fn resync(
+        &self,
+        registry: &Registry,
+        wanted: HashMap<String, Contribution>,
+    ) -> (usize, usize) {
+        // This node's containers only: in a cluster the other members'
+        // are theirs.
+        let mut all = registry.read_latest(|s| s.keys_of(Source::Docker));
+        all.instances.retain(|k| *k.node == *self.node);
+        all.checks.retain(|(node, _)| *node == self.node);
+        all.nodes.clear();
         let wanted: HashMap<String, Contribution> = wanted
             .into_iter()
             .filter(|(_, c)| !c.instances.is_empty() || !c.skipped.is_empty())
             .collect();
-        registry.write(|txn| {
-            for (id, c) in &wanted {
-                for why in &c.skipped {
-                    tracing::warn!(container = %short(id), "not registered: {why}");
-                }
-                for inst in &c.instances {
-                    if txn
-                        .state()
-                        .instance(&inst.key())
-                        .is_some_and(|i| i.source != Source::Docker)
-                    {
-                        continue;
+        registry
+            .write_agent(|txn| {
+                let mut stale = all.clone();
+                for (id, c) in &wanted {
+                    for why in &c.skipped {
+                        tracing::warn!(container = %short(id), "not registered: {why}");
                     }
-                    stale.instances.remove(&inst.key());
-                    txn.upsert_instance(inst.clone());
+                    for inst in &c.instances {
+                        if txn
+                            .state()
+                            .instance(&inst.key())
+                            .is_some_and(|i| i.source != Source::Docker)
+                        {
+                            continue;
+                        }
+                        stale.instances.remove(&inst.key());
+                        txn.upsert_instance(inst.clone());
+                    }
+                    for check in &c.checks {
+                        stale.checks.remove(&(check.node.clone(), check.id.clone()));
+                        txn.upsert_check(check.clone());
+                    }
                 }
-                for check in &c.checks {
-                    stale.checks.remove(&(check.node.clone(), check.id.clone()));
-                    txn.upsert_check(check.clone());
-                }
-            }
-            stale.nodes.clear();
-            txn.remove_stale(Source::Docker, &stale);
-        });
+                txn.remove_stale(Source::Docker, &stale);
+            })
+            .await;
         let instances = wanted.values().map(|c| c.instances.len()).sum();
         let containers = wanted.len();
         *self.known.locked() = wanted;
