@@ -156,9 +156,49 @@ async fn patroni_fails_over_on_signpost() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let data = dir.join("signpost");
     let sp = run_binary(&["--data-dir", data.to_str().unwrap(), "--node", "host1"]);
-    let (http_addr, dns) = (sp.http, sp.dns);
-    let pg1 = write_config(&dir, "pg1", http_addr, &bin);
-    let pg2 = write_config(&dir, "pg2", http_addr, &bin);
+    fails_over(&dir, &bin, &sp, &sp).await;
+}
+
+/// The same with the two PostgreSQL nodes' Patronis pointed at two
+/// members of a signpost cluster on etcd: the leader lock is contended
+/// across members, and the lost primary's session expires on its member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patroni_fails_over_across_two_cluster_members() {
+    let Some(bin) = postgres_bin().filter(|_| have("patroni") && have("psql")) else {
+        return missing_tool(
+            "Patroni or PostgreSQL",
+            "patroni postgresql python3-consul",
+            "Patroni's failover",
+        );
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return missing_tool(
+            "root",
+            "nothing: run the suite as root",
+            "PostgreSQL as its own user",
+        );
+    }
+    let Some(etcd) = crate::cluster::Etcd::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_path_buf();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let a = run_binary(&["--etcd", &etcd.urls(), "--node", "host1"]);
+    let b = run_binary(&["--etcd", &etcd.urls(), "--node", "host2"]);
+    crate::cluster::ready(&a).await;
+    crate::cluster::ready(&b).await;
+    fails_over(&dir, &bin, &a, &b).await;
+}
+
+/// pg1's Patroni talks to `a`, pg2's to `b`; DNS is asked of `b`.
+async fn fails_over(dir: &Path, bin: &Path, a: &crate::cli::Running, b: &crate::cli::Running) {
+    let dir = dir.to_path_buf();
+    let (http_addr, dns) = (b.http, b.dns);
+    let pg1 = write_config(&dir, "pg1", a.http, bin);
+    let pg2 = write_config(&dir, "pg2", b.http, bin);
     let leader_url = format!("http://{http_addr}/v1/kv/service/sptest/leader?raw");
     let leader = || async { http("GET", &leader_url, None).await.body };
 
@@ -216,5 +256,4 @@ async fn patroni_fails_over_on_signpost() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    drop(sp);
 }
