@@ -133,6 +133,13 @@ impl Signpost {
         };
         let (files, instances) = (defs.files, defs.instance_count());
         defs.apply(&registry, &own);
+        if cluster.is_none() {
+            // Consul's agents carry serfHealth on their node and its
+            // clients expect it (sessions tie to it by default); in a
+            // cluster it comes from the member list instead.
+            registry
+                .write(|t| t.upsert_check(crate::registry::shared::serf_check(&own.name, true)));
+        }
         tracing::info!(files, instances, "loaded service definitions");
         let zones = match &config.zones {
             Some(dir) => crate::dns::zones::load_dir(dir)?,

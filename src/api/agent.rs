@@ -531,7 +531,9 @@ pub(super) async fn checks(State(api): Shared, params: Params) -> ApiResult {
     api.blocking(&params, |s| {
         let mut out: BTreeMap<&str, CheckOut<'_>> = s
             .checks()
-            .filter(|c| c.node == api.node)
+            // serfHealth is the cluster's, not a check registered with the
+            // agent: Consul's agent does not list it either.
+            .filter(|c| c.node == api.node && c.source != Source::Cluster)
             .map(|c| {
                 let inst = c
                     .service_id

@@ -23,9 +23,9 @@ pub enum Source {
     /// A running container, from the Docker engine (never stored: the
     /// engine is read afresh at every start).
     Docker,
-    /// Derived from a cluster's member list (a member's node and its
-    /// `serfHealth` check): every member derives it alike, and it is never
-    /// written to the shared store.
+    /// Serf's view of agents: an agent node's `serfHealth` check (and, in
+    /// a cluster, every member's node, from the member list). Derived
+    /// alike by every member, never stored.
     Cluster,
 }
 

@@ -318,8 +318,9 @@ impl Txn<'_> {
     }
 }
 
-/// A member's `serfHealth` check: passing while its lease is alive.
-fn serf_check(node: &str, alive: bool) -> Check {
+/// A member's `serfHealth` check: passing while its lease is alive (and
+/// always, for a standalone agent's own node).
+pub fn serf_check(node: &str, alive: bool) -> Check {
     let (status, output) = if alive {
         (Health::Passing, "Agent alive and reachable")
     } else {

@@ -377,6 +377,21 @@ async fn a_killed_member_leaves_dns_everywhere_within_15_s_and_comes_back_with_i
         .await
         .json();
     assert_eq!(members[0]["Status"], 4, "host1 failed: {members}");
+    let out = crate::cli::signpost()
+        .arg("members")
+        .env("CONSUL_HTTP_ADDR", two.http.to_string())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |node: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("host1").contains("failed"), "{table}");
+    assert!(row("host2").contains("alive"), "{table}");
     // Its session went with it, and the lock is free.
     eventually(
         Duration::from_secs(5),

@@ -68,6 +68,8 @@ async fn health_status(srv: &TestServer, service: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .flat_map(|e| e["Checks"].as_array().unwrap().iter())
+        // The service's own checks, not its node's serfHealth.
+        .filter(|c| c["CheckID"] != "serfHealth")
         .map(|c| c["Status"].as_str().unwrap().to_string())
         .collect()
 }
@@ -332,4 +334,35 @@ async fn checks_stop_with_their_service_and_at_shutdown() {
     let h = srv.signpost().health.clone();
     srv.stop().await;
     assert_eq!(h.running(), 0, "none left after shutdown");
+}
+
+/// As on a Consul agent: the agent's node carries a passing serfHealth
+/// (clients look for it), sessions tie to it by default, and
+/// `/v1/agent/checks` does not list it (it is not a registered check).
+#[tokio::test]
+async fn the_agents_node_has_a_passing_serf_health_check() {
+    let srv = TestServer::start(None).await;
+    let node = srv.signpost().config.node.clone();
+    let checks = http("GET", &srv.url(&format!("/v1/health/node/{node}")), None)
+        .await
+        .json();
+    assert_eq!(checks[0]["CheckID"], "serfHealth", "{checks}");
+    assert_eq!(checks[0]["Status"], "passing", "{checks}");
+    let id = http("PUT", &srv.url("/v1/session/create"), Some("{}"))
+        .await
+        .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = http("GET", &srv.url(&format!("/v1/session/info/{id}")), None)
+        .await
+        .json();
+    assert_eq!(
+        info[0]["NodeChecks"],
+        serde_json::json!(["serfHealth"]),
+        "{info}"
+    );
+    let agent = http("GET", &srv.url("/v1/agent/checks"), None).await.json();
+    assert!(agent.get("serfHealth").is_none(), "{agent}");
+    srv.stop().await;
 }
