@@ -32,7 +32,7 @@ pub(super) async fn ready(State(api): Shared) -> Response {
     }
     if let Some(c) = &api.cluster {
         let why = if !c.is_loaded() {
-            "not ready: reading the registry from etcd\n".to_string()
+            "not ready: reading the registry from etcd and joining the cluster\n".to_string()
         } else if !c.is_reachable() {
             format!(
                 "not ready: etcd ({}) is out of reach: DNS and reads go on from what this member has, writes are refused\n",

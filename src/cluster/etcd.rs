@@ -121,11 +121,11 @@ pub struct WatchResult {
 }
 
 /// A write of a transaction: a put or a delete of one key, compared
-/// against the modification revision it expects (0: absent).
+/// against the modification revision it expects (0: absent), if any.
 pub struct TxnOp {
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
-    pub expect: u64,
+    pub expect: Option<u64>,
 }
 
 /// A member of the etcd cluster.
@@ -254,9 +254,12 @@ impl Etcd {
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<(bool, u64), EtcdError> {
         let compare: Vec<Value> = ops
             .iter()
-            .map(|o| {
-                json!({"key": b64(&o.key), "target": "MOD", "result": "EQUAL",
-                       "mod_revision": o.expect.to_string()})
+            .filter_map(|o| {
+                let expect = o.expect?;
+                Some(
+                    json!({"key": b64(&o.key), "target": "MOD", "result": "EQUAL",
+                            "mod_revision": expect.to_string()}),
+                )
             })
             .collect();
         let success: Vec<Value> = ops

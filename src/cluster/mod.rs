@@ -71,6 +71,8 @@ pub struct Cluster {
     loaded: AtomicBool,
     /// etcd answered the last call: reads say `X-Consul-KnownLeader: true`.
     reachable: AtomicBool,
+    /// `agents/NODE` and `members/NODE` are written: `/ready`.
+    joined: AtomicBool,
     /// The lease of `members/NODE`, to revoke on a clean stop (0: none).
     lease: AtomicU64,
     /// Set once at [`leave`](Self::leave): the tasks end.
@@ -86,6 +88,7 @@ impl Cluster {
             me,
             registry: OnceLock::new(),
             loaded: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
             reachable: AtomicBool::new(false),
             lease: AtomicU64::new(0),
             stop: tokio::sync::watch::channel(false).0,
@@ -108,8 +111,9 @@ impl Cluster {
         tokio::spawn(Arc::clone(self).live());
     }
 
+    /// Read the whole registry once and joined: ready to serve.
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Relaxed)
+        self.loaded.load(Ordering::Relaxed) && self.joined.load(Ordering::Relaxed)
     }
 
     pub fn is_reachable(&self) -> bool {
@@ -333,6 +337,7 @@ impl Cluster {
                 }
             };
             self.lease.store(lease, Ordering::Relaxed);
+            self.joined.store(true, Ordering::Relaxed);
             self.reachable.store(true, Ordering::Relaxed);
             tracing::info!(node = %self.me.name, "joined the cluster");
             loop {
@@ -366,14 +371,27 @@ impl Cluster {
 
 impl Shared for Cluster {
     fn commit(&self, ops: Vec<Op>) -> CommitFuture {
-        let ops: Vec<TxnOp> = ops
+        let mut ops: Vec<TxnOp> = ops
             .into_iter()
             .map(|o| TxnOp {
                 key: self.key(&o.key),
                 value: o.value,
-                expect: o.expect,
+                expect: Some(o.expect),
             })
             .collect();
+        // Until this member has joined, its writes carry its node: an
+        // instance must never reach the other members before the node it
+        // is on.
+        if !self.joined.load(Ordering::Relaxed) {
+            ops.insert(
+                0,
+                TxnOp {
+                    key: self.key(&format!("agents/{}", self.me.name)),
+                    value: Some(serde_json::to_vec(&self.me).expect("an agent serializes")),
+                    expect: None,
+                },
+            );
+        }
         let etcd = Arc::clone(&self.etcd);
         let stats = Arc::clone(&self.stats);
         Box::pin(async move {

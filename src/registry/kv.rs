@@ -29,12 +29,10 @@ impl Txn<'_> {
         lock_index: u64,
         session: Option<String>,
     ) {
-        let create_index = self
-            .state
-            .kv
-            .get(key)
-            .map(|e| e.create_index)
-            .unwrap_or(self.next_index);
+        let old = self.state.kv.get(key);
+        let create_index = old.map(|e| e.create_index).unwrap_or(self.next_index);
+        // A write does not lift a lock delay; only time does.
+        let lock_delay_until = old.map(|e| e.lock_delay_until).unwrap_or(0);
         self.state.kv.insert(
             key.to_string(),
             Arc::new(KvEntry {
@@ -45,6 +43,7 @@ impl Txn<'_> {
                 modify_index: self.next_index,
                 lock_index,
                 session,
+                lock_delay_until,
             }),
         );
         self.touched.kv.insert(key.to_string());
@@ -56,6 +55,9 @@ impl Txn<'_> {
     /// writes the value. The session must exist.
     pub fn kv_acquire(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str) -> bool {
         let old = self.state.kv.get(key);
+        if old.is_some_and(|e| e.session.is_none() && e.lock_delay_until > model::unix_millis()) {
+            return false;
+        }
         let held = old.map(|e| e.lock_index).unwrap_or(0);
         let lock_index = match old.and_then(|e| e.session.as_deref()) {
             Some(holder) if holder != session => return false,

@@ -284,6 +284,24 @@ pub struct KvEntry {
     /// The session holding the key's lock, if any.
     #[serde(default)]
     pub session: Option<String>,
+    /// Until when (Unix milliseconds) no session may acquire the key: its
+    /// holder's session was invalidated (its lock delay). Part of the
+    /// entry so that in a cluster every member keeps it; 0 for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_delay_until: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Now, in Unix milliseconds (lock delays are wall-clock deadlines, the
+/// same on every member of a cluster whose clocks agree).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What happens to the keys a session holds when it is invalidated.

@@ -46,6 +46,12 @@ impl Txn<'_> {
                 Behavior::Release => {
                     let e = self.state.kv.get(key).cloned().expect("held key");
                     self.kv_release(key, e.value.clone(), e.flags, id);
+                    if !session.lock_delay.is_zero() {
+                        let until = model::unix_millis() + session.lock_delay.as_millis() as u64;
+                        if let Some(e) = self.state.kv.get_mut(key) {
+                            Arc::make_mut(e).lock_delay_until = until;
+                        }
+                    }
                 }
             }
         }

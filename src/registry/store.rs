@@ -467,6 +467,7 @@ impl Store {
                 modify_index,
                 lock_index,
                 session,
+                lock_delay_until: 0,
             });
         }
         for row in txn.open_table(SESSIONS)?.iter()? {

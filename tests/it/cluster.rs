@@ -189,10 +189,22 @@ async fn three_members_share_one_registry_and_never_lose_a_concurrent_write() {
         "visible in the writer's DNS when acknowledged"
     );
     for m in &members[1..] {
-        eventually(Duration::from_secs(2), "the others answer it", || async {
-            a_records(m.dns, "web.service.consul.").await == ["10.1.0.1"]
+        let seen = tokio::time::timeout(Duration::from_secs(2), async {
+            while a_records(m.dns, "web.service.consul.").await != ["10.1.0.1"] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         })
         .await;
+        if seen.is_err() {
+            let health = http("GET", &url(m, "/v1/health/service/web"), None)
+                .await
+                .body;
+            let log = m.log.lock().unwrap().join("\n");
+            panic!(
+                "not answered by {} within 2 s: health {health}\nlog:\n{log}",
+                m.http
+            );
+        }
     }
     eprintln!(
         "registration → DNS on all three members: {:?}",
@@ -305,6 +317,38 @@ async fn three_members_share_one_registry_and_never_lose_a_concurrent_write() {
     let release = url(&members[0], &format!("/v1/kv/service/leader?release={s1}"));
     assert_eq!(http("PUT", &release, Some("me")).await.body.trim(), "true");
     assert!(acquire(&members[1], &s2).await, "free once released");
+
+    // A member that takes a registration before it has even joined: the
+    // others get its node with it, never an instance on an unknown node.
+    let late = member(&etcd, "host4", "/one");
+    let r = http(
+        "PUT",
+        &url(&late, "/v1/agent/service/register"),
+        Some(r#"{"ID": "late1", "Name": "late", "Address": "10.1.0.4", "Port": 80}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(
+        Duration::from_secs(2),
+        "member 1 answers the late one",
+        || async { a_records(members[0].dns, "late.service.consul.").await == ["10.1.0.4"] },
+    )
+    .await;
+    assert!(
+        !late
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("left out"))
+            && !members[0]
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("left out")),
+        "no change was left out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -324,7 +368,7 @@ async fn a_killed_member_leaves_dns_everywhere_within_15_s_and_comes_back_with_i
     let s = http(
         "PUT",
         &url(&one, "/v1/session/create"),
-        Some(r#"{"Name": "primary"}"#),
+        Some(r#"{"Name": "primary", "LockDelay": "3s"}"#),
     )
     .await
     .json()["ID"]
@@ -400,6 +444,25 @@ async fn a_killed_member_leaves_dns_everywhere_within_15_s_and_comes_back_with_i
             let r = http("GET", &url(&two, "/v1/kv/db/leader"), None).await;
             r.status == 200 && r.json()[0].get("Session").is_none()
         },
+    )
+    .await;
+    // Its lock delay holds on the other member too, then the lock is free.
+    let s2 = http("PUT", &url(&two, "/v1/session/create"), Some("{}"))
+        .await
+        .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let take = url(&two, &format!("/v1/kv/db/leader?acquire={s2}"));
+    assert_eq!(
+        http("PUT", &take, Some("host2")).await.body.trim(),
+        "false",
+        "inside the lock delay of the invalidated session"
+    );
+    eventually(
+        Duration::from_secs(6),
+        "the lock is taken after its delay",
+        || async { http("PUT", &take, Some("host2")).await.body.trim() == "true" },
     )
     .await;
 
