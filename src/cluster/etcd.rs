@@ -242,6 +242,24 @@ impl Etcd {
         Ok((r.header.revision, r.kvs))
     }
 
+    /// The highest modification revision among the keys under `prefix`
+    /// (0: none): a cheap way to tell that the store has a change a
+    /// watch has not delivered.
+    pub async fn latest_mod(&self, prefix: &[u8]) -> Result<u64, EtcdError> {
+        let v = self
+            .call(
+                "/v3/kv/range",
+                &json!({"key": b64(prefix), "range_end": b64(&prefix_end(prefix)),
+                        "limit": "1", "sort_order": "DESCEND", "sort_target": "MOD",
+                        "keys_only": true}),
+            )
+            .await?;
+        Ok(v["kvs"][0]["mod_revision"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
     fn bad(&self, e: serde_json::Error) -> EtcdError {
         EtcdError {
             endpoint: self.endpoints[self.first.load(Ordering::Relaxed)].clone(),

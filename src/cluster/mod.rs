@@ -42,6 +42,10 @@ pub struct ClusterConfig {
 /// checks leases every 500 ms), inside the 15 s Consul's serf takes.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
+/// How often a quiet change stream is checked for changes it has not
+/// delivered.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
 /// How long a write may wait on etcd before it is refused.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -239,10 +243,34 @@ impl Cluster {
                 }
             };
             drop(registry);
+            let mut check = tokio::time::interval(STALL_CHECK);
+            check.tick().await;
+            let mut strikes = 0;
             loop {
                 let got = tokio::select! {
-                    got = watch.next() => got,
-                    _ = stopped.wait_for(|s| *s) => return,
+                    got = watch.next() => Some(got),
+                    _ = check.tick() => None,
+                    _ = stopped.changed() => return,
+                };
+                let Some(got) = got else {
+                    // A stream from an endpoint that hangs (stopped, cut
+                    // off) delivers nothing and never ends: when the store
+                    // has a change under the prefix that was not delivered
+                    // at two checks in a row, watch again.
+                    match self.etcd.latest_mod(&self.root()).await {
+                        Ok(latest) if latest >= from.unwrap_or(u64::MAX) => strikes += 1,
+                        _ => strikes = 0,
+                    }
+                    if strikes >= 2 {
+                        self.stats.stream_breaks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "etcd change stream from {} stalled (revision {} is committed, not delivered); watching again",
+                            watch.endpoint,
+                            from.unwrap_or(0)
+                        );
+                        break;
+                    }
+                    continue;
                 };
                 let Some(registry) = self.registry() else {
                     return;

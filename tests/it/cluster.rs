@@ -87,6 +87,16 @@ impl Etcd {
         }
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) a member: a hung endpoint,
+    /// which takes connections and answers nothing.
+    fn freeze(&self, i: usize, frozen: bool) {
+        if let Some(c) = &self.children[i] {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on a child this test started; no memory is shared.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Which member leads now.
     async fn leader(&self) -> Option<usize> {
         for i in 0..3 {
@@ -570,4 +580,38 @@ async fn losing_the_etcd_leader_loses_no_acknowledged_write_and_losing_etcd_refu
         kv_get(&m, "acked/1000").await.is_none(),
         "a refused write changed nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_etcd_endpoint_is_left_for_another_by_writes_and_the_change_stream() {
+    let Some(etcd) = Etcd::start() else { return };
+    let a = member(&etcd, "host1", "/four");
+    let b = member(&etcd, "host2", "/four");
+    ready(&a).await;
+    ready(&b).await;
+    // Both talk to the first endpoint; it stops answering without closing.
+    etcd.freeze(0, true);
+    let started = Instant::now();
+    let r = http(
+        "PUT",
+        &url(&a, "/v1/agent/service/register"),
+        Some(r#"{"ID": "h1", "Name": "hung", "Address": "10.4.0.1", "Port": 80}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eprintln!(
+        "write with the first etcd endpoint hung: acknowledged after {:?}",
+        started.elapsed()
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the other member's stream moves on",
+        || async { a_records(b.dns, "hung.service.consul.").await == ["10.4.0.1"] },
+    )
+    .await;
+    eprintln!(
+        "… and visible on the other member after {:?}",
+        started.elapsed()
+    );
+    etcd.freeze(0, false);
 }
