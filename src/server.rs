@@ -174,10 +174,23 @@ impl Signpost {
         metrics.register(Box::new(Arc::clone(&dns_stats)));
         let http_stats = Arc::new(api::serve::HttpStats::default());
         metrics.register(Box::new(api::serve::HttpCollector(http_stats.clone())));
+        metrics.register(Box::new(RegistryCollector(registry.clone())));
+        let check_runs = crate::health::CheckRuns::default();
+        check_runs.register(&mut metrics);
+        let events = api::event::Events::default();
+        events.register(&mut metrics);
+        let consul_stats = crate::sync::consul::ConsulStats::default();
+        if config.consul.is_some() {
+            consul_stats.register(&mut metrics);
+        }
+        let docker_stats = crate::sync::docker::DockerStats::default();
+        if config.docker.is_some() {
+            docker_stats.register(&mut metrics);
+        }
         let metrics = Arc::new(metrics);
         let health = HealthChecks::start(
             registry.clone(),
-            metrics.check_runs.clone(),
+            check_runs,
             cluster.as_ref().map(|_| config.node.clone()),
         );
         let consul = match &config.consul {
@@ -186,7 +199,7 @@ impl Signpost {
                     c.clone(),
                     registry.clone(),
                     config.datacenter.clone(),
-                    metrics.clone(),
+                    consul_stats,
                 )?;
                 sync.start();
                 tracing::info!("sidecar mode: following the consul agent at {}", c.url);
@@ -208,7 +221,7 @@ impl Signpost {
                     d.clone(),
                     config.node_address(),
                     config.node.clone(),
-                    metrics.clone(),
+                    docker_stats,
                 )
                 .with_own(own),
             );
@@ -255,7 +268,7 @@ impl Signpost {
             body_timeout: config.http_limits.body_timeout,
             health: health.clone(),
             metrics: metrics.clone(),
-            events: Default::default(),
+            events,
             consul: consul.clone(),
             cluster: cluster.clone(),
             docker: docker.as_ref().map(|(d, _)| d.clone()),
@@ -384,6 +397,66 @@ impl Signpost {
         // ones finish and closes the store cleanly.
         let registry = self.registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.close()).await;
+    }
+}
+
+/// The registry's size and index, counted at scrape time.
+struct RegistryCollector(Arc<Registry>);
+
+impl std::fmt::Debug for RegistryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryCollector")
+    }
+}
+
+impl Collector for RegistryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let (services, instances, checks, index) = self.0.read(|s| {
+            let mut by_status = [0i64; 3];
+            for c in s.checks() {
+                by_status[c.status as usize] += 1;
+            }
+            (
+                s.service_names().count() as i64,
+                s.instances().count() as i64,
+                by_status,
+                s.index() as i64,
+            )
+        });
+        gauge(
+            &mut encoder,
+            "registry_services",
+            "Services in the registry",
+            services,
+        )?;
+        gauge(
+            &mut encoder,
+            "registry_instances",
+            "Service instances in the registry",
+            instances,
+        )?;
+        let family = prometheus_client::metrics::family::Family::<
+            crate::metrics::StatusLabel,
+            prometheus_client::metrics::gauge::Gauge,
+        >::default();
+        for (status, n) in ["passing", "warning", "critical"].into_iter().zip(checks) {
+            family
+                .get_or_create(&crate::metrics::StatusLabel { status })
+                .set(n);
+        }
+        family.encode(encoder.encode_descriptor(
+            "registry_checks",
+            "Checks in the registry, by status",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        gauge(
+            &mut encoder,
+            "registry_change_index",
+            "The registry's change index",
+            index,
+        )
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Events {
     list: Mutex<VecDeque<Value>>,
     /// Counts events fired (Consul's LTime); watchers block on it.
     ltime: watch::Sender<u64>,
+    /// Events fired, and those pushed out of the bounded list.
+    fired: prometheus_client::metrics::counter::Counter,
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for Events {
@@ -40,11 +43,26 @@ impl Default for Events {
         Events {
             list: Mutex::new(VecDeque::with_capacity(KEPT)),
             ltime: watch::channel(0).0,
+            fired: Default::default(),
+            dropped: Default::default(),
         }
     }
 }
 
 impl Events {
+    pub fn register(&self, m: &mut crate::metrics::Metrics) {
+        m.add(
+            "events_fired",
+            "User events fired through /v1/event/fire",
+            self.fired.clone(),
+        );
+        m.add(
+            "events_dropped",
+            "User events pushed out of the bounded event list by newer ones",
+            self.dropped.clone(),
+        );
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
         self.list.locked()
     }
@@ -109,12 +127,12 @@ pub async fn fire(
                 })
             })
         });
-    api.metrics.events_fired.inc();
+    api.events.fired.inc();
     if for_us {
         let mut list = api.events.lock();
         if list.len() == KEPT {
             list.pop_front();
-            api.metrics.events_dropped.inc();
+            api.events.dropped.inc();
             tracing::debug!("event list full ({KEPT}): dropped the oldest event");
         }
         list.push_back(event.clone());

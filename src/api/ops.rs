@@ -8,7 +8,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{reply, Api, ApiError, ApiResult};
-use crate::metrics::StatusLabel;
 
 type Shared = State<Arc<Api>>;
 
@@ -207,31 +206,13 @@ fn utc_timestamp(secs: u64) -> String {
     )
 }
 
-/// The registry's gauges brought up to date, then every metric as text.
+/// Sidecar mode's staleness brought up to date, then every metric as
+/// text (the other components' collectors read their stats themselves).
 fn current_metrics(api: &Api) -> String {
-    let m = &api.metrics;
     if let Some(c) = &api.consul {
-        m.consul_staleness.set(c.staleness());
+        c.stats.staleness.set(c.staleness());
     }
-    let (services, instances, checks, index) = api.registry.read(|s| {
-        let mut by_status = [0i64; 3];
-        for c in s.checks() {
-            by_status[c.status as usize] += 1;
-        }
-        (
-            s.service_names().count() as i64,
-            s.instances().count() as i64,
-            by_status,
-            s.index() as i64,
-        )
-    });
-    m.services.set(services);
-    m.instances.set(instances);
-    m.change_index.set(index);
-    for (status, n) in ["passing", "warning", "critical"].into_iter().zip(checks) {
-        m.checks.get_or_create(&StatusLabel { status }).set(n);
-    }
-    m.render()
+    api.metrics.render()
 }
 
 /// Sidecar mode's sync: whether it is complete, how stale the view is,

@@ -27,6 +27,17 @@ use prometheus_client::metrics::family::Family;
 
 use crate::locks::MutexExt;
 use crate::metrics::ResultLabel;
+
+/// Health check runs by result, for `/metrics`. A handle: clones count
+/// into the same family.
+#[derive(Debug, Clone, Default)]
+pub struct CheckRuns(Family<ResultLabel, Counter>);
+
+impl CheckRuns {
+    pub fn register(&self, m: &mut crate::metrics::Metrics) {
+        m.add("check_runs", "Health check runs by result", self.0.clone());
+    }
+}
 use crate::registry::definition::format_duration;
 use crate::registry::{CheckKind, Health, InstanceKey, Registry, Source, Thresholds};
 use probe::{HttpCheck, HttpClients};
@@ -67,7 +78,7 @@ struct Shared {
     /// Probe results: passing, warning, critical.
     runs: [AtomicU64; 3],
     /// The same, for `/metrics`.
-    check_runs: Family<ResultLabel, Counter>,
+    check_runs: CheckRuns,
     /// In a cluster, the node whose checks this agent runs (each member
     /// runs its own node's); `None`: every check.
     only_node: Option<String>,
@@ -101,7 +112,7 @@ impl HealthChecks {
     /// Starts the supervisor. Must run inside a tokio runtime.
     pub fn start(
         registry: Arc<Registry>,
-        check_runs: Family<ResultLabel, Counter>,
+        check_runs: CheckRuns,
         only_node: Option<String>,
     ) -> Arc<HealthChecks> {
         let shared = Arc::new(Shared {
@@ -351,6 +362,7 @@ async fn run_periodic(
         shared.runs[slot].fetch_add(1, Ordering::Relaxed);
         shared
             .check_runs
+            .0
             .get_or_create(&ResultLabel {
                 result: result.as_str(),
             })
@@ -466,7 +478,7 @@ mod tests {
         let r = registry_with(
             r#"{"Name": "s", "Check": {"CheckID": "t", "TTL": "10s", "Status": "passing"}}"#,
         );
-        let health = HealthChecks::start(Arc::clone(&r), Family::default(), None);
+        let health = HealthChecks::start(Arc::clone(&r), CheckRuns::default(), None);
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(status(&r, "t"), Some(Health::Passing));
         health.touch_ttl("n", "t");
@@ -488,7 +500,7 @@ mod tests {
             r#"{"Name": "s", "ID": "s1", "Check": {"CheckID": "t", "TTL": "10s",
                 "DeregisterCriticalServiceAfter": "1m"}}"#,
         );
-        let health = HealthChecks::start(Arc::clone(&r), Family::default(), None);
+        let health = HealthChecks::start(Arc::clone(&r), CheckRuns::default(), None);
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_some()));
         tokio::time::sleep(Duration::from_secs(2)).await;

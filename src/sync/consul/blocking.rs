@@ -58,7 +58,7 @@ impl ConsulSync {
     }
 
     pub(super) fn failed(&self, e: &SyncError) {
-        self.metrics.consul_errors.inc();
+        self.stats.errors.inc();
         *self.last_error.locked() = Some(e.to_string());
         let mut since = self.failing_since.locked();
         if since.is_none() {
@@ -93,7 +93,7 @@ impl ConsulSync {
             url.push('?');
             url.push_str(&params.join("&"));
         }
-        self.metrics.consul_requests.inc();
+        self.stats.requests.inc();
         self.requests.fetch_add(1, Ordering::Relaxed);
         let reply = self
             .client

@@ -40,15 +40,16 @@ use tokio::time::Instant;
 use crate::consul_client::ConsulClient;
 use crate::dns::handler::Remote;
 use crate::locks::{MutexExt, RwLockExt};
-use crate::metrics::Metrics;
 use crate::registry::{
     Check, CheckKind, Connect, Health, Instance, InstanceKey, Node, Registry, Source,
     TaggedAddress, Thresholds, Weights,
 };
+pub use stats::ConsulStats;
 
 mod apply;
 mod blocking;
 mod remote;
+mod stats;
 mod watch;
 mod wire;
 
@@ -124,7 +125,7 @@ pub struct ConsulSync {
     client: ConsulClient,
     registry: Arc<Registry>,
     local_dc: String,
-    metrics: Arc<Metrics>,
+    pub stats: ConsulStats,
     synced: AtomicBool,
     started: Instant,
     /// std Mutexes below: held for a read or an update, never across .await.
@@ -146,7 +147,7 @@ impl ConsulSync {
         cfg: ConsulConfig,
         registry: Arc<Registry>,
         local_dc: String,
-        metrics: Arc<Metrics>,
+        stats: ConsulStats,
     ) -> Result<Arc<ConsulSync>, SyncError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -178,7 +179,7 @@ impl ConsulSync {
             client,
             registry,
             local_dc,
-            metrics,
+            stats,
             synced: AtomicBool::new(false),
             started: Instant::now(),
             last_ok: Mutex::new(None),

@@ -57,7 +57,7 @@ impl ConsulSync {
                     let _ = rx.await;
                 }
                 self.synced.store(true, Ordering::SeqCst);
-                self.metrics.consul_synced.set(1);
+                self.stats.synced.set(1);
                 tracing::info!(
                     services = services.len(),
                     "first sync from consul done in {:.2}s",
@@ -104,8 +104,8 @@ impl ConsulSync {
             backoff.reset();
             if returned != index || first.is_some() {
                 self.apply(dc.as_deref(), &name, entries);
-                self.metrics
-                    .consul_change_to_dns
+                self.stats
+                    .change_to_dns
                     .observe(arrived.elapsed().as_secs_f64());
             }
             if let Some(tx) = first.take() {

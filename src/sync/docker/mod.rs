@@ -25,11 +25,12 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::locks::MutexExt;
-use crate::metrics::Metrics;
 use crate::registry::definition::ServiceDef;
 use crate::registry::{Check, CheckKind, Health, Instance, InstanceKey, Registry, Source};
+pub use stats::DockerStats;
 
 mod mapping;
+mod stats;
 
 pub use mapping::{contribution, OwnContainer};
 
@@ -87,7 +88,7 @@ pub struct DockerSync {
     /// Container ID to what it registered, so an event replaces exactly
     /// that container's entries.
     known: Mutex<HashMap<String, Contribution>>,
-    metrics: Arc<Metrics>,
+    stats: DockerStats,
     /// The container signpost itself runs in, when it runs in one.
     own: Option<OwnContainer>,
 }
@@ -103,7 +104,7 @@ impl DockerSync {
         config: DockerConfig,
         node_address: IpAddr,
         node: String,
-        metrics: Arc<Metrics>,
+        stats: DockerStats,
     ) -> Self {
         let host_ip = config.host_ip.unwrap_or(node_address);
         DockerSync {
@@ -116,7 +117,7 @@ impl DockerSync {
             node,
             disconnected_since: Mutex::new(Some(Instant::now())),
             known: Mutex::new(HashMap::new()),
-            metrics,
+            stats,
             own: None,
         }
     }
@@ -164,8 +165,8 @@ impl DockerSync {
                 s.connected = false;
                 s.last_error = Some(e.clone());
             });
-            self.metrics.docker_connected.set(0);
-            self.metrics.docker_errors.inc();
+            self.stats.connected.set(0);
+            self.stats.errors.inc();
             {
                 let mut since = self.disconnected_since.locked();
                 since.get_or_insert_with(Instant::now);
@@ -236,8 +237,8 @@ impl DockerSync {
             s.containers = containers;
             s.instances = instances;
         });
-        self.metrics.docker_connected.set(1);
-        self.metrics.docker_resyncs.inc();
+        self.stats.connected.set(1);
+        self.stats.resyncs.inc();
         match was_down {
             Some(t) if t.elapsed() > Duration::from_secs(1) => tracing::info!(
                 url = %self.config.url, api = %version, containers, instances,
@@ -283,7 +284,7 @@ impl DockerSync {
         if !relevant {
             return Ok(());
         }
-        self.metrics.docker_events.inc();
+        self.stats.events.inc();
         self.set_status(|s| s.events += 1);
         // The container's state now decides, whatever the event said: an
         // event may be late, and `kill` with a harmless signal stops nothing.
@@ -299,7 +300,7 @@ impl DockerSync {
         if let Some(nanos) = event.time_nano {
             let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
             if let Ok(lag) = SystemTime::now().duration_since(at) {
-                self.metrics.docker_event_to_dns.observe(lag.as_secs_f64());
+                self.stats.event_to_dns.observe(lag.as_secs_f64());
             }
         }
         Ok(())
