@@ -583,8 +583,11 @@ async fn losing_the_etcd_leader_loses_no_acknowledged_write_and_losing_etcd_refu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hung_etcd_endpoint_is_left_for_another_by_writes_and_the_change_stream() {
-    let Some(etcd) = Etcd::start() else { return };
+async fn a_hung_etcd_endpoint_is_left_for_another_and_a_compacted_resume_point_reloads_everything()
+{
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
     let a = member(&etcd, "host1", "/four");
     let b = member(&etcd, "host2", "/four");
     ready(&a).await;
@@ -613,5 +616,59 @@ async fn a_hung_etcd_endpoint_is_left_for_another_by_writes_and_the_change_strea
         "… and visible on the other member after {:?}",
         started.elapsed()
     );
+
     etcd.freeze(0, false);
+
+    // The other member stopped (SIGSTOP) while etcd restarts under it (its
+    // connections die), two writes land and etcd compacts past them: when
+    // it runs again, the revision it resumes from is gone, and it reads
+    // everything again.
+    let signal = |sig| {
+        // SAFETY: kill(2) on a child this test started; no memory is shared.
+        unsafe { libc::kill(b.child.id() as i32, sig) };
+    };
+    signal(libc::SIGSTOP);
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    for i in 0..3 {
+        etcd.spawn(i);
+    }
+    let put = |key: &'static str| {
+        let u = url(&a, &format!("/v1/kv/{key}"));
+        async move { http("PUT", &u, Some("v")).await }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "writes after etcd restarted",
+        || async { put("compacted/1").await.status == 200 },
+    )
+    .await;
+    let r = put("compacted/2").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rev = r.index.expect("an index");
+    let compact = http(
+        "POST",
+        &format!("{}/v3/kv/compaction", etcd.client(2)),
+        Some(&format!(r#"{{"revision": "{rev}"}}"#)),
+    )
+    .await;
+    assert_eq!(compact.status, 200, "{}", compact.body);
+    signal(libc::SIGCONT);
+    eventually(
+        Duration::from_secs(20),
+        "the other member has both keys",
+        || async {
+            kv_get(&b, "compacted/2").await.is_some() && kv_get(&b, "compacted/1").await.is_some()
+        },
+    )
+    .await;
+    assert!(
+        b.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("reloading everything")),
+        "the log says it read everything again"
+    );
 }
