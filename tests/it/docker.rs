@@ -725,3 +725,179 @@ async fn a_container_on_one_cluster_member_is_found_from_another_and_leaves_with
     )
     .await;
 }
+
+/// An image of Debian's etcd (binary and the libraries it links), made
+/// offline under the name `contrib/cluster-compose.yml` pulls, with etcd
+/// where the official image keeps it.
+fn import_etcd_image(engine: &Engine) {
+    let root = engine.dir.join("etcd-rootfs");
+    let bin = root.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/etcd")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let exe = sh("command -v etcd");
+    let exe = exe.trim();
+    std::fs::copy(exe, bin.join("etcd")).unwrap();
+    for lib in sh(&format!("ldd {exe}"))
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    let out = engine.docker(&[
+        "sh",
+        "-c",
+        &format!(
+            "tar -C {} -c . | docker import - gcr.io/etcd-development/etcd:v3.4.23",
+            root.display()
+        ),
+    ]);
+    assert!(out.contains("sha256:"), "docker import failed: {out}");
+}
+
+/// `contrib/cluster-compose.yml` as shipped: three etcd members and three
+/// signposts come up; a service registered through signpost1 resolves from
+/// signpost3; with one etcd member stopped writes still land; signpost1
+/// killed takes its node's service out of signpost3's DNS, and started
+/// again brings it back without registering it again; `down -v` leaves
+/// nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_compose_example_survives_a_lost_etcd_member_and_a_lost_host() {
+    let _one = ONE_ENGINE.lock().await;
+    if !have("docker-compose") {
+        return missing_tool(
+            "docker-compose",
+            "docker-compose",
+            "the cluster compose example's test",
+        );
+    }
+    if !have("etcd") {
+        return missing_tool("etcd", "etcd-server", "the cluster compose example's test");
+    }
+    let Some(engine) = Engine::start() else {
+        return;
+    };
+    import_signpost_image(&engine);
+    import_etcd_image(&engine);
+    // The compose file reads its token from beside it (its project
+    // directory): here a directory of the test's own.
+    let project = engine.dir.join("cluster-project");
+    std::fs::create_dir_all(&project).unwrap();
+    let token = "cluster-test-token";
+    std::fs::write(project.join("signpost-token"), format!("{token}\n")).unwrap();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/cluster-compose.yml");
+    let compose = |args: &str| -> (bool, String) {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "timeout 120 docker-compose -p spcluster -f {} --project-directory {} {args} 2>&1",
+                    file.display(),
+                    project.display()
+                ),
+            ])
+            .env("DOCKER_HOST", engine.url())
+            .output()
+            .expect("docker-compose");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Where Docker published a member's port on the machine's loopback.
+    let port = |member: &str, proto: &str, number: u16| -> std::net::SocketAddr {
+        let (ok, out) = compose(&format!("port --protocol {proto} {member} {number}"));
+        let addr = out.lines().last().unwrap_or("").trim();
+        assert!(ok, "port {proto} {member} {number}: {out}");
+        addr.parse()
+            .unwrap_or_else(|e| panic!("port {proto} {member} {number}: {addr:?}: {e}"))
+    };
+    let http_of = |member: &str| port(member, "tcp", 8500).to_string();
+    let (ok, out) = compose("up -d");
+    assert!(ok, "up: {out}");
+    let started = Instant::now();
+    let members = ["signpost1", "signpost2", "signpost3"];
+    for m in members {
+        let addr = http_of(m);
+        eventually(Duration::from_secs(90), &format!("{m} ready"), || {
+            let url = format!("http://{addr}/ready");
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200)
+            }
+        })
+        .await;
+    }
+    eprintln!("three members ready {:?} after up", started.elapsed());
+    let dns3 = port("signpost3", "udp", 8600);
+    let auth = [("X-Consul-Token", token)];
+    let r = http_with(
+        "PUT",
+        &format!("http://{}/v1/agent/service/register", http_of("signpost1")),
+        Some(r#"{"Name": "web", "Address": "10.0.0.5", "Port": 80}"#),
+        &auth,
+    )
+    .await;
+    assert_eq!(r.status, 200, "register through signpost1: {}", r.body);
+    eventually(
+        Duration::from_secs(5),
+        "web from signpost3's DNS",
+        || async { a_records(dns3, "web.service.consul.").await == ["10.0.0.5"] },
+    )
+    .await;
+
+    let (ok, out) = compose("stop etcd1");
+    assert!(ok, "stop etcd1: {out}");
+    let r = http_with(
+        "PUT",
+        &format!("http://{}/v1/agent/service/register", http_of("signpost2")),
+        Some(r#"{"Name": "api", "Address": "10.0.0.6", "Port": 81}"#),
+        &auth,
+    )
+    .await;
+    assert_eq!(r.status, 200, "register with etcd1 stopped: {}", r.body);
+    eventually(
+        Duration::from_secs(5),
+        "api from signpost3's DNS with etcd1 stopped",
+        || async { a_records(dns3, "api.service.consul.").await == ["10.0.0.6"] },
+    )
+    .await;
+
+    let (ok, out) = compose("kill signpost1");
+    assert!(ok, "kill signpost1: {out}");
+    let killed = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "host1's service out of signpost3's DNS",
+        || async { a_records(dns3, "web.service.consul.").await.is_empty() },
+    )
+    .await;
+    eprintln!(
+        "host1 lost: out of signpost3's DNS after {:?}",
+        killed.elapsed()
+    );
+    let (ok, out) = compose("start signpost1");
+    assert!(ok, "start signpost1: {out}");
+    eventually(
+        Duration::from_secs(60),
+        "host1's service back in signpost3's DNS without registering again",
+        || async { a_records(dns3, "web.service.consul.").await == ["10.0.0.5"] },
+    )
+    .await;
+
+    let (ok, out) = compose("down -v");
+    assert!(ok, "down: {out}");
+    assert!(
+        engine.docker(&["docker", "ps", "-aq"]).trim().is_empty(),
+        "containers left"
+    );
+    assert!(
+        !engine
+            .docker(&["docker", "volume", "ls", "-q"])
+            .contains("spcluster"),
+        "volumes left"
+    );
+}
