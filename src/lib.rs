@@ -21,6 +21,8 @@
 //! * [`consul_client`] — one client for a Consul agent's HTTP API (the CLI's
 //!   and the sidecar sync's), and why a request failed.
 //! * [`fds`]      — the open-file limit (raised at start, sizes TCP's).
+//! * [`fold`]     — JSON field names matched as Consul matches them (case
+//!   and underscores ignored), for request bodies and definition files.
 //! * [`health`]   — runs HTTP, TCP and TTL checks and writes their status back.
 //! * [`located`]  — an error at `path:line:column`, for every file signpost reads.
 //! * [`locks`]    — std locks taken back after a panic poisoned them.
@@ -46,6 +48,7 @@ pub mod config;
 pub mod consul_client;
 pub mod dns;
 pub mod fds;
+pub mod fold;
 pub mod health;
 pub mod located;
 pub mod locks;

@@ -430,9 +430,9 @@ pub(super) async fn fail(State(api): Shared, Path(id): Path<String>, params: Par
 
 #[derive(Deserialize)]
 struct Update {
-    #[serde(rename = "Status", alias = "status")]
+    #[serde(rename = "Status")]
     status: Option<String>,
-    #[serde(rename = "Output", alias = "output", default)]
+    #[serde(rename = "Output", default)]
     output: String,
 }
 

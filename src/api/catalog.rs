@@ -94,11 +94,11 @@ pub(super) async fn register(State(api): Shared, body: Result<Bytes, BytesReject
 
 #[derive(Deserialize)]
 struct Deregistration {
-    #[serde(rename = "Node", alias = "node", default)]
+    #[serde(rename = "Node", default)]
     node: String,
-    #[serde(rename = "ServiceID", alias = "service_id")]
+    #[serde(rename = "ServiceID")]
     service_id: Option<String>,
-    #[serde(rename = "CheckID", alias = "check_id")]
+    #[serde(rename = "CheckID")]
     check_id: Option<String>,
 }
 

@@ -38,7 +38,6 @@ use axum::extract::State as AxState;
 
 use crate::registry::Registry;
 
-pub(crate) use body::folded;
 pub use body::{body_bytes, json_body};
 pub use error::{ApiError, ApiResult};
 pub use params::{wait_deadline, Params};

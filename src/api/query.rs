@@ -8,35 +8,37 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 use super::shapes::HealthEntry;
 use super::{index_headers, reply, Api, ApiError, ApiResult, Params};
-use crate::registry::query::{find, PreparedQuery, QuerySpec};
+use crate::registry::query::{find, PreparedQuery, QueryDef, QuerySpec};
 use crate::registry::State as Registry;
 
 type Shared = State<Arc<Api>>;
 
-/// The definition fields a query keeps (everything else is identity).
-const KEPT: &[&str] = &["Service", "DNS", "Template", "Token"];
+/// A create or update body's identity; the rest is its [`QueryDef`].
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Ident {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Session")]
+    session: String,
+}
 
 /// Reads a create or update body: the definition and its name and session.
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<(String, String, Value), ApiError> {
-    let v: Value = super::json_body(body)?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("request decode failed: not a JSON object"))?;
-    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let (name, session) = (text("Name"), text("Session"));
-    let definition: Map<String, Value> = obj
-        .iter()
-        .filter(|(k, _)| KEPT.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let definition = Value::Object(definition);
-    QuerySpec::parse(&name, &definition)
+    let bytes = super::body_bytes(body)?;
+    let decode =
+        |e: serde_json::Error| ApiError::bad_request(format!("request decode failed: {e}"));
+    let ident: Ident = crate::fold::from_slice(&bytes).map_err(decode)?;
+    let def: QueryDef = crate::fold::from_slice(&bytes).map_err(decode)?;
+    let definition = serde_json::to_value(&def).map_err(|e| ApiError::internal(e.to_string()))?;
+    QuerySpec::validate(&ident.name, def)
         .map_err(|e| ApiError::bad_request(format!("Invalid prepared query: {e}")))?;
-    Ok((name, session, definition))
+    Ok((ident.name, ident.session, definition))
 }
 
 /// A query as Consul shows it.

@@ -17,10 +17,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body_bytes, reply, Api, ApiError, ApiResult, Params};
 use crate::locks::MutexExt;
+use crate::registry::definition::de_null_default;
 use crate::registry::shared::SERF_CHECK;
 use crate::registry::{Behavior, Health, Registry, Session};
 
@@ -189,15 +191,6 @@ pub fn uuid() -> String {
     )
 }
 
-/// A field of a JSON object by name, matched as Consul decodes: case and
-/// underscores ignored (`LockDelay`, `lockdelay`, `lock_delay`).
-fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
-    let want = super::folded(name);
-    body.as_object()?
-        .iter()
-        .find_map(|(k, v)| (super::folded(k) == want).then_some(v))
-}
-
 /// A duration as Consul takes one in JSON: a Go duration string, or a
 /// number of nanoseconds.
 fn duration(v: &Value, what: &str) -> Result<Duration, ApiError> {
@@ -244,20 +237,45 @@ pub fn shape(s: &Session) -> Value {
     })
 }
 
+/// A session create body as Consul takes it.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CreateBody {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Node")]
+    node: String,
+    #[serde(rename = "Behavior")]
+    behavior: String,
+    /// A Go duration, or nanoseconds (see [`duration`]).
+    #[serde(rename = "TTL")]
+    ttl: Option<Value>,
+    #[serde(rename = "LockDelay")]
+    lock_delay: Option<Value>,
+    #[serde(rename = "Checks")]
+    checks: Option<Vec<String>>,
+    #[serde(rename = "NodeChecks")]
+    node_checks: Option<Vec<String>>,
+    /// Objects: `[{"ID": "service:web-1", "Namespace": ""}]`.
+    #[serde(rename = "ServiceChecks", deserialize_with = "de_null_default")]
+    service_checks: Vec<ServiceCheck>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ServiceCheck {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
 fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody::default()
     } else {
-        serde_json::from_slice(body)
+        crate::fold::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("request decode failed: {e}")))?
     };
-    let text = |name: &str| {
-        field(&body, name)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let behavior = match text("Behavior").as_str() {
+    let behavior = match body.behavior.as_str() {
         "" | "release" => Behavior::Release,
         "delete" => Behavior::Delete,
         other => {
@@ -266,7 +284,7 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
             )))
         }
     };
-    let ttl = match field(&body, "TTL") {
+    let ttl = match &body.ttl {
         Some(v) => duration(v, "TTL")?,
         None => Duration::ZERO,
     };
@@ -280,38 +298,27 @@ fn parse_create(api: &Api, body: &[u8]) -> Result<Session, ApiError> {
             "24h0m0s"
         )));
     }
-    let lock_delay = match field(&body, "LockDelay") {
+    let lock_delay = match &body.lock_delay {
         Some(v) => duration(v, "LockDelay")?,
         None => DEFAULT_LOCK_DELAY,
     };
-    let node = match text("Node") {
+    let node = match body.node {
         n if n.is_empty() => api.node.clone(),
         n => n,
     };
-    let mut checks: Vec<String> = Vec::new();
-    let mut listed = false;
-    for name in ["Checks", "NodeChecks"] {
-        if let Some(list) = field(&body, name).and_then(Value::as_array) {
-            listed = true;
-            checks.extend(list.iter().filter_map(Value::as_str).map(String::from));
-        }
-    }
+    let listed = body.checks.is_some() || body.node_checks.is_some();
+    let mut checks: Vec<String> = body.checks.into_iter().flatten().collect();
+    checks.extend(body.node_checks.into_iter().flatten());
     // Consul ties a session to its node's serfHealth unless told
     // otherwise; a cluster member's node has one, so its failure
     // invalidates the sessions (and frees the locks) made through it.
     if !listed && api.registry.read(|s| s.check(&node, SERF_CHECK).is_some()) {
         checks.push(SERF_CHECK.to_string());
     }
-    // ServiceChecks are objects: [{"ID": "service:web-1", "Namespace": ""}].
-    let service_checks: Vec<String> = field(&body, "ServiceChecks")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| field(c, "ID").and_then(Value::as_str).map(String::from))
-        .collect();
+    let service_checks: Vec<String> = body.service_checks.into_iter().map(|c| c.id).collect();
     Ok(Session {
         id: uuid(),
-        name: text("Name"),
+        name: body.name,
         node,
         lock_delay,
         behavior,

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -23,12 +24,33 @@ type Shared = State<Arc<Api>>;
 /// Consul's `txn_max_ops` default.
 pub(super) const MAX_OPS: usize = 64;
 
+/// One operation: Consul's kinds, of which only `KV` runs here.
 #[derive(Deserialize)]
 struct Op {
     #[serde(rename = "KV")]
     kv: Option<KvOp>,
-    #[serde(flatten)]
-    other: serde_json::Map<String, Value>,
+    #[serde(rename = "Node")]
+    node: Option<IgnoredAny>,
+    #[serde(rename = "Service")]
+    service: Option<IgnoredAny>,
+    #[serde(rename = "Check")]
+    check: Option<IgnoredAny>,
+    #[serde(rename = "Session")]
+    session: Option<IgnoredAny>,
+}
+
+impl Op {
+    fn kind(&self) -> &'static str {
+        [
+            (self.node.is_some(), "Node"),
+            (self.service.is_some(), "Service"),
+            (self.check.is_some(), "Check"),
+            (self.session.is_some(), "Session"),
+        ]
+        .into_iter()
+        .find_map(|(present, kind)| present.then_some(kind))
+        .unwrap_or("")
+    }
 }
 
 #[derive(Deserialize)]
@@ -166,7 +188,7 @@ pub(super) async fn txn(State(api): Shared, body: Result<Bytes, BytesRejection>)
     let mut decoded = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let Some(kv) = &op.kv else {
-            let kind = op.other.keys().next().map(String::as_str).unwrap_or("");
+            let kind = op.kind();
             return Err(ApiError::bad_request(format!(
                 "operation {i}: only KV operations are supported here, not {kind:?}"
             )));

@@ -185,10 +185,11 @@ impl Instance {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaggedAddress {
-    // Consul writes these keys capitalised in some places and not in others.
-    #[serde(rename = "Address", alias = "address", default)]
+    // Spelled as Consul's API spells them; a definition file's `address`
+    // and `port` are matched by `fold`.
+    #[serde(rename = "Address", default)]
     pub address: String,
-    #[serde(rename = "Port", alias = "port", default)]
+    #[serde(rename = "Port", default)]
     pub port: u16,
 }
 

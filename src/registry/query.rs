@@ -9,6 +9,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::definition::{de_null_default, parse_duration};
 use super::model::Meta;
 use super::{Health, InstanceView};
 
@@ -34,6 +35,75 @@ pub enum TemplateKind {
     Regexp(Regex),
 }
 
+/// A query's definition as Consul takes it and shows it: what is stored
+/// (as JSON, so that a read gives back every field Consul has).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryDef {
+    #[serde(rename = "Service")]
+    pub service: QueryService,
+    #[serde(rename = "DNS")]
+    pub dns: QueryDns,
+    #[serde(rename = "Template")]
+    pub template: QueryTemplate,
+}
+
+/// `Service` of a query definition: what to search for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryService {
+    #[serde(rename = "Service")]
+    pub service: String,
+    #[serde(rename = "Tags", deserialize_with = "de_null_default")]
+    pub tags: Vec<String>,
+    #[serde(rename = "OnlyPassing")]
+    pub only_passing: bool,
+    #[serde(rename = "NodeMeta", deserialize_with = "de_null_default")]
+    pub node_meta: Meta,
+    #[serde(rename = "ServiceMeta", deserialize_with = "de_null_default")]
+    pub service_meta: Meta,
+    #[serde(rename = "Failover", deserialize_with = "de_null_default")]
+    pub failover: Failover,
+    /// Kept and shown only: signpost has no network coordinates.
+    #[serde(rename = "Near")]
+    pub near: String,
+    #[serde(rename = "IgnoreCheckIDs", deserialize_with = "de_null_default")]
+    pub ignore_check_ids: Vec<String>,
+}
+
+/// `Service.Failover`: the datacenters tried, in order, when none here
+/// match (sidecar mode). `NearestN` is kept for explain only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Failover {
+    #[serde(rename = "NearestN")]
+    pub nearest_n: i64,
+    #[serde(rename = "Datacenters", deserialize_with = "de_null_default")]
+    pub datacenters: Vec<String>,
+}
+
+/// `DNS` of a query definition.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryDns {
+    /// A Go duration; empty: the service TTL applies.
+    #[serde(rename = "TTL")]
+    pub ttl: String,
+}
+
+/// `Template` of a query definition.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryTemplate {
+    /// `name_prefix_match`, `regexp`, or empty (a plain query).
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(rename = "Regexp")]
+    pub regexp: String,
+    #[serde(rename = "RemoveEmptyTags")]
+    pub remove_empty_tags: bool,
+}
+
 /// A definition, validated: what to search for.
 #[derive(Clone, Debug)]
 pub struct QuerySpec {
@@ -46,95 +116,57 @@ pub struct QuerySpec {
     /// `DNS.TTL`, in seconds.
     pub ttl: Option<u32>,
     pub template: Option<(TemplateKind, bool)>,
-    /// `Failover.Datacenters` (tried in order in sidecar mode, see
-    /// [`QuerySpec::failover_datacenters`]) and `NearestN` (kept for
-    /// explain only: signpost has no network coordinates).
-    pub failover: Value,
-}
-
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
-fn meta(v: Option<&Value>, what: &str) -> Result<Meta, String> {
-    let mut out = Meta::new();
-    for (k, v) in v.and_then(Value::as_object).into_iter().flatten() {
-        let v = v
-            .as_str()
-            .ok_or_else(|| format!("{what}: value of {k:?} is not a string"))?;
-        out.insert(k.clone(), v.to_string());
-    }
-    Ok(out)
+    pub failover: Failover,
 }
 
 impl QuerySpec {
-    /// Reads a definition; `Err` is the reason, one line.
+    /// Reads a stored definition; `Err` is the reason, one line.
     pub fn parse(name: &str, def: &Value) -> Result<QuerySpec, String> {
-        let service = field(def, "Service").ok_or("missing Service")?;
-        let service_name = field(service, "Service")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if service_name.is_empty() {
+        let def = QueryDef::deserialize(def).map_err(|e| e.to_string())?;
+        QuerySpec::validate(name, def)
+    }
+
+    /// Validates a definition; `Err` is the reason, one line.
+    pub fn validate(name: &str, def: QueryDef) -> Result<QuerySpec, String> {
+        let QueryDef {
+            service,
+            dns,
+            template,
+        } = def;
+        if service.service.is_empty() {
             return Err("Must provide a Service name to query".into());
         }
-        let tags = field(service, "Tags")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                t.as_str()
-                    .map(String::from)
-                    .ok_or("Service.Tags: not strings")
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let ttl = match field(def, "DNS").and_then(|d| field(d, "TTL")) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(
-                super::definition::parse_duration(s)
+        let ttl = match dns.ttl.as_str() {
+            "" => None,
+            s => Some(
+                parse_duration(s)
                     .map_err(|e| format!("Bad DNS TTL {s:?}: {e}"))?
                     .as_secs() as u32,
             ),
-            Some(other) => return Err(format!("Bad DNS TTL {other}")),
         };
-        let template = match field(def, "Template") {
-            None | Some(Value::Null) => None,
-            Some(t) => {
-                let kind = field(t, "Type").and_then(Value::as_str).unwrap_or("");
-                let remove_empty = field(t, "RemoveEmptyTags")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                match kind {
-                    "" => None,
-                    "name_prefix_match" => Some((TemplateKind::Prefix, remove_empty)),
-                    "regexp" => {
-                        let re = field(t, "Regexp").and_then(Value::as_str).unwrap_or("");
-                        let re =
-                            Regex::new(re).map_err(|e| format!("Invalid Regexp {re:?}: {e}"))?;
-                        Some((TemplateKind::Regexp(re), remove_empty))
-                    }
-                    other => return Err(format!("Bad Template.Type {other:?}")),
-                }
+        let remove_empty = template.remove_empty_tags;
+        let template = match template.kind.as_str() {
+            "" => None,
+            "name_prefix_match" => Some((TemplateKind::Prefix, remove_empty)),
+            "regexp" => {
+                let re = &template.regexp;
+                let re = Regex::new(re).map_err(|e| format!("Invalid Regexp {re:?}: {e}"))?;
+                Some((TemplateKind::Regexp(re), remove_empty))
             }
+            other => return Err(format!("Bad Template.Type {other:?}")),
         };
-        if template.is_none() && name.is_empty() && service_name.contains("${") {
+        if template.is_none() && name.is_empty() && service.service.contains("${") {
             return Err("interpolation needs a Template".into());
         }
         Ok(QuerySpec {
-            service: service_name,
-            tags,
-            only_passing: field(service, "OnlyPassing")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            node_meta: meta(field(service, "NodeMeta"), "Service.NodeMeta")?,
-            service_meta: meta(field(service, "ServiceMeta"), "Service.ServiceMeta")?,
+            service: service.service,
+            tags: service.tags,
+            only_passing: service.only_passing,
+            node_meta: service.node_meta,
+            service_meta: service.service_meta,
             ttl,
             template,
-            failover: field(service, "Failover").cloned().unwrap_or(Value::Null),
+            failover: service.failover,
         })
     }
 
@@ -178,11 +210,8 @@ impl QuerySpec {
 
     /// `Failover.Datacenters`, in order.
     pub fn failover_datacenters(&self) -> Vec<String> {
-        field(&self.failover, "Datacenters")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str().map(str::to_ascii_lowercase))
+        (self.failover.datacenters.iter())
+            .map(|d| d.to_ascii_lowercase())
             .collect()
     }
 

