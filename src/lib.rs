@@ -10,7 +10,7 @@
 //!
 //! Dependencies point one way: `server`/`cli` → `config` → `api`, `dns`,
 //! `sync`, `health`, `cluster` → `registry`, with `metrics`, `net`, `locks`,
-//! `located`, `consul_client` and `fds` at the bottom; the registry imports
+//! `located`, `consul_client`, `fold` and `fds` at the bottom; the registry imports
 //! nothing else from the crate. `tests/it/structure.rs` keeps it so.
 //!
 //! * [`alloc`]    — mimalloc's settings, shared by the binary and the memory bench.

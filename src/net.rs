@@ -22,6 +22,12 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+tokio::task_local! {
+    /// The connection of the request being served, for a blocking query
+    /// to wait in a way the table can end early ([`ConnState::hold`]).
+    pub static CONNECTION: Arc<ConnState>;
+}
+
 use crate::locks::MutexExt;
 use crate::metrics::LogLimiter;
 
@@ -49,6 +55,10 @@ pub struct AdmissionStats {
     pub evicted_per_client: AtomicU64,
     /// Newcomers closed at once: every candidate was busy.
     pub refused: AtomicU64,
+    /// Blocking queries waiting for a change right now.
+    pub held: AtomicU64,
+    /// Blocking queries answered early to make room for a newcomer.
+    pub answered_early: AtomicU64,
 }
 
 /// One connection's state, shared by its task and the table.
@@ -56,6 +66,14 @@ pub struct AdmissionStats {
 pub struct ConnState {
     /// Requests (queries) of its in progress.
     busy: AtomicUsize,
+    /// Of those, blocking queries waiting for a change: they may be
+    /// answered early (Consul's contract allows it; the client asks again)
+    /// to make room, where a request being worked on never is.
+    held: AtomicUsize,
+    /// Cancelled when the table chose this connection and it was only
+    /// holding blocking queries: they answer now, and the connection closes
+    /// after the answer.
+    pub answer_now: CancellationToken,
     /// It has answered at least one.
     served: AtomicBool,
     /// Since when it is idle: its last answer, or its start. std Mutex:
@@ -63,12 +81,17 @@ pub struct ConnState {
     since: Mutex<Instant>,
     /// Cancelled when the table chose it to close.
     pub close: CancellationToken,
+    /// The table's counters.
+    stats: Arc<AdmissionStats>,
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    fn new(stats: Arc<AdmissionStats>) -> ConnState {
         ConnState {
+            stats,
             busy: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            answer_now: CancellationToken::new(),
             served: AtomicBool::new(false),
             since: Mutex::new(Instant::now()),
             close: CancellationToken::new(),
@@ -87,19 +110,54 @@ impl ConnState {
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Closes it to make room: at once, or when it only holds blocking
+    /// queries, after they answer (now).
+    fn make_room(&self) {
+        let busy = self.busy.load(Ordering::Relaxed);
+        if busy > 0 && self.held.load(Ordering::Relaxed) >= busy {
+            self.stats.answered_early.fetch_add(1, Ordering::Relaxed);
+            self.answer_now.cancel();
+        } else {
+            self.close.cancel();
+        }
+    }
+
+    /// Waits for `change` as a blocking query of this connection, which
+    /// may be told to answer early to make room: `None` then.
+    pub async fn hold<T>(&self, change: impl std::future::Future<Output = T>) -> Option<T> {
+        // Counted down however the wait ends (a timeout drops it).
+        struct Held<'a>(&'a ConnState);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.held.fetch_sub(1, Ordering::Relaxed);
+                self.0.stats.held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        self.stats.held.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(self);
+        tokio::select! {
+            v = change => Some(v),
+            _ = self.answer_now.cancelled() => None,
+        }
+    }
+
     /// Whether it answered anything yet.
     pub fn served(&self) -> bool {
         self.served.load(Ordering::Relaxed)
     }
 
     /// Lower goes first: (idle and answered, idle and never answered,
-    /// busy), then the longest idle or waiting.
+    /// holding blocking queries, busy), then the longest idle or waiting.
     fn rank(&self, evict_busy: bool) -> Option<(u8, Instant)> {
-        let class = if self.busy.load(Ordering::Relaxed) > 0 {
+        let busy = self.busy.load(Ordering::Relaxed);
+        let class = if busy > 0 && self.held.load(Ordering::Relaxed) >= busy {
+            2
+        } else if busy > 0 {
             if !evict_busy {
                 return None;
             }
-            2
+            3
         } else if self.served() {
             0
         } else {
@@ -246,7 +304,7 @@ impl Admission {
                 return None;
             };
             if let Some(e) = t.remove(id) {
-                e.state.close.cancel();
+                e.state.make_room();
                 self.stats.open.fetch_sub(1, Ordering::Relaxed);
             }
             counter.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +316,7 @@ impl Admission {
         }
         let id = t.next;
         t.next += 1;
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(Arc::clone(&self.stats)));
         t.conns.insert(
             id,
             Entry {

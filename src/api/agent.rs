@@ -17,6 +17,7 @@ use super::{
     encoded, index_headers, json_body, keep_values, reply, Api, ApiError, ApiResult, Params,
 };
 use crate::registry::definition::{CheckDef, ServiceDef};
+use crate::registry::Topic;
 use crate::registry::{Check, CheckKind, Health, InstanceKey, Source, Txn};
 
 type Shared = State<Arc<Api>>;
@@ -404,7 +405,7 @@ pub(super) async fn set_ttl_status(
             "CheckID {id:?} does not have associated TTL"
         )));
     }
-    api.health.touch_ttl(&check.node, id);
+    api.health.touch_ttl(&check.node, id, status);
     api.registry
         .write_api(|txn| txn.set_check_status(&check.node, id, status, output))
         .await?;
@@ -456,7 +457,7 @@ pub(super) async fn update_check(
 
 pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
     let filter = params.filter(None)?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Any, |s| {
         let mut out: BTreeMap<&str, ServiceOut<'_>> = s
             .node_instances(&api.node)
             .map(|v| {
@@ -501,7 +502,9 @@ pub(super) async fn service(
     };
     let Some(wanted) = params.get("hash").filter(|h| !h.is_empty()) else {
         let (index, (hash, body)) = api
-            .wait_for(&params, |s| view(s).map(|(i, h, v)| (i, (h, v))))
+            .wait_for(&params, Topic::Any, |s| {
+                view(s).map(|(i, h, v)| (i, (h, v)))
+            })
             .await?;
         return Ok(hashed_reply(index, &hash, &body));
     };
@@ -528,7 +531,7 @@ fn hashed_reply(index: u64, hash: &str, body: &serde_json::Value) -> Response {
 
 pub(super) async fn checks(State(api): Shared, params: Params) -> ApiResult {
     let filter = params.filter(None)?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Any, |s| {
         let mut out: BTreeMap<&str, CheckOut<'_>> = s
             .checks()
             // serfHealth is the cluster's, not a check registered with the

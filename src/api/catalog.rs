@@ -15,6 +15,7 @@ use super::shapes::{NodeOut, ServiceNodeOut, ServiceOut};
 use super::{encoded, json_body, keep, reply, Api, ApiError, ApiResult, Params};
 use crate::registry::definition::{CatalogParts, CatalogRegistration};
 use crate::registry::{InstanceKey, Source, State as Registry};
+use crate::registry::{Table, Topic};
 
 type Shared = State<Arc<Api>>;
 
@@ -157,7 +158,7 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
             })
         })
     };
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Services), |s| {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for lower in s.service_names() {
             for v in s
@@ -214,7 +215,7 @@ pub(super) async fn service(
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Service(&name.to_ascii_lowercase()), |s| {
         let out = service_nodes(&api, s.service_instances(&lower), &tags, filter.as_ref());
         encoded(service_index(s, &name), &out)
     })
@@ -233,7 +234,7 @@ pub(super) async fn connect(
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["NodeMeta"]))?;
     let lower = name.to_ascii_lowercase();
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Any, |s| {
         let out = service_nodes(&api, s.connect_instances(&lower), &tags, filter.as_ref());
         encoded(s.index(), &out)
     })
@@ -242,7 +243,7 @@ pub(super) async fn connect(
 
 pub(super) async fn nodes(State(api): Shared, params: Params) -> ApiResult {
     let filter = params.filter(Some(&["Meta"]))?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Nodes), |s| {
         let mut out: Vec<NodeOut<'_>> = s
             .nodes()
             .filter(|n| n.datacenter == api.datacenter)
@@ -266,7 +267,7 @@ pub(super) async fn node(
     Path(name): Path<String>,
     params: Params,
 ) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Nodes), |s| {
         let body = s.node(&name).map(|n| {
             let services: BTreeMap<&str, ServiceOut<'_>> = s
                 .node_instances(&name)
@@ -327,7 +328,7 @@ pub(super) async fn node_services(
     params: Params,
 ) -> ApiResult {
     let filter = params.filter(None)?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Nodes), |s| {
         let Some(n) = s.node(&name) else {
             return Err(ApiError::not_found("Node not found"));
         };
@@ -354,8 +355,10 @@ pub(super) async fn coordinate_datacenters(State(api): Shared) -> ApiResult {
 }
 
 pub(super) async fn coordinate_nodes(State(api): Shared, params: Params) -> ApiResult {
-    api.blocking(&params, |s| encoded(s.tables().nodes, &json!([])))
-        .await
+    api.blocking(&params, Topic::Table(Table::Nodes), |s| {
+        encoded(s.tables().nodes, &json!([]))
+    })
+    .await
 }
 
 pub(super) async fn coordinate_node(Path(node): Path<String>) -> ApiResult {

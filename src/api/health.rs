@@ -8,6 +8,7 @@ use super::catalog::{has_tags, node_index, service_index};
 use super::shapes::{CheckOut, HealthEntry};
 use super::{encoded, keep, Api, ApiError, ApiResult, Params};
 use crate::registry::{Check, Health, InstanceKey, State as Registry};
+use crate::registry::{Table, Topic};
 
 type Shared = State<Arc<Api>>;
 
@@ -53,7 +54,7 @@ pub(super) async fn service(
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["Node", "Meta"]))?;
     let lower = name.to_ascii_lowercase();
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Service(&lower), |s| {
         let out = entries(
             &api,
             s,
@@ -78,7 +79,7 @@ pub(super) async fn connect(
     let tags: Vec<&str> = params.all("tag").collect();
     let filter = params.filter(Some(&["Node", "Meta"]))?;
     let lower = name.to_ascii_lowercase();
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Any, |s| {
         let out = entries(
             &api,
             s,
@@ -99,7 +100,7 @@ pub(super) async fn checks(
 ) -> ApiResult {
     let lower = name.to_ascii_lowercase();
     let filter = params.filter(None)?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Service(&name.to_ascii_lowercase()), |s| {
         let mut out: Vec<CheckOut<'_>> = s
             .service_instances(&lower)
             .flat_map(|v| {
@@ -122,7 +123,7 @@ pub(super) async fn node(
     params: Params,
 ) -> ApiResult {
     let filter = params.filter(None)?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Nodes), |s| {
         let mut out: Vec<CheckOut<'_>> = s
             .checks()
             .filter(|c| c.node == name)
@@ -153,7 +154,7 @@ pub(super) async fn state(
         ),
     };
     let filter = params.filter(None)?;
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Checks), |s| {
         let mut out: Vec<CheckOut<'_>> = s
             .checks()
             .filter(|c| wanted.is_none_or(|w| c.status == w))

@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 
 use super::shapes::KvOut;
 use super::{body_bytes, index_headers, reply, Api, ApiError, ApiResult, Params};
+use crate::registry::{Table, Topic};
 
 type Shared = State<Arc<Api>>;
 
@@ -39,7 +40,7 @@ pub(super) async fn get(
     let raw = params.flag("raw");
     let separator = params.get("separator").unwrap_or("").to_string();
     let (index, found) = api
-        .wait_for(&params, |s| {
+        .wait_for(&params, Topic::Table(Table::Kv), |s| {
             let kv_index = s.tables().kv;
             if keys {
                 let listed: BTreeSet<String> = s

@@ -15,6 +15,7 @@ use super::shapes::HealthEntry;
 use super::{index_headers, reply, Api, ApiError, ApiResult, Params};
 use crate::registry::query::{find, PreparedQuery, QueryDef, QuerySpec};
 use crate::registry::State as Registry;
+use crate::registry::{Table, Topic};
 
 type Shared = State<Arc<Api>>;
 
@@ -111,7 +112,7 @@ pub(super) async fn create(State(api): Shared, body: Result<Bytes, BytesRejectio
 }
 
 pub(super) async fn list(State(api): Shared, params: Params) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Queries), |s| {
         let out: Vec<Value> = s.queries().map(shape).collect();
         super::encoded(s.tables().queries, &out)
     })
@@ -119,7 +120,7 @@ pub(super) async fn list(State(api): Shared, params: Params) -> ApiResult {
 }
 
 pub(super) async fn get(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Queries), |s| {
         let q = s
             .query(&id)
             .ok_or_else(|| ApiError::not_found("Query not found"))?;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::filter::Filter;
 use super::*;
-use crate::registry::State;
+use crate::registry::{State, Topic};
 
 /// A JSON response with Consul's headers.
 pub fn reply<T: Serialize>(index: u64, body: &T) -> Response {
@@ -67,9 +67,10 @@ impl Api {
     pub async fn blocking(
         &self,
         params: &Params,
+        topic: Topic<'_>,
         view: impl Fn(&State) -> Result<(u64, Vec<u8>), ApiError>,
     ) -> ApiResult {
-        let (index, body) = self.wait_for(params, view).await?;
+        let (index, body) = self.wait_for(params, topic, view).await?;
         let mut r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
         index_headers(r.headers_mut(), index);
         Ok(r)
@@ -77,17 +78,19 @@ impl Api {
 
     /// The blocking-query loop: `view` computes a result and its index from
     /// the registry; while that index is not above the client's `?index=`,
-    /// wait for the registry's change index to move (no polling), up to
-    /// `?wait` plus jitter, then answer with what there is.
+    /// wait for a change to `topic` (no polling), up to `?wait` plus
+    /// jitter, then answer with what there is. `topic` must move whenever
+    /// the view's index can: a change elsewhere never wakes the query.
     pub async fn wait_for<T>(
         &self,
         params: &Params,
+        topic: Topic<'_>,
         view: impl Fn(&State) -> Result<(u64, T), ApiError>,
     ) -> Result<(u64, T), ApiError> {
         self.check_dc(params)?;
         let min_index = params.u64("index")?.unwrap_or(0);
         let deadline = wait_deadline(params)?;
-        let mut changes = self.registry.subscribe();
+        let mut changes = self.registry.subscribe_to(topic);
         loop {
             changes.borrow_and_update();
             let (index, body) = self.registry.read(&view)?;
@@ -96,9 +99,18 @@ impl Api {
             if min_index == 0 || index > min_index || expired {
                 return Ok((index, body));
             }
-            // Woken by the next change anywhere; the view decides whether
-            // it is one this query waits for.
-            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+            // Woken by the next change to the topic; the view decides
+            // whether it moved this query's index. A connection told to
+            // make room for a newcomer answers now with what there is.
+            let change = changes.changed();
+            let held = match crate::net::CONNECTION.try_with(Arc::clone) {
+                Ok(conn) => tokio::time::timeout_at(deadline, conn.hold(change)).await,
+                Err(_) => tokio::time::timeout_at(deadline, async { Some(change.await) }).await,
+            };
+            if let Ok(None) = held {
+                let (index, body) = self.registry.read(&view)?;
+                return Ok((index.max(1), body));
+            }
         }
     }
 }

@@ -49,7 +49,10 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_connections: 4096,
+            // Ten thousand watchers (consul-template fleets, Prometheus,
+            // UIs: a connection each) with room to spare; bounded further
+            // by the open-file limit at start (see `serve`).
+            max_connections: 16_384,
             max_connections_per_client: 512,
             header_timeout: std::time::Duration::from_secs(10),
             body_timeout: std::time::Duration::from_secs(30),
@@ -92,10 +95,24 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    // The descriptors left after the reserve and DNS over TCP's whole
+    // table (at most 1,024; HTTP's watchers are the many).
+    let mut max = limits.max_connections;
+    if let Some(fds) = crate::fds::limit().map(|n| usize::try_from(n).unwrap_or(usize::MAX)) {
+        let fit = fds
+            .saturating_sub(crate::dns::tcp::RESERVED_FDS)
+            .saturating_sub(crate::dns::tcp::MAX_CONNECTIONS);
+        if fit < max {
+            max = fit.max(16);
+            tracing::warn!(
+                "open file limit {fds}: HTTP takes at most {max} connections (raise the limit for more)"
+            );
+        }
+    }
     let admission = Admission::with_stats(
         "http",
         Limits {
-            max: limits.max_connections,
+            max,
             per_client: limits.max_connections_per_client,
             evict_busy: false,
         },
@@ -260,11 +277,20 @@ async fn connection(
         st.begin();
         let guard = InFlight(Arc::clone(&act), Arc::clone(&st));
         let app = app.clone();
-        async move {
-            let r = app.oneshot(req.map(axum::body::Body::new)).await;
+        let conn = Arc::clone(&st);
+        crate::net::CONNECTION.scope(Arc::clone(&conn), async move {
+            let mut r = app.oneshot(req.map(axum::body::Body::new)).await;
+            // Chosen to make room while holding a blocking query: it
+            // answered early, and the connection closes after the answer.
+            if let (Ok(r), true) = (&mut r, conn.answer_now.is_cancelled()) {
+                r.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
             drop(guard);
             r
-        }
+        })
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -298,6 +324,7 @@ async fn connection(
             // Chosen to make room for a newcomer (never while a request is
             // in progress): closed at once.
             _ = state.close.cancelled() => return,
+
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
@@ -320,6 +347,12 @@ impl Collector for HttpCollector {
             "HTTP connections open now",
             open,
         )?;
+        gauge(
+            &mut encoder,
+            "http_blocking_queries",
+            "Blocking queries waiting for a change now",
+            h.conns.held.load(Ordering::Relaxed) as i64,
+        )?;
         for (name, help, v) in [
             (
                 "http_refused_connection_limit",
@@ -335,6 +368,11 @@ impl Collector for HttpCollector {
                 "http_refused_busy",
                 "New HTTP connections closed at once: at a limit, every candidate had a request in progress",
                 &h.conns.refused,
+            ),
+            (
+                "http_answered_early",
+                "Blocking queries answered before their wait to make room for a new connection (the connection closes after the answer)",
+                &h.conns.answered_early,
             ),
             (
                 "http_timed_out",

@@ -25,6 +25,7 @@ use crate::locks::MutexExt;
 use crate::registry::definition::de_null_default;
 use crate::registry::shared::SERF_CHECK;
 use crate::registry::{Behavior, Health, Registry, Session};
+use crate::registry::{Table, Topic};
 
 type Shared = State<Arc<Api>>;
 
@@ -388,7 +389,7 @@ pub async fn renew(State(api): Shared, Path(id): Path<String>) -> ApiResult {
 }
 
 pub async fn info(State(api): Shared, Path(id): Path<String>, params: Params) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Sessions), |s| {
         let out: Vec<Value> = s.session(&id).map(shape).into_iter().collect();
         super::encoded(s.tables().sessions, &out)
     })
@@ -396,7 +397,7 @@ pub async fn info(State(api): Shared, Path(id): Path<String>, params: Params) ->
 }
 
 pub async fn list(State(api): Shared, params: Params) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Sessions), |s| {
         let out: Vec<Value> = s.sessions().map(shape).collect();
         super::encoded(s.tables().sessions, &out)
     })
@@ -404,7 +405,7 @@ pub async fn list(State(api): Shared, params: Params) -> ApiResult {
 }
 
 pub async fn node(State(api): Shared, Path(node): Path<String>, params: Params) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Table(Table::Sessions), |s| {
         let out: Vec<Value> = s.sessions().filter(|x| x.node == node).map(shape).collect();
         super::encoded(s.tables().sessions, &out)
     })

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::{encoded, reply, Api, ApiError, ApiResult, Params};
 use crate::dns::wire::Transport;
+use crate::registry::Topic;
 use crate::registry::{Health, Source};
 
 type Shared = State<Arc<Api>>;
@@ -134,7 +135,7 @@ fn in_maintenance(s: &crate::registry::State, key: &crate::registry::InstanceKey
 /// `/v1/signpost/ui/services`: every service with its tags, sources and
 /// instance counts by health (maintenance apart), blocking on any change.
 pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Any, |s| {
         let mut out = Vec::new();
         for lower in s.service_names() {
             let mut name = lower.to_string();
@@ -177,7 +178,7 @@ pub(super) async fn service(
 ) -> ApiResult {
     let only_passing = api.only_passing();
     let lower = name.to_ascii_lowercase();
-    api.blocking(&params, |s| {
+    api.blocking(&params, Topic::Service(&lower), |s| {
         let mut out = Vec::new();
         for v in s.service_instances(&lower) {
             let key = v.instance.key();

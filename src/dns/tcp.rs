@@ -40,9 +40,9 @@ pub const MAX_PER_CLIENT: usize = 64;
 /// How long a connection closed before its first query still waits for
 /// it: a client writes its query right after connecting.
 pub const FIRST_QUERY_GRACE: Duration = Duration::from_millis(200);
-/// Descriptors left for everything else (HTTP, UDP, the store, upstream
-/// sockets) when sizing the TCP limit from the process's limit.
-const RESERVED_FDS: usize = 256;
+/// Descriptors left for everything else (UDP, the store, upstream sockets)
+/// when sizing the DNS TCP and the HTTP tables from the process's limit.
+pub(crate) const RESERVED_FDS: usize = 256;
 
 /// The open connections: the shared admission table, and the closed
 /// connections still waiting out their [`FIRST_QUERY_GRACE`] (bounded, so a

@@ -2,14 +2,16 @@
 //! registrations carry and writes their status into the registry, which
 //! takes failing instances out of DNS at once.
 //!
-//! A supervisor task keeps one task per runnable check, started and stopped
-//! as the registry's check definitions change (it rescans only when they
-//! do, never on a status update). `status` holds Consul's threshold state
+//! A supervisor task keeps one task per HTTP or TCP check and a clock per
+//! TTL check (all on one timer, `ttl`), started and stopped as the
+//! registry's check definitions change (it rescans only when they do,
+//! never on a status update). `status` holds Consul's threshold state
 //! machine, `probe` the HTTP and TCP probes. Checks mirrored from Consul are
 //! not run here: Consul's own status is used as synced.
 
 pub mod probe;
 pub mod status;
+mod ttl;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -47,6 +49,9 @@ use status::StatusMachine;
 /// at most its timeout, so it cannot hold up the others.
 pub const MAX_CONCURRENT_PROBES: usize = 512;
 
+/// The least time between two rescans of the checks.
+const RESCAN_GAP: Duration = Duration::from_millis(100);
+
 /// (node, check id)
 pub type CheckKey = (String, String);
 
@@ -58,23 +63,14 @@ struct Spec {
     service_id: Option<String>,
 }
 
-/// A TTL check's refresh: when it was last refreshed, and a wake-up for its
-/// task.
-struct Ttl {
-    /// std Mutex: held only to read or set the instant, never across .await.
-    refreshed: Mutex<Instant>,
-    wake: Notify,
-}
-
 struct Shared {
     clients: HttpClients,
     permits: Semaphore,
     /// Check tasks alive right now, counted by the tasks themselves, so a
     /// leak shows.
     running: AtomicUsize,
-    /// TTL checks by key. std Mutex: held only to insert, remove or clone
-    /// an `Arc`, never across .await.
-    ttl: Mutex<HashMap<CheckKey, Arc<Ttl>>>,
+    /// Every TTL check's clock.
+    ttl: ttl::TtlClocks,
     /// Probe results: passing, warning, critical.
     runs: [AtomicU64; 3],
     /// The same, for `/metrics`.
@@ -119,7 +115,7 @@ impl HealthChecks {
             clients: HttpClients::new(),
             permits: Semaphore::new(MAX_CONCURRENT_PROBES),
             running: AtomicUsize::new(0),
-            ttl: Mutex::new(HashMap::new()),
+            ttl: ttl::TtlClocks::new(),
             runs: Default::default(),
             check_runs,
             only_node,
@@ -133,9 +129,10 @@ impl HealthChecks {
         })
     }
 
-    /// Check tasks alive right now.
+    /// Checks being run right now: HTTP and TCP check tasks alive, and
+    /// TTL clocks.
     pub fn running(&self) -> usize {
-        self.shared.running.load(Ordering::SeqCst)
+        self.shared.running.load(Ordering::SeqCst) + self.shared.ttl.len()
     }
 
     /// Probe runs so far by result: passing, warning, critical.
@@ -146,19 +143,12 @@ impl HealthChecks {
             .map(|n| n.load(Ordering::Relaxed))
     }
 
-    /// Restarts a TTL check's clock. Call before writing the new status, so
-    /// an expiry racing with the refresh never lands after it.
-    pub fn touch_ttl(&self, node: &str, id: &str) {
-        let ttl = self
-            .shared
-            .ttl
-            .locked()
-            .get(&(node.to_string(), id.to_string()))
-            .cloned();
-        if let Some(t) = ttl {
-            *t.refreshed.locked() = Instant::now();
-            t.wake.notify_one();
-        }
+    /// Restarts a TTL check's clock, about to be written with `status`.
+    /// Call before writing it, so an expiry racing with the refresh never
+    /// lands after it.
+    pub fn touch_ttl(&self, node: &str, id: &str, status: Health) {
+        let key = (node.to_string(), id.to_string());
+        self.shared.ttl.touch(&key, status);
     }
 
     /// Stops every check and waits until none is left running.
@@ -191,17 +181,39 @@ fn specs(registry: &Registry, only_node: Option<&str>) -> HashMap<CheckKey, Arc<
 }
 
 async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let timer = tokio::spawn({
+        let (registry, shared, stop) = (Arc::clone(&registry), Arc::clone(&shared), stop.clone());
+        async move { shared.ttl.run(&registry, stop).await }
+    });
     let mut changes = registry.subscribe();
     // The spec is shared with the task: one copy per check, not two.
     let mut tasks: HashMap<CheckKey, (Arc<Spec>, AbortHandle)> = HashMap::new();
     let mut set = JoinSet::new();
     let mut seen = None;
+    let mut last_scan: Option<Instant> = None;
     loop {
         changes.borrow_and_update();
-        let defs = registry.read(|s| s.check_defs());
+        let mut defs = registry.read(|s| s.check_defs());
         if seen != Some(defs) {
+            // A rescan walks every check: a burst of definition changes (a
+            // bulk load) gets one per RESCAN_GAP, not one per write.
+            if let Some(due) = last_scan.map(|at| at + RESCAN_GAP) {
+                if Instant::now() < due {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = stop.changed() => break,
+                    }
+                    changes.borrow_and_update();
+                    defs = registry.read(|s| s.check_defs());
+                }
+            }
+            last_scan = Some(Instant::now());
             seen = Some(defs);
-            let mut wanted = specs(&registry, shared.only_node.as_deref());
+            let (ttl, mut wanted): (HashMap<_, _>, HashMap<_, _>) =
+                specs(&registry, shared.only_node.as_deref())
+                    .into_iter()
+                    .partition(|(_, spec)| matches!(spec.kind, CheckKind::Ttl { .. }));
+            shared.ttl.sync(ttl, &registry);
             tasks.retain(|key, (spec, handle)| {
                 let keep = wanted.get(key) == Some(spec) && !handle.is_finished();
                 if keep {
@@ -228,11 +240,11 @@ async fn supervise(registry: Arc<Registry>, shared: Arc<Shared>, mut stop: watch
         }
     }
     set.shutdown().await;
+    let _ = timer.await;
+    shared.ttl.clear();
 }
 
-/// A check's task. Boxed per kind: a TTL check waits on a timer and a
-/// notification, a periodic one also holds a probe in flight, and a task
-/// sized for the larger would cost every TTL check a kilobyte more.
+/// An HTTP or TCP check's task (TTL checks have clocks, not tasks).
 fn run_check(
     registry: Arc<Registry>,
     shared: Arc<Shared>,
@@ -241,17 +253,13 @@ fn run_check(
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let reaper = Reaper::new(&spec);
     match spec.kind {
-        CheckKind::Ttl { ttl } => Box::pin(async move {
-            let _live = Live::new(&shared.running);
-            run_ttl(&registry, &shared, &key, ttl, reaper).await
-        }),
         CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => {
             Box::pin(async move {
                 let _live = Live::new(&shared.running);
                 run_periodic(&registry, &shared, &key, &spec, interval, reaper).await
             })
         }
-        CheckKind::Static => Box::pin(std::future::ready(())),
+        CheckKind::Ttl { .. } | CheckKind::Static => Box::pin(std::future::ready(())),
     }
 }
 
@@ -290,10 +298,6 @@ impl Reaper {
         }
         let since = *self.critical_since.get_or_insert_with(Instant::now);
         since.elapsed() >= after
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        Some(self.critical_since? + self.after?)
     }
 
     async fn reap(&self, registry: &Registry, key: &CheckKey) {
@@ -379,71 +383,6 @@ async fn run_periodic(
     }
 }
 
-/// Removes a TTL check's entry when its task ends.
-struct TtlEntry<'a> {
-    shared: &'a Shared,
-    key: &'a CheckKey,
-}
-
-impl Drop for TtlEntry<'_> {
-    fn drop(&mut self) {
-        self.shared.ttl.locked().remove(self.key);
-    }
-}
-
-async fn run_ttl(
-    registry: &Registry,
-    shared: &Shared,
-    key: &CheckKey,
-    ttl: Duration,
-    mut reaper: Reaper,
-) {
-    let state = Arc::new(Ttl {
-        refreshed: Mutex::new(Instant::now()),
-        wake: Notify::new(),
-    });
-    shared.ttl.locked().insert(key.clone(), Arc::clone(&state));
-    let _entry = TtlEntry { shared, key };
-    let refreshed = || *state.refreshed.locked();
-    let mut expired = false;
-    reaper.due(registry, key);
-    loop {
-        let expires = refreshed() + ttl;
-        let wake = match (expired, reaper.deadline()) {
-            (false, Some(d)) => Some(expires.min(d)),
-            (false, None) => Some(expires),
-            (true, d) => d,
-        };
-        let sleep = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = state.wake.notified() => expired = false,
-            _ = sleep => {
-                if !expired && Instant::now() >= refreshed() + ttl {
-                    expired = true;
-                    let output = format!("TTL expired: no update for {}", format_duration(ttl));
-                    registry
-                        .write_agent(|t| {
-                            // A refresh that got in first wins.
-                            if refreshed().elapsed() >= ttl {
-                                t.set_check_status(&key.0, &key.1, Health::Critical, &output);
-                            }
-                        })
-                        .await;
-                }
-            }
-        }
-        if reaper.due(registry, key) {
-            reaper.reap(registry, key).await;
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,7 +420,7 @@ mod tests {
         let health = HealthChecks::start(Arc::clone(&r), CheckRuns::default(), None);
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(status(&r, "t"), Some(Health::Passing));
-        health.touch_ttl("n", "t");
+        health.touch_ttl("n", "t", Health::Passing);
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(
             status(&r, "t"),
@@ -507,5 +446,68 @@ mod tests {
         assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_none()));
         assert_eq!(status(&r, "t"), None, "its checks went with it");
         health.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_ttl_check_counts_toward_deregistration_from_the_fail() {
+        let r = registry_with(
+            r#"{"Name": "s", "ID": "s1", "Check": {"CheckID": "t", "TTL": "10m",
+                "Status": "passing", "DeregisterCriticalServiceAfter": "1m"}}"#,
+        );
+        let health = HealthChecks::start(Arc::clone(&r), CheckRuns::default(), None);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        health.touch_ttl("n", "t", Health::Critical);
+        r.write(|t| t.set_check_status("n", "t", Health::Critical, "failed"));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_some()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(r.read(|s| s.instance(&InstanceKey::new("n", "s1")).is_none()));
+        assert_eq!(health.running(), 0, "its clock went with it");
+        health.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn thousands_of_ttl_clocks_expire_on_one_timer() {
+        let r = Registry::new(Arc::new(()));
+        r.write(|t| {
+            t.upsert_node(Node::new(
+                "n".into(),
+                "127.0.0.1".into(),
+                "dc1".into(),
+                Source::Api,
+            ));
+            for i in 0..5_000 {
+                let text = format!(
+                    r#"{{"Name": "s", "ID": "s{i}", "Check": {{"CheckID": "t{i}",
+                        "TTL": "{}s", "Status": "passing"}}}}"#,
+                    10 + i % 2
+                );
+                let def: ServiceDef = serde_json::from_str(&text).unwrap();
+                let (inst, checks) = def.into_parts("n", Source::Api);
+                t.upsert_instance(inst);
+                checks.into_iter().for_each(|c| t.upsert_check(c));
+            }
+        });
+        let health = HealthChecks::start(Arc::clone(&r), CheckRuns::default(), None);
+        let critical =
+            |r: &Registry| r.read(|s| s.checks().filter(|c| c.status == Health::Critical).count());
+        tokio::time::sleep(Duration::from_millis(9_500)).await;
+        assert_eq!(health.running(), 5_000);
+        // Half are refreshed just before they expire.
+        for i in (0..5_000).step_by(2) {
+            health.touch_ttl("n", &format!("t{i}"), Health::Passing);
+        }
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(
+            critical(&r),
+            0,
+            "none of the 10 s ones refreshed, none due yet"
+        );
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(critical(&r), 2_500, "the 11 s ones, never refreshed");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(critical(&r), 5_000, "and the refreshed ones 10 s later");
+        health.shutdown().await;
+        assert_eq!(health.running(), 0);
     }
 }

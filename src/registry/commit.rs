@@ -28,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::shared::{self, Committed, Event, Shared};
 use super::store::{Durable, Rows, StoreError};
+use super::topics::{Topic, Topics};
 use super::{ChangeListener, Changes, State, Touched, Txn};
 
 /// How long the committer waits before probing a failed store again when
@@ -123,6 +124,9 @@ pub struct Registry {
     /// The visible change index, for blocking queries and anything else
     /// that waits for "something changed" without polling.
     index_tx: watch::Sender<u64>,
+    /// The same, per service and per table, for blocking queries that
+    /// watch one thing.
+    topics: Topics,
     durable: bool,
     /// In a cluster, the store every member shares: writes go there first
     /// and come back through [`apply_events`](Self::apply_events). There
@@ -183,6 +187,7 @@ impl Registry {
             queued: Condvar::new(),
             listener,
             index_tx,
+            topics: Topics::new(),
             durable,
             shared,
             status: Arc::new(StoreStatus::default()),
@@ -242,6 +247,7 @@ impl Registry {
         let old = self.visible.swap(state.clone());
         self.listener.changed(&state, changes);
         self.index_tx.send_replace(index);
+        self.topics.publish(index, changes);
         old
     }
 
@@ -507,6 +513,16 @@ impl Registry {
     /// A receiver that wakes whenever the visible index moves.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.index_tx.subscribe()
+    }
+
+    /// A receiver that sees the index of each change to `topic` (and only
+    /// to it) from now on.
+    pub fn subscribe_to(&self, topic: Topic<'_>) -> watch::Receiver<u64> {
+        match topic {
+            Topic::Service(lower) => self.topics.subscribe_service(lower),
+            Topic::Table(t) => self.topics.subscribe_table(t),
+            Topic::Any => self.index_tx.subscribe(),
+        }
     }
 
     /// Waits for queued writes to be written and stops the committer.

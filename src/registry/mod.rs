@@ -24,6 +24,7 @@ mod sessions;
 pub mod shared;
 mod state;
 pub mod store;
+mod topics;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use model::{
     Session, Source, TaggedAddress, Thresholds, Weights,
 };
 pub use store::{Store, StoreError};
+pub use topics::{Table, Topic};
 
 /// A service that has instances: how many, and the index at which its
 /// entries last changed. A service that is gone has no entry (an entry per

@@ -872,3 +872,95 @@ async fn a_health_probe_is_answered_through_a_slowloris_flood_from_its_own_addre
     drop(slow);
     srv.stop().await;
 }
+
+/// Watchers never lock out a write. With the table full of blocking
+/// queries (a cap of 41 here; 16,384 by default), a write from a client at
+/// its own cap and one from a new client are both admitted: a watcher
+/// makes room by answering at once, as Consul's contract allows (200, the
+/// index it had), and its connection closes after that answer. No watcher
+/// is cut, and the rest wake with the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_filling_the_table_never_lock_out_a_write() {
+    let srv = TestServer::start_with(None, |c| {
+        // One place beyond the watchers, for the test's metrics reads.
+        c.http_limits.max_connections = 41;
+        c.http_limits.max_connections_per_client = 30;
+    })
+    .await;
+    let client_at = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    assert_eq!(
+        http("PUT", &srv.url("/v1/kv/w"), Some("a")).await.status,
+        200
+    );
+    let index = http("GET", &srv.url("/v1/kv/w"), None).await.index.unwrap();
+    let mut watchers = tokio::task::JoinSet::new();
+    for i in 0..40u8 {
+        // 30 from 127.0.0.1 (its cap), 10 from 127.0.0.5.
+        let client = client_at(if i < 30 { 1 } else { 5 });
+        let url = srv.url(&format!("/v1/kv/w?index={index}&wait=20s"));
+        watchers.spawn(async move {
+            let r = client.get(url).send().await;
+            r.map(|r| {
+                let got = r
+                    .headers()
+                    .get("X-Consul-Index")
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                (r.status().as_u16(), got.unwrap_or(0u64))
+            })
+            .unwrap_or_else(|e| panic!("a watcher was cut: {e:?}"))
+        });
+    }
+    // Metrics read over one kept-alive connection: its place stays its own.
+    let scraper = client_at(3);
+    let metrics = || async {
+        let r = scraper.get(srv.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    };
+    eventually(Duration::from_secs(10), "40 watchers held", || async {
+        metrics()
+            .await
+            .contains("signpost_http_blocking_queries 40\n")
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let own = client_at(1).put(srv.url("/v1/kv/w")).body("b").send().await;
+    assert_eq!(
+        own.map(|r| r.status().as_u16()).unwrap_or(0),
+        200,
+        "a write at its client's cap"
+    );
+    let other = client_at(4).put(srv.url("/v1/kv/x")).body("c").send().await;
+    assert_eq!(
+        other.map(|r| r.status().as_u16()).unwrap_or(0),
+        200,
+        "a write at the total cap"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut early = 0;
+    while let Some(r) = watchers.join_next().await {
+        let (status, got) = r.unwrap();
+        assert_eq!(status, 200, "a watcher was cut");
+        assert!(got >= index);
+        early += usize::from(got == index);
+    }
+    assert!(early >= 1, "no watcher made room");
+    let text = metrics().await;
+    assert!(
+        text.contains("signpost_http_refused_busy_total 0\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("signpost_http_answered_early_total 0\n"),
+        "{text}"
+    );
+    srv.stop().await;
+}
