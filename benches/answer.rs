@@ -15,6 +15,7 @@ use hickory_proto::rr::{Name, RecordType};
 use signpost::dns::answers::Answers;
 use signpost::dns::handler::{Handler, Outcome, Scratch};
 use signpost::dns::wire::Transport;
+use signpost::registry::query::PreparedQuery;
 use signpost::registry::{Instance, Node, Registry, Source, Weights};
 use signpost::Config;
 
@@ -166,5 +167,72 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A write to one instance of a service of N instances, with the answer
+/// sets rebuilt for it: what a registration, a health flip or a Docker
+/// event costs as services grow.
+fn write(c: &mut Criterion) {
+    let mut group = c.benchmark_group("write one instance");
+    group.sample_size(20);
+    for n in [5usize, 500, 5000] {
+        let config = Config::ephemeral();
+        let answers = Arc::new(Answers::new(config.answer_config()));
+        let registry = Registry::new(answers);
+        registry.write(|txn| {
+            for k in 0..n {
+                let name = format!("w-{k}");
+                txn.upsert_node(node(name.clone(), addr(k + 1)));
+                txn.upsert_instance(instance(&name, format!("w-{k}"), "w", 9000));
+            }
+        });
+        let mut port = 9000u16;
+        group.bench_function(format!("of {n}"), |b| {
+            b.iter(|| {
+                port = if port == 9000 { 9001 } else { 9000 };
+                registry.write(|txn| txn.upsert_instance(instance("w-0", "w-0".into(), "w", port)));
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A write to one instance among 5,000 services (one instance each) that
+/// 1,000 plain prepared queries search: what the queries add to a change.
+fn write_with_queries(c: &mut Criterion) {
+    let mut group = c.benchmark_group("write one instance");
+    group.sample_size(20);
+    let config = Config::ephemeral();
+    let answers = Arc::new(Answers::new(config.answer_config()));
+    let registry = Registry::new(answers);
+    registry.write(|txn| {
+        for k in 0..5000 {
+            let name = format!("q-{k}");
+            txn.upsert_node(node(name.clone(), addr(k + 1)));
+            txn.upsert_instance(instance(&name, name.clone(), &format!("qs{k}"), 9000));
+        }
+        for q in 0..1000 {
+            txn.upsert_query(PreparedQuery {
+                id: format!("00000000-0000-0000-0000-{q:012}"),
+                name: format!("query{q}"),
+                session: String::new(),
+                definition: serde_json::json!({"Service": {"Service": format!("qs{}", q * 5)}}),
+                create_index: 0,
+                modify_index: 0,
+            });
+        }
+    });
+    let mut port = 9000u16;
+    group.bench_function(
+        "of 1 among 5,000 services and 1,000 prepared queries",
+        |b| {
+            b.iter(|| {
+                port = if port == 9000 { 9001 } else { 9000 };
+                registry
+                    .write(|txn| txn.upsert_instance(instance("q-0", "q-0".into(), "qs0", port)));
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, bench, write, write_with_queries);
 criterion_main!(benches);

@@ -11,12 +11,10 @@ impl ChangeListener for Answers {
             self.template_sets
                 .retain(|_, (service, _)| !changes.services.contains(&**service));
         }
-        let queried = changes.queries || {
-            let services = self.query_services.locked();
-            !services.is_empty() && changes.services.iter().any(|s| services.contains(s))
-        };
-        if queried {
+        if changes.queries {
             self.build_queries(state);
+        } else if !changes.services.is_empty() {
+            self.rebuild_queries_of(state, &changes.services);
         }
         let mut remote = self.remote_dcs.locked();
         for lower in &changes.services {

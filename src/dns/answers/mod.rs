@@ -119,9 +119,10 @@ pub struct Answers {
     /// Templates, longest name first, resolved when a name is asked (their
     /// names cannot be known in advance); replaced whole by the listener.
     templates: ArcSwap<Vec<(String, crate::registry::query::QuerySpec)>>,
-    /// Lower-cased service names that plain queries search, so that a
-    /// change to one rebuilds them. Listener only.
-    query_services: Mutex<BTreeSet<String>>,
+    /// Plain queries by the lower-cased service they search, so that a
+    /// change to one service rebuilds its queries and no others. Listener
+    /// only.
+    query_services: Mutex<HashMap<String, Vec<queries::PlainQuery>>>,
     /// Every tag some local instance carries, counted by service, for the
     /// empty non-terminals of RFC 2782 names (`_v1.service.consul`).
     tags: TagIndex,
@@ -187,7 +188,7 @@ impl Answers {
             remote_dcs: Mutex::new(HashMap::new()),
             queries: NameMap::default(),
             templates: ArcSwap::from_pointee(Vec::new()),
-            query_services: Mutex::new(BTreeSet::new()),
+            query_services: Mutex::new(HashMap::new()),
             query_failover: NameMap::default(),
             tags: TagIndex::default(),
             latest: arc_swap::ArcSwapOption::empty(),

@@ -77,11 +77,66 @@ impl Answers {
             .find_map(|(prefix, spec)| spec.resolve(prefix, lower))
     }
 
-    /// Rebuilds every plain query's set and the template list.
+    /// A plain query's set: every local instance fit for DNS that `spec`
+    /// matches, with the query's TTL; `None` when there is none.
+    fn query_set(
+        &self,
+        state: &State,
+        spec: &crate::registry::query::QuerySpec,
+        service: &str,
+    ) -> Option<Arc<RecordSet>> {
+        let ttl = spec
+            .ttl
+            .unwrap_or_else(|| self.config().dns.service_ttl.get(service));
+        let (mut entries, mut ids, mut node_txt) = (Vec::new(), HashMap::new(), HashMap::new());
+        for v in state.service_instances(service) {
+            let local = v
+                .node
+                .is_some_and(|n| n.datacenter == self.config().datacenter);
+            if !local || !self.fit(&v) || !spec.matches(&v) {
+                continue;
+            }
+            if let Some(e) = self.entry(&v, ttl, &mut ids, &mut node_txt) {
+                entries.push(Arc::new(e));
+            }
+        }
+        (!entries.is_empty()).then(|| Arc::new(RecordSet::of(entries, ids.len() as u32)))
+    }
+
+    /// Puts a plain query's set under its keys, or takes it away.
+    fn place_query(&self, q: &PlainQuery, set: Option<Arc<RecordSet>>) {
+        for key in &q.keys {
+            match &set {
+                Some(set) => {
+                    self.queries.insert(key.clone(), Arc::clone(set));
+                }
+                None => {
+                    self.queries.remove(&**key);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the plain queries that search one of `services` (and no
+    /// others: a change costs what it touched, however many queries).
+    pub(super) fn rebuild_queries_of(&self, state: &State, services: &BTreeSet<String>) {
+        let by_service = self.query_services.locked();
+        if by_service.is_empty() {
+            return;
+        }
+        for service in services {
+            for q in by_service.get(service).into_iter().flatten() {
+                self.place_query(q, self.query_set(state, &q.spec, service));
+            }
+        }
+    }
+
+    /// Rebuilds every plain query's set and the template list (when a
+    /// query itself changed).
     pub(super) fn build_queries(&self, state: &State) {
         use crate::registry::query::QuerySpec;
         let mut templates = Vec::new();
-        let mut services = BTreeSet::new();
+        let mut by_service: HashMap<String, Vec<PlainQuery>> = HashMap::new();
         let mut keep: HashMap<Box<str>, Arc<RecordSet>> = HashMap::new();
         let mut failover: HashMap<Box<str>, Arc<QuerySpec>> = HashMap::new();
         for q in state.queries() {
@@ -94,40 +149,26 @@ impl Answers {
                 continue;
             }
             let service = spec.service.to_ascii_lowercase();
-            services.insert(service.clone());
+            let keys: Vec<Box<str>> = [lower, q.id.to_ascii_lowercase()]
+                .into_iter()
+                .filter(|k| !k.is_empty())
+                .map(String::into_boxed_str)
+                .collect();
+            let spec = Arc::new(spec);
             if !spec.failover_datacenters().is_empty() {
-                let spec = Arc::new(spec.clone());
-                for key in [lower.clone(), q.id.to_ascii_lowercase()] {
-                    if !key.is_empty() {
-                        failover.insert(key.into_boxed_str(), Arc::clone(&spec));
-                    }
+                for key in &keys {
+                    failover.insert(key.clone(), Arc::clone(&spec));
                 }
             }
-            let ttl = spec
-                .ttl
-                .unwrap_or_else(|| self.config().dns.service_ttl.get(&service));
-            let mut entries = Vec::new();
-            let mut ids = HashMap::new();
-            let mut node_txt = HashMap::new();
-            for v in state.service_instances(&service) {
-                let local = v
-                    .node
-                    .is_some_and(|n| n.datacenter == self.config().datacenter);
-                if !local || !self.fit(&v) || !spec.matches(&v) {
-                    continue;
-                }
-                if let Some(e) = self.entry(&v, ttl, &mut ids, &mut node_txt) {
-                    entries.push(Arc::new(e));
+            if let Some(set) = self.query_set(state, &spec, &service) {
+                for key in &keys {
+                    keep.insert(key.clone(), Arc::clone(&set));
                 }
             }
-            if entries.is_empty() {
-                continue;
-            }
-            let set = Arc::new(RecordSet::of(entries, ids.len() as u32));
-            if !lower.is_empty() {
-                keep.insert(lower.into_boxed_str(), Arc::clone(&set));
-            }
-            keep.insert(q.id.to_ascii_lowercase().into_boxed_str(), set);
+            by_service
+                .entry(service)
+                .or_default()
+                .push(PlainQuery { keys, spec });
         }
         templates.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
         self.templates.store(Arc::new(templates));
@@ -139,6 +180,14 @@ impl Answers {
         for (k, v) in failover {
             self.query_failover.insert(k, v);
         }
-        *self.query_services.locked() = services;
+        *self.query_services.locked() = by_service;
     }
+}
+
+/// A plain prepared query, as the listener keeps it to rebuild its set
+/// when its service changes.
+pub(super) struct PlainQuery {
+    /// Its lower-cased name (when it has one) and ID: the names DNS answers.
+    keys: Vec<Box<str>>,
+    spec: Arc<crate::registry::query::QuerySpec>,
 }
