@@ -232,6 +232,15 @@ impl State {
         own.chain(node)
     }
 
+    /// A node's own checks (not its services').
+    pub fn node_checks<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
+        let owner = CheckOwner {
+            node: node.to_string(),
+            service_id: None,
+        };
+        self.checks.get(&owner).into_iter().flat_map(|m| m.values())
+    }
+
     pub fn check(&self, node: &str, id: &str) -> Option<&Check> {
         let owner = self.check_owner.get(&(node.to_string(), id.to_string()))?;
         self.checks.get(owner)?.get(id)

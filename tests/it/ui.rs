@@ -150,6 +150,33 @@ async fn ui_in_a_real_browser() {
     node(args).await;
     srv.stop().await;
 
+    // At scale: 5,000 services on 1,000 nodes, from one definition file.
+    let zones = tempfile::tempdir().unwrap();
+    let all: Vec<serde_json::Value> = (0..5000)
+        .map(|i| {
+            let n = i % 1000;
+            serde_json::json!({
+                "Node": format!("n{n}"), "Address": format!("10.1.{}.{}", n / 250, n % 250 + 1),
+                "Service": {"Service": format!("s{i}"), "ID": format!("s{i}-1"), "Port": 8080, "Tags": ["v1"]},
+            })
+        })
+        .collect();
+    std::fs::write(
+        zones.path().join("all.json"),
+        serde_json::to_vec(&all).unwrap(),
+    )
+    .unwrap();
+    let srv = TestServer::start(Some(zones.path())).await;
+    let args = vec![
+        root.join("tests/clients/ui_check.js").display().to_string(),
+        modules.display().to_string(),
+        format!("http://{}", srv.http),
+        std::env::var("SIGNPOST_SCREENSHOTS").unwrap_or_else(|_| "-".into()),
+        "scale".into(),
+    ];
+    node(args).await;
+    srv.stop().await;
+
     // With a token: the UI's writes are refused until the user enters it.
     let srv = TestServer::start_with(None, |c| c.http_token = Some("s3cret".into())).await;
     let args = vec![

@@ -33,11 +33,40 @@ function table(headings, body) {
 /** Shows `rows` in `body`, or one muted row saying `empty` when there are
  * none (and `empty` is given). */
 function fill(body, rows, empty) {
-  body.replaceChildren(...rows);
+  // Rows already in place stay untouched; only new ones are inserted and
+  // gone ones removed (a change among thousands moves one row, not all).
+  const keep = new Set(rows);
+  let cur = body.firstChild;
+  const drop = () => { while (cur && !keep.has(cur)) { const next = cur.nextSibling; cur.remove(); cur = next; } };
+  for (const r of rows) {
+    drop();
+    if (cur === r) cur = cur.nextSibling;
+    else body.insertBefore(r, cur);
+  }
+  while (cur) { const next = cur.nextSibling; cur.remove(); cur = next; }
   if (!rows.length && empty) {
     const columns = body.closest("table").tHead.rows[0].cells.length;
     body.append(h("tr", {}, h("td", { colspan: columns, class: "muted" }, empty)));
   }
+}
+
+/** Rows kept by key and made again only when their data changed: with
+ * thousands of services a change redraws one row, not all of them. */
+function rowCache(make) {
+  let rows = new Map();
+  return (items, keyOf) => {
+    const next = new Map();
+    const out = items.map((item) => {
+      const key = keyOf(item);
+      const data = JSON.stringify(item);
+      const hit = rows.get(key);
+      const tr = hit && hit.data === data ? hit.tr : make(item);
+      next.set(key, { data, tr });
+      return tr;
+    });
+    rows = next;
+    return out;
+  };
 }
 
 function token() {
@@ -109,20 +138,21 @@ function servicesView() {
   });
   const tbody = h("tbody");
   let data = [];
+  const rowsOf = rowCache((s) =>
+    h("tr", {},
+      h("td", {}, h("a", { href: `#/service/${encodeURIComponent(s.Name)}` }, s.Name)),
+      h("td", {}, tags(s.Tags)),
+      h("td", {}, s.Sources.join(", ")),
+      h("td", { class: "counts" },
+        s.Passing ? h("span", { class: "passing" }, `${s.Passing} passing`) : null,
+        s.Warning ? h("span", { class: "warning" }, `${s.Warning} warning`) : null,
+        s.Critical ? h("span", { class: "critical" }, `${s.Critical} critical`) : null,
+        s.Maintenance ? h("span", { class: "maintenance" }, `${s.Maintenance} maintenance`) : null)));
   const draw = () => {
     const q = filter.value.trim().toLowerCase();
-    const rows = data
-      .filter((s) => !q || [s.Name, ...s.Tags, ...s.Sources].some((x) => x.toLowerCase().includes(q)))
-      .map((s) =>
-        h("tr", {},
-          h("td", {}, h("a", { href: `#/service/${encodeURIComponent(s.Name)}` }, s.Name)),
-          h("td", {}, tags(s.Tags)),
-          h("td", {}, s.Sources.join(", ")),
-          h("td", { class: "counts" },
-            s.Passing ? h("span", { class: "passing" }, `${s.Passing} passing`) : null,
-            s.Warning ? h("span", { class: "warning" }, `${s.Warning} warning`) : null,
-            s.Critical ? h("span", { class: "critical" }, `${s.Critical} critical`) : null,
-            s.Maintenance ? h("span", { class: "maintenance" }, `${s.Maintenance} maintenance`) : null)));
+    const shown = data
+      .filter((s) => !q || [s.Name, ...s.Tags, ...s.Sources].some((x) => x.toLowerCase().includes(q)));
+    const rows = rowsOf(shown, (s) => s.Name);
     fill(tbody, rows, "No services match.");
   };
   filter.addEventListener("input", draw);
@@ -163,22 +193,14 @@ function serviceView(name) {
 function nodesView() {
   const body = h("tbody");
   show(h("h1", {}, "Nodes"), table(["Node", "Address", "Meta", "Services", "Node checks"], body));
-  follow("/v1/catalog/nodes", async (nodes) => {
-    const rows = [];
-    for (const n of nodes || []) {
-      const [svc, checks] = await Promise.all([
-        api(`/v1/catalog/node-services/${encodeURIComponent(n.Node)}`).then((r) => JSON.parse(r.text)),
-        api(`/v1/health/node/${encodeURIComponent(n.Node)}`).then((r) => JSON.parse(r.text)),
-      ]);
-      rows.push(h("tr", {},
-        h("td", {}, n.Node),
-        h("td", {}, n.Address),
-        h("td", {}, Object.entries(n.Meta || {}).map(([k, v]) => h("div", {}, `${k}=${v}`))),
-        h("td", {}, (svc.Services || []).map((s) => h("div", {}, h("a", { href: `#/service/${encodeURIComponent(s.Service)}` }, s.ID)))),
-        h("td", {}, checks.filter((c) => !c.ServiceID).map((c) => h("div", {}, badge(c.Status), " ", c.Name)))));
-    }
-    fill(body, rows);
-  });
+  const rowsOf = rowCache((n) =>
+    h("tr", {},
+      h("td", {}, n.Node),
+      h("td", {}, n.Address),
+      h("td", {}, Object.entries(n.Meta || {}).map(([k, v]) => h("div", {}, `${k}=${v}`))),
+      h("td", {}, n.Services.map((s) => h("div", {}, h("a", { href: `#/service/${encodeURIComponent(s.Service)}` }, s.ID)))),
+      h("td", {}, n.Checks.map((c) => h("div", {}, badge(c.Status), " ", c.Name)))));
+  follow("/v1/signpost/ui/nodes", (nodes) => fill(body, rowsOf(nodes || [], (n) => n.Node)));
 }
 
 function decode(b64) {
