@@ -99,6 +99,31 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The earlier of two event times, either of which may be unknown.
+fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Containers inspected at once while following events.
+const INSPECTIONS: usize = 8;
+
+/// A container as it is now, if it runs: its state decides, whatever the
+/// event said (an event may be late, and `kill` with a harmless signal
+/// stops nothing). Gone (404) or stopped: `None`.
+async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerInspectResponse>, String> {
+    match docker.inspect_container(id, None).await {
+        Ok(info) if running(&info) => Ok(Some(info)),
+        Ok(_) => Ok(None),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(format!("cannot inspect container {id}: {e}")),
+    }
+}
+
 impl DockerSync {
     pub fn new(
         config: DockerConfig,
@@ -203,7 +228,7 @@ impl DockerSync {
         // the stream is missed (an event for a container already listed
         // only inspects it again).
         let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
-        let mut events = docker.events(Some(EventsOptions {
+        let events = docker.events(Some(EventsOptions {
             filters: Some(filters),
             ..Default::default()
         }));
@@ -249,22 +274,78 @@ impl DockerSync {
                 "following the Docker engine"
             ),
         }
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| format!("event stream failed: {e}"))?;
-            self.apply_event(&docker, registry, event).await?;
-        }
-        Err("the engine closed the event stream".into())
+        self.follow(&docker, registry, events).await
     }
 
-    async fn apply_event(
+    /// Applies the event stream. Events are coalesced per container: a
+    /// container whose inspection is queued or running gets no second one
+    /// for a later event, only one more after the running one (its state
+    /// then decides). Up to [`INSPECTIONS`] containers are inspected at
+    /// once, so a burst of starts is not read one container at a time.
+    async fn follow(
         &self,
         docker: &Docker,
         registry: &Registry,
-        event: EventMessage,
-    ) -> Result<(), String> {
-        let Some(id) = event.actor.as_ref().and_then(|a| a.id.clone()) else {
-            return Ok(());
-        };
+        mut events: impl futures_util::Stream<Item = Result<EventMessage, bollard::errors::Error>>
+            + Unpin,
+    ) -> Result<std::convert::Infallible, String> {
+        // Container ID → the time of its oldest event not yet applied.
+        let mut queued: HashMap<String, Option<SystemTime>> = HashMap::new();
+        let mut order: std::collections::VecDeque<String> = Default::default();
+        // Being inspected, and whether another event came meanwhile (then
+        // the time of the oldest such).
+        let mut running: HashMap<String, Option<Option<SystemTime>>> = HashMap::new();
+        let mut inspections = futures_util::stream::FuturesUnordered::new();
+        loop {
+            while running.len() < INSPECTIONS {
+                let Some(id) = order.pop_front() else { break };
+                let since = queued.remove(&id).flatten();
+                running.insert(id.clone(), None);
+                inspections.push(async move {
+                    let found = inspect(docker, &id).await;
+                    (id, since, found)
+                });
+            }
+            tokio::select! {
+                event = events.next() => {
+                    let Some(event) = event else {
+                        return Err("the engine closed the event stream".into());
+                    };
+                    let event = event.map_err(|e| format!("event stream failed: {e}"))?;
+                    let Some(id) = self.relevant(&event) else { continue };
+                    let at = event
+                        .time_nano
+                        .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64));
+                    if let Some(again) = running.get_mut(&id) {
+                        *again = Some(earliest(again.flatten(), at));
+                    } else if let Some(since) = queued.get_mut(&id) {
+                        *since = earliest(*since, at);
+                    } else {
+                        queued.insert(id.clone(), at);
+                        order.push_back(id);
+                    }
+                }
+                Some((id, since, found)) = inspections.next(), if !inspections.is_empty() => {
+                    let contribution = found?.map(|info| self.contribution(&info));
+                    self.replace(registry, &id, contribution).await;
+                    if let Some(at) = since {
+                        if let Ok(lag) = SystemTime::now().duration_since(at) {
+                            self.stats.event_to_dns.observe(lag.as_secs_f64());
+                        }
+                    }
+                    if let Some(Some(again)) = running.remove(&id) {
+                        queued.insert(id.clone(), again);
+                        order.push_front(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The container an event is about, if the event can change what it
+    /// registers (counted).
+    fn relevant(&self, event: &EventMessage) -> Option<String> {
+        let id = event.actor.as_ref().and_then(|a| a.id.clone())?;
         let action = event.action.clone().unwrap_or_default();
         let relevant = [
             "start",
@@ -282,28 +363,11 @@ impl DockerSync {
         .iter()
         .any(|a| action == *a || action.starts_with(&format!("{a}:")));
         if !relevant {
-            return Ok(());
+            return None;
         }
         self.stats.events.inc();
         self.set_status(|s| s.events += 1);
-        // The container's state now decides, whatever the event said: an
-        // event may be late, and `kill` with a harmless signal stops nothing.
-        let contribution = match docker.inspect_container(&id, None).await {
-            Ok(info) if running(&info) => Some(self.contribution(&info)),
-            Ok(_) => None,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => None,
-            Err(e) => return Err(format!("cannot inspect container {id}: {e}")),
-        };
-        self.replace(registry, &id, contribution).await;
-        if let Some(nanos) = event.time_nano {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
-            if let Ok(lag) = SystemTime::now().duration_since(at) {
-                self.stats.event_to_dns.observe(lag.as_secs_f64());
-            }
-        }
-        Ok(())
+        Some(id)
     }
 
     /// Replaces one container's entries with `new` (none: it is gone).
