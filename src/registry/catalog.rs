@@ -29,7 +29,7 @@ impl Txn<'_> {
             self.remove_instance(&k);
         }
         self.remove_checks_of(&CheckOwner {
-            node: name.to_string(),
+            node: name.into(),
             service_id: None,
         });
         let existed = self.state.nodes.remove(name).is_some();
@@ -73,8 +73,8 @@ impl Txn<'_> {
         let lower = inst.name.to_ascii_lowercase();
         self.state.unindex_service(&lower, key);
         self.remove_checks_of(&CheckOwner {
-            node: key.node.to_string(),
-            service_id: Some(key.id.to_string()),
+            node: Arc::clone(&key.node),
+            service_id: Some(Arc::clone(&key.id)),
         });
         self.changes.services.insert(lower);
         self.changes.nodes.insert(key.node.to_string());
@@ -84,7 +84,7 @@ impl Txn<'_> {
     pub(super) fn remove_checks_of(&mut self, owner: &CheckOwner) {
         if let Some(map) = self.state.checks.remove(owner) {
             for id in map.keys() {
-                let key = (owner.node.clone(), id.clone());
+                let key = (owner.node.to_string(), id.clone());
                 self.state.check_owner.remove(&key);
                 self.touched.checks.insert(key);
             }
@@ -95,7 +95,7 @@ impl Txn<'_> {
 
     pub(super) fn touch_owner(&mut self, owner: &CheckOwner) {
         self.changes.checks = true;
-        self.changes.nodes.insert(owner.node.clone());
+        self.changes.nodes.insert(owner.node.to_string());
         match &owner.service_id {
             Some(id) => {
                 let key = InstanceKey::new(&owner.node, id);
@@ -104,7 +104,7 @@ impl Txn<'_> {
                 }
             }
             None => {
-                let node = owner.node.clone();
+                let node = Arc::clone(&owner.node);
                 self.touch_node(&node);
             }
         }
@@ -117,8 +117,8 @@ impl Txn<'_> {
             check.output = model::cap_output(std::mem::take(&mut check.output));
         }
         let owner = CheckOwner {
-            node: check.node.clone(),
-            service_id: check.service_id.clone(),
+            node: check.node.as_str().into(),
+            service_id: check.service_id.as_deref().map(Arc::from),
         };
         let id_key = (check.node.clone(), check.id.clone());
         if let Some(old_owner) = self.state.check_owner.get(&id_key).cloned() {

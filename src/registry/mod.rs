@@ -59,8 +59,8 @@ struct ServiceEntry {
 /// checks, never a scan of every check on the node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CheckOwner {
-    pub node: String,
-    pub service_id: Option<String>,
+    pub node: Arc<str>,
+    pub service_id: Option<Arc<str>>,
 }
 
 /// The registry's contents and their indexes. Every index is kept in step
@@ -193,8 +193,8 @@ impl Txn<'_> {
         }
         for c in saved.checks {
             let owner = CheckOwner {
-                node: c.node.clone(),
-                service_id: c.service_id.clone(),
+                node: c.node.as_str().into(),
+                service_id: c.service_id.as_deref().map(Arc::from),
             };
             self.state
                 .check_owner

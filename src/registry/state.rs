@@ -219,12 +219,13 @@ impl State {
 
     /// An instance's own checks followed by its node's checks.
     pub fn checks_of<'a>(&'a self, key: &InstanceKey) -> impl Iterator<Item = &'a Check> + 'a {
+        // Arc clones of the key's names: no allocation per look-up.
         let own = CheckOwner {
-            node: key.node.to_string(),
-            service_id: Some(key.id.to_string()),
+            node: Arc::clone(&key.node),
+            service_id: Some(Arc::clone(&key.id)),
         };
         let node = CheckOwner {
-            node: key.node.to_string(),
+            node: Arc::clone(&key.node),
             service_id: None,
         };
         let own = self.checks.get(&own).into_iter().flat_map(|m| m.values());
@@ -235,7 +236,7 @@ impl State {
     /// A node's own checks (not its services').
     pub fn node_checks<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Check> + 'a {
         let owner = CheckOwner {
-            node: node.to_string(),
+            node: node.into(),
             service_id: None,
         };
         self.checks.get(&owner).into_iter().flat_map(|m| m.values())
