@@ -1,11 +1,14 @@
-//! Sidecar mode at scale: the time to mirror 1,000 services × 10 instances,
-//! the memory that costs, and the "change → visible in DNS" latency, end to
-//! end and as signpost's own metric (blocking response in → DNS).
+//! Sidecar mode at scale: the time to mirror 5,000 services × 10 instances,
+//! the memory that costs, the connections it holds to the agent, and the
+//! "change → visible in DNS" latency of 500 changes spread over services,
+//! end to end and as signpost's own metric (change in a feed → DNS).
 //!
-//! `cargo bench --bench sidecar` (BENCH_MAX_WATCHES to change the watch
-//! slots from the default 128; 1100 lets every service block). The upstream is a standalone signpost
-//! (it speaks Consul's HTTP API) in a child process, so the memory measured
-//! is the sidecar's own. Loopback only.
+//! `cargo bench --bench sidecar` (BENCH_SERVICES for another catalog size,
+//! BENCH_MAX_CONNECTIONS for another budget than the default 8). The
+//! upstream is a standalone signpost (it speaks Consul's HTTP API) in a
+//! child process, so the memory measured is the sidecar's own. Loopback
+//! only; the bench's own writes come from 127.0.0.2, so that the
+//! connections counted from 127.0.0.1 are the sidecar's.
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,17 +29,41 @@ use signpost::registry::Source;
 use signpost::{Config, Signpost};
 
 const UPSTREAM_ENV: &str = "SIGNPOST_BENCH_UPSTREAM";
-const SERVICES: usize = 1000;
 const INSTANCES: usize = 10;
 
-fn registration(s: usize, i: usize) -> String {
+fn services() -> usize {
+    std::env::var("BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
+
+fn registration(s: usize, i: usize, port: u16) -> String {
     let n = s * INSTANCES + i + 1;
     format!(
-        r#"{{"Node": "n{s}-{i}", "Address": "10.{}.{}.{}", "Service": {{"ID": "s{s}-{i}", "Service": "s{s}", "Port": 8080}}}}"#,
+        r#"{{"Node": "n{s}-{i}", "Address": "10.{}.{}.{}", "Service": {{"ID": "s{s}-{i}", "Service": "s{s}", "Port": {port}}}}}"#,
         n >> 16 & 255,
         n >> 8 & 255,
         (n & 255).max(1)
     )
+}
+
+/// Established connections from 127.0.0.1 to `port` (this process's
+/// network namespace: the sidecar's, since the bench writes from
+/// 127.0.0.2).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[1].starts_with("0100007F:")
+                && f[2] == format!("0100007F:{port:04X}")
+                && f[3] == "01"
+        })
+        .count()
 }
 
 /// The child: a standalone signpost with the catalog, printing its HTTP
@@ -45,9 +72,10 @@ async fn upstream() {
     let s = Signpost::start(Config::ephemeral()).await.unwrap();
     // As API registrations, so the parent can change them over HTTP.
     s.registry.write(|t| {
-        for svc in 0..SERVICES {
+        for svc in 0..services() {
             for i in 0..INSTANCES {
-                let reg: CatalogRegistration = serde_json::from_str(&registration(svc, i)).unwrap();
+                let reg: CatalogRegistration =
+                    serde_json::from_str(&registration(svc, i, 8080)).unwrap();
                 let parts = reg.into_parts("dc1", Source::Api);
                 t.upsert_node(parts.node);
                 if let Some((inst, _)) = parts.service {
@@ -75,6 +103,29 @@ fn a_count(dns: SocketAddr, name: &str) -> usize {
     Message::from_vec(&buf[..n]).unwrap().answers.len()
 }
 
+/// The ports of the SRV answer for `name`.
+fn srv_ports(dns: SocketAddr, name: &str) -> Vec<u16> {
+    let mut m = Message::query();
+    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::SRV));
+    let mut e = Edns::new();
+    e.set_max_payload(4096);
+    m.set_edns(e);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send_to(&m.to_vec().unwrap(), dns).unwrap();
+    let mut buf = [0u8; 8192];
+    let n = sock.recv(&mut buf).unwrap();
+    Message::from_vec(&buf[..n])
+        .unwrap()
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::SRV(srv) => Some(srv.port),
+            _ => None,
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -90,6 +141,7 @@ fn main() {
         return;
     }
     let (mut child, upstream) = common::spawn_peer(UPSTREAM_ENV);
+    let services = services();
 
     rt.block_on(async {
         let rss_before = rss_mib();
@@ -99,7 +151,10 @@ fn main() {
             token: None,
             ca_file: None,
             client_identity: None,
-            max_watches: std::env::var("BENCH_MAX_WATCHES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
+            max_connections: std::env::var("BENCH_MAX_CONNECTIONS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8),
         });
         let started = Instant::now();
         let sidecar = Signpost::start(config).await.unwrap();
@@ -108,12 +163,27 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let synced_in = started.elapsed();
+        let synced_requests = sync.requests();
         let rss_after = rss_mib();
         let dns = sidecar.dns_addrs()[0];
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .unwrap();
+        let mut most_connections = connections_to(upstream.port());
         let mut latencies = Vec::new();
-        for k in 0..200 {
-            let s = (k * 37) % SERVICES;
+        let seen_within = |dns: SocketAddr, name: String, want: usize| async move {
+            let seen = tokio::task::spawn_blocking(move || {
+                while a_count(dns, &name) != want {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(10), seen).await.unwrap().unwrap();
+        };
+        // 500 changes: 250 instances removed, each registered again.
+        for k in 0..250 {
+            let s = (k * 37) % services;
+            let name = format!("s{s}.service.consul.");
             let deregister = format!(r#"{{"Node": "n{s}-0", "ServiceID": "s{s}-0"}}"#);
             http.put(format!("http://{upstream}/v1/catalog/deregister"))
                 .body(deregister)
@@ -121,21 +191,42 @@ fn main() {
                 .await
                 .unwrap();
             let changed = Instant::now();
-            let name = format!("s{s}.service.consul.");
-            let seen = tokio::task::spawn_blocking(move || {
-                while a_count(dns, &name) != INSTANCES - 1 {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            });
-            tokio::time::timeout(Duration::from_secs(10), seen).await.unwrap().unwrap();
+            seen_within(dns, name.clone(), INSTANCES - 1).await;
             latencies.push(changed.elapsed());
             http.put(format!("http://{upstream}/v1/catalog/register"))
-                .body(registration(s, 0))
+                .body(registration(s, 0, 8080))
                 .send()
                 .await
                 .unwrap();
+            let changed = Instant::now();
+            seen_within(dns, name, INSTANCES).await;
+            latencies.push(changed.elapsed());
+            most_connections = most_connections.max(connections_to(upstream.port()));
         }
         latencies.sort();
+        // Changes in place (a new port under the same ID) that no feed body
+        // shows: each costs a read of every service.
+        let mut in_place = Vec::new();
+        for k in 0..10 {
+            let s = (k * 101) % services;
+            http.put(format!("http://{upstream}/v1/catalog/register"))
+                .body(registration(s, 1, 9000 + k as u16))
+                .send()
+                .await
+                .unwrap();
+            let changed = Instant::now();
+            let name = format!("s{s}.service.consul.");
+            let port = 9000 + k as u16;
+            let seen = tokio::task::spawn_blocking(move || {
+                while !srv_ports(dns, &name).contains(&port) {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(30), seen).await.unwrap().unwrap();
+            in_place.push(changed.elapsed());
+            most_connections = most_connections.max(connections_to(upstream.port()));
+        }
+        in_place.sort();
         let metric = sidecar.metrics.render();
         let field = |name: &str| -> f64 {
             metric
@@ -150,20 +241,30 @@ fn main() {
             field("signpost_consul_change_to_dns_seconds_count"),
         );
         println!(
-            "sidecar: {SERVICES} services x {INSTANCES} instances from a Consul-API upstream, {} watch slots",
-            sidecar.config.consul.as_ref().map(|c| c.max_watches).unwrap_or(0)
+            "sidecar: {services} services x {INSTANCES} instances from a Consul-API upstream, at most {} connections",
+            sidecar.config.consul.as_ref().map(|c| c.max_connections).unwrap_or(0)
         );
-        println!("  first full sync          {:.2} s ({} requests)", synced_in.as_secs_f64(), sync.requests());
+        println!("  first full sync          {:.2} s ({synced_requests} requests)", synced_in.as_secs_f64());
         println!("  RSS                      {rss_before:.1} MiB before, {rss_after:.1} MiB synced");
+        println!("  connections to the agent {most_connections} at most (sampled after each change)");
         println!(
-            "  change -> DNS, end to end p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (200 deregistrations)",
+            "  change -> DNS, end to end p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes: removals and registrations)",
             percentile(&latencies, 0.5).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            latencies.last().unwrap().as_secs_f64() * 1e3
+            latencies.last().unwrap().as_secs_f64() * 1e3,
+            latencies.len()
         );
         println!(
-            "  response in -> DNS (metric) mean {:.3} ms over {count} updates",
-            sum / count.max(1.0) * 1e3
+            "  in place (same ID, new port) p50 {:.0} ms, max {:.0} ms ({} changes, {} full re-reads)",
+            percentile(&in_place, 0.5).as_secs_f64() * 1e3,
+            in_place.last().unwrap().as_secs_f64() * 1e3,
+            in_place.len(),
+            field("signpost_consul_sweeps_total")
+        );
+        println!(
+            "  change in a feed -> DNS (metric) mean {:.3} ms over {count} reads; {} requests in all",
+            sum / count.max(1.0) * 1e3,
+            sync.requests()
         );
         sidecar.shutdown().await;
     });

@@ -87,6 +87,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/signpost/docker", get(ops::docker_status))
         .route("/signpost/dns", get(ui::dns))
         .route("/signpost/ui/services", get(ui::services))
+        .route("/internal/ui/services", get(ui::consul_services))
         .route("/signpost/ui/nodes", get(ui::nodes))
         .route("/signpost/ui/service/{name}", get(ui::service));
     let mut app = Router::new();

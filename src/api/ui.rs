@@ -169,6 +169,50 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
     .await
 }
 
+/// `/v1/internal/ui/services`, the summary Consul's own UI reads: per
+/// service its nodes, instance count and check counts (each check once,
+/// the nodes' own included). Sidecars following this signpost read it to
+/// tell which services changed.
+pub(super) async fn consul_services(State(api): Shared, params: Params) -> ApiResult {
+    api.blocking(&params, Topic::Any, |s| {
+        let mut out = Vec::new();
+        for lower in s.service_names() {
+            let mut name = None;
+            let mut tags = BTreeSet::new();
+            let mut nodes = BTreeSet::new();
+            let mut checks = BTreeSet::new();
+            let mut counts = [0u32; 3];
+            let mut instances = 0;
+            for v in s.service_instances(lower) {
+                if v.node.is_none_or(|n| n.datacenter != api.datacenter) {
+                    continue;
+                }
+                name.get_or_insert_with(|| v.instance.name.clone());
+                instances += 1;
+                tags.extend(v.instance.tags.iter().cloned());
+                nodes.insert(v.instance.node.as_str());
+                let key = v.instance.key();
+                for c in s.checks_of(&key).chain(s.node_checks(&v.instance.node)) {
+                    if checks.insert((c.node.as_str(), c.id.as_str())) {
+                        counts[c.status as usize] += 1;
+                    }
+                }
+            }
+            let Some(name) = name else { continue };
+            out.push(json!({
+                "Kind": "", "Name": name, "Datacenter": api.datacenter, "Tags": tags,
+                "Nodes": nodes, "ExternalSources": [], "InstanceCount": instances,
+                "ChecksPassing": counts[Health::Passing as usize],
+                "ChecksWarning": counts[Health::Warning as usize],
+                "ChecksCritical": counts[Health::Critical as usize],
+                "ConnectedWithProxy": false, "ConnectedWithGateway": false,
+            }));
+        }
+        encoded(s.index(), &out)
+    })
+    .await
+}
+
 /// `/v1/signpost/ui/nodes`: every node with its services and its own
 /// checks, in one read (the Nodes view asked two per node per change).
 pub(super) async fn nodes(State(api): Shared, params: Params) -> ApiResult {

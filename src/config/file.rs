@@ -51,8 +51,8 @@ pub(super) struct FileConfig {
     pub(super) consul_ca_file: Option<PathBuf>,
     pub(super) consul_client_cert: Option<PathBuf>,
     pub(super) consul_client_key: Option<PathBuf>,
-    /// Blocking queries held open against the agent at most. [default: 128]
-    pub(super) consul_max_watches: Option<usize>,
+    /// Connections to the agent at most. [default: 8]
+    pub(super) consul_max_connections: Option<usize>,
     pub(super) recursor: Option<OneOrMany<String>>,
     pub(super) recursor_timeout: Option<Seconds>,
     pub(super) recursor_strategy: Option<String>,

@@ -235,7 +235,10 @@ impl Config {
                         .filter(|t| !t.is_empty()),
                     ca_file: flags.consul_ca_file.clone().or(file.consul_ca_file),
                     client_identity,
-                    max_watches: file.consul_max_watches.unwrap_or(128).max(1),
+                    max_connections: file
+                        .consul_max_connections
+                        .unwrap_or(8)
+                        .max(crate::sync::consul::Budget::MIN),
                 })
             }
         };

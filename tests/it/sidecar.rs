@@ -3,12 +3,12 @@
 //! responses shaped like Consul's documented examples, with X-Consul-Index
 //! and real blocking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -37,7 +37,7 @@ async fn sidecar(consul: &str) -> TestServer {
             token: None,
             ca_file: None,
             client_identity: None,
-            max_watches: 128,
+            max_connections: 8,
         });
     })
     .await
@@ -141,6 +141,8 @@ struct Catalog {
     requests: Vec<String>,
     /// Requests that sent `?index=0` (a first read should send none).
     zero_index: usize,
+    /// The client ports requests came from: one per connection.
+    connections: BTreeSet<u16>,
 }
 
 #[derive(Clone)]
@@ -187,6 +189,8 @@ impl Fake {
         let app = axum::Router::new()
             .route("/v1/catalog/services", get(Self::services))
             .route("/v1/health/service/{name}", get(Self::health))
+            .route("/v1/health/state/any", get(Self::checks))
+            .route("/v1/internal/ui/services", get(Self::summaries))
             .route(
                 "/v1/catalog/datacenters",
                 get(|| async { axum::Json(json!(["dc1", "dc2"])) }),
@@ -195,7 +199,11 @@ impl Fake {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         (fake, addr, task)
     }
@@ -209,7 +217,7 @@ impl Fake {
     }
 
     /// Holds the request while the index is not past the client's.
-    async fn block(&self, q: &Option<String>) -> Result<(), StatusCode> {
+    async fn block(&self, peer: SocketAddr, q: &Option<String>) -> Result<(), StatusCode> {
         let p = params(q);
         let index: u64 = p.get("index").and_then(|v| v.parse().ok()).unwrap_or(0);
         let wait_ms: u64 = p
@@ -219,6 +227,7 @@ impl Fake {
         let mut rx = self.changed.subscribe();
         {
             let mut c = self.catalog.lock().unwrap();
+            c.connections.insert(peer.port());
             c.requests
                 .push(p.get("dc").cloned().unwrap_or_else(|| "dc1".into()));
             if p.get("index").is_some_and(|i| i == "0") {
@@ -233,8 +242,12 @@ impl Fake {
         Ok(())
     }
 
-    async fn services(State(fake): State<Fake>, RawQuery(q): RawQuery) -> axum::response::Response {
-        if let Err(code) = fake.block(&q).await {
+    async fn services(
+        State(fake): State<Fake>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        RawQuery(q): RawQuery,
+    ) -> axum::response::Response {
+        if let Err(code) = fake.block(peer, &q).await {
             return (code, "rpc error: No cluster leader").into_response();
         }
         let c = fake.catalog.lock().unwrap();
@@ -249,12 +262,78 @@ impl Fake {
         (h, axum::Json(out)).into_response()
     }
 
+    /// The local checks, each once; only those not passing under a filter
+    /// (the sidecar asks for `Status != "passing"`).
+    async fn checks(
+        State(fake): State<Fake>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        RawQuery(q): RawQuery,
+    ) -> axum::response::Response {
+        if let Err(code) = fake.block(peer, &q).await {
+            return (code, "rpc error").into_response();
+        }
+        let filtered = params(&q).contains_key("filter");
+        let c = fake.catalog.lock().unwrap();
+        let mut out: BTreeMap<(String, String), Value> = BTreeMap::new();
+        for ((dc, _), entries) in &c.services {
+            for check in entries.iter().flat_map(|e| e["Checks"].as_array().unwrap()) {
+                if dc == "dc1" && !(filtered && check["Status"] == "passing") {
+                    let key = (check["Node"].to_string(), check["CheckID"].to_string());
+                    out.insert(key, check.clone());
+                }
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert("X-Consul-Index", c.index.into());
+        (h, axum::Json(out.into_values().collect::<Vec<_>>())).into_response()
+    }
+
+    /// Consul's UI summary of the local services.
+    async fn summaries(
+        State(fake): State<Fake>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        RawQuery(q): RawQuery,
+    ) -> axum::response::Response {
+        if let Err(code) = fake.block(peer, &q).await {
+            return (code, "rpc error").into_response();
+        }
+        let c = fake.catalog.lock().unwrap();
+        let mut out = Vec::new();
+        for ((dc, name), entries) in &c.services {
+            if dc != "dc1" {
+                continue;
+            }
+            let nodes: BTreeSet<&str> = entries
+                .iter()
+                .map(|e| e["Node"]["Node"].as_str().unwrap())
+                .collect();
+            let mut checks = BTreeMap::new();
+            for check in entries.iter().flat_map(|e| e["Checks"].as_array().unwrap()) {
+                checks.insert(
+                    (check["Node"].to_string(), check["CheckID"].to_string()),
+                    check["Status"].as_str().unwrap().to_string(),
+                );
+            }
+            let count = |s: &str| checks.values().filter(|v| *v == s).count();
+            out.push(json!({
+                "Kind": "", "Name": name, "Datacenter": "dc1", "Tags": ["primary"],
+                "Nodes": nodes, "InstanceCount": entries.len(),
+                "ChecksPassing": count("passing"), "ChecksWarning": count("warning"),
+                "ChecksCritical": count("critical"), "ExternalSources": [],
+            }));
+        }
+        let mut h = HeaderMap::new();
+        h.insert("X-Consul-Index", c.index.into());
+        (h, axum::Json(out)).into_response()
+    }
+
     async fn health(
         State(fake): State<Fake>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
         Path(name): Path<String>,
         RawQuery(q): RawQuery,
     ) -> axum::response::Response {
-        if let Err(code) = fake.block(&q).await {
+        if let Err(code) = fake.block(peer, &q).await {
             return (code, "rpc error").into_response();
         }
         let dc = params(&q)
@@ -351,6 +430,28 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
     })
     .await;
 
+    // An instance changed in place (same node and ID, a new address): no
+    // body shows which service, so the sidecar reads every one again.
+    fake.set(|c| {
+        c.index = 5;
+        c.services.get_mut(&("dc1".into(), "redis".into())).unwrap()[0] =
+            entry("foobar", "10.1.10.15", "redis", "redis", "passing");
+    });
+    eventually(SYNCED, "changed in place", || async {
+        a_records(srv.dns, "redis.service.consul.").await == ["10.1.10.15"]
+    })
+    .await;
+    let metrics = http("GET", &srv.url("/metrics"), None).await.body;
+    assert!(
+        metrics.contains("signpost_consul_sweeps_total 1"),
+        "one sweep: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("sweeps"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
     // Another datacenter: watched from the first query on.
     assert_eq!(
         a_records(srv.dns, "redis.service.dc2.consul.").await,
@@ -391,7 +492,7 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         a_records(srv.dns, "redis.service.consul.").await,
-        ["10.1.10.13"],
+        ["10.1.10.15"],
         "last known view"
     );
     let status = http("GET", &srv.url("/v1/signpost/sync"), None)
@@ -461,6 +562,28 @@ async fn syncs_1000_services_of_10_instances() {
     assert_eq!(m.answers.len(), 10);
     let instances = srv.signpost().registry.read(|s| s.instances().count());
     assert_eq!(instances, 10_000);
+    // A health flip and a new instance, each seen through the feeds.
+    fake.set(|c| {
+        c.index = 101;
+        let s7 = c.services.get_mut(&("dc1".into(), "s7".into())).unwrap();
+        s7[0] = entry("node70", "10.0.0.70", "s7-0", "s7", "critical");
+        let s8 = c.services.get_mut(&("dc1".into(), "s8".into())).unwrap();
+        s8.push(entry("node-new", "10.9.9.9", "s8-new", "s8", "passing"));
+    });
+    eventually(SYNCED, "flip and new instance", || async {
+        a_records(srv.dns, "s7.service.consul.").await.len() == 9
+            && a_records(srv.dns, "s8.service.consul.").await.len() == 11
+    })
+    .await;
+    let (connections, requests) = {
+        let c = fake.catalog.lock().unwrap();
+        (c.connections.len(), c.requests.len())
+    };
+    assert!(connections <= 8, "{connections} connections to the agent");
+    assert!(
+        requests < 1000 + 20,
+        "each service read once, then only what changed: {requests} requests"
+    );
     srv.stop().await;
     task.abort();
 }

@@ -90,7 +90,7 @@ impl ConsulSync {
         }
         let mut url = path.to_string();
         if !params.is_empty() {
-            url.push('?');
+            url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&params.join("&"));
         }
         self.stats.requests.inc();
@@ -118,8 +118,10 @@ impl ConsulSync {
         Ok((reply.index, value, arrived))
     }
 
+    /// How long a remote datacenter's watch blocks: the agent's default
+    /// while there are slots for all, shorter turns when there are not.
     pub(super) fn wait(&self) -> Duration {
-        let (watchers, slots) = (self.watchers.load(Ordering::Relaxed), self.cfg.max_watches);
+        let (watchers, slots) = (self.watchers.load(Ordering::Relaxed), self.budget.remote);
         if watchers <= slots {
             LONG_WAIT
         } else {

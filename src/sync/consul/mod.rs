@@ -1,28 +1,26 @@
 //! Sidecar mode: mirror a Consul agent's catalog and health into the
-//! registry with blocking queries, so DNS answers come from memory.
+//! registry, so DNS answers come from memory.
 //!
-//! One watcher follows `/v1/catalog/services` for the set of services; one
-//! watcher per service follows `/v1/health/service/:name`. Each keeps
-//! Consul's blocking-query contract: the index is reset to 0 when it goes
-//! backwards, an index below 1 is taken as 1, and a loop never runs more
-//! often than every [`MIN_INTERVAL`]. At most `max_watches` requests are
-//! open at once (a Consul agent serves 200 per client by default); with
-//! more services than that, watchers take turns with short waits sized so
-//! that each service is read again about every [`ROTATION`]: a change then
-//! shows within about that long instead of at once, and the agent sees
-//! more (short) requests. Raise `consul_max_watches` together with the
-//! agent's `http_max_conns_per_client` to keep every watch blocking.
+//! The local datacenter is followed over at most `max_connections`
+//! connections, whatever the number of services ([`local`]): two blocking
+//! reads (`/v1/catalog/services` and the checks that are not passing) tell
+//! which services changed, and a few readers read only those. A Consul
+//! agent serves 200 connections per client by default; the default here is
+//! 8. Every blocking loop keeps Consul's contract: the index is reset to 0
+//! when it goes backwards, an index below 1 is taken as 1, and a loop never
+//! runs more often than every [`MIN_INTERVAL`].
 //!
 //! When the agent is unreachable or answers 5xx, the last known view keeps
-//! serving (instances known to be unhealthy stay out) while the watchers
+//! serving (instances known to be unhealthy stay out) while the loops
 //! retry with exponential backoff and jitter. Until the first full sync the
 //! DNS side answers SERVFAIL instead of a false NXDOMAIN, and `/ready` says
 //! not ready.
 //!
 //! Other datacenters are watched on demand: the first query for
-//! `name.service.dc2.consul` starts a watcher with `?dc=dc2`, and a watcher
-//! unused for [`REMOTE_IDLE`] is dropped with its entries. A datacenter the
-//! agent does not list is never asked about.
+//! `name.service.dc2.consul` starts a blocking watch with `?dc=dc2` in the
+//! remote slots (taking turns with short waits when they are more than the
+//! slots), and a watch unused for [`REMOTE_IDLE`] is dropped with its
+//! entries. A datacenter the agent does not list is never asked about.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -33,7 +31,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -48,6 +46,7 @@ pub use stats::ConsulStats;
 
 mod apply;
 mod blocking;
+mod local;
 mod remote;
 mod stats;
 mod watch;
@@ -55,6 +54,7 @@ mod wire;
 
 pub use blocking::next_index;
 use blocking::Backoff;
+use local::Dirty;
 use remote::RemoteWatch;
 pub use remote::Sidecar;
 use wire::Entry;
@@ -68,8 +68,36 @@ pub struct ConsulConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// Certificate and key, both or neither.
     pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Below a Consul agent's default `http_max_conns_per_client` (200).
-    pub max_watches: usize,
+    /// Connections to the agent at most (a Consul agent allows 200 per
+    /// client by default); at least [`Budget::MIN`].
+    pub max_connections: usize,
+}
+
+/// How the connections are shared out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// The two blocking feeds of the local datacenter.
+    pub feeds: usize,
+    /// Readers of changed local services.
+    pub readers: usize,
+    /// Blocking watches of other datacenters' services, and the
+    /// datacenter list.
+    pub remote: usize,
+}
+
+impl Budget {
+    /// Two feeds, a reader and a remote slot.
+    pub const MIN: usize = 4;
+
+    pub fn new(max_connections: usize) -> Budget {
+        let max = max_connections.max(Self::MIN);
+        let remote = ((max - 2) / 3).max(1);
+        Budget {
+            feeds: 2,
+            readers: max - 2 - remote,
+            remote,
+        }
+    }
 }
 
 /// A loop never starts requests closer together than this.
@@ -78,8 +106,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Consul's default blocking wait.
 const LONG_WAIT: Duration = Duration::from_secs(300);
 
-/// When watchers outnumber the slots they take turns with short waits,
-/// sized so that every service is read again about this often.
+/// When remote watches outnumber their slots they take turns with short
+/// waits, sized so that every one is read again about this often.
 const ROTATION: Duration = Duration::from_secs(2);
 
 /// The shortest of those waits.
@@ -114,7 +142,11 @@ pub struct Status {
     /// Seconds since requests started failing; `None` while they succeed.
     pub failing_for_seconds: Option<f64>,
     pub last_error: Option<String>,
-    pub services_watched: usize,
+    /// Local services mirrored.
+    pub services: usize,
+    /// Local services waiting to be read.
+    pub queued: usize,
+    pub max_connections: usize,
     pub remote_watches: Vec<String>,
     pub datacenters: Vec<String>,
 }
@@ -132,9 +164,24 @@ pub struct ConsulSync {
     last_ok: Mutex<Option<Instant>>,
     failing_since: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    budget: Budget,
+    /// Remote datacenters' slots.
     slots: Semaphore,
-    /// Service watchers alive, local and remote, to choose the wait.
+    /// Remote watches alive, to choose their wait.
     watchers: AtomicUsize,
+    /// Local services the feeds marked changed; std Mutex, never held
+    /// across .await.
+    dirty: Mutex<Dirty>,
+    /// Wakes the readers when services are marked.
+    work: Notify,
+    /// Wakes who waits for reads to finish (the first sync, a feed).
+    read_done: Notify,
+    /// The X-Consul-Index each local service was last read at: a read
+    /// that finds nothing new writes nothing, and a feed tells whether the
+    /// services it marked explain its move.
+    indexes: Mutex<HashMap<String, u64>>,
+    /// The agent has no `/v1/internal/ui/services`.
+    no_summaries: AtomicBool,
     datacenters: RwLock<BTreeSet<String>>,
     remote: Mutex<HashMap<(String, String), RemoteWatch>>,
     /// Watcher tasks, aborted at shutdown.
@@ -149,9 +196,11 @@ impl ConsulSync {
         local_dc: String,
         stats: ConsulStats,
     ) -> Result<Arc<ConsulSync>, SyncError> {
+        let budget = Budget::new(cfg.max_connections);
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(budget.feeds + budget.readers + budget.remote)
             .user_agent(concat!("signpost/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca)
@@ -174,7 +223,13 @@ impl ConsulSync {
         let http = b.build().map_err(|e| SyncError::Setup(e.to_string()))?;
         let client = ConsulClient::new(&cfg.url, cfg.token.clone(), http);
         Ok(Arc::new(ConsulSync {
-            slots: Semaphore::new(cfg.max_watches),
+            budget,
+            slots: Semaphore::new(budget.remote),
+            dirty: Mutex::new(Dirty::default()),
+            work: Notify::new(),
+            read_done: Notify::new(),
+            indexes: Mutex::new(HashMap::new()),
+            no_summaries: AtomicBool::new(false),
             cfg,
             client,
             registry,
@@ -196,7 +251,10 @@ impl ConsulSync {
     /// Starts following the agent.
     pub fn start(self: &Arc<Self>) {
         let mut tasks = self.tasks.locked();
-        tasks.spawn(Arc::clone(self).follow_services());
+        tasks.spawn(Arc::clone(self).follow_local());
+        for _ in 0..self.budget.readers {
+            tasks.spawn(Arc::clone(self).read_marked());
+        }
         tasks.spawn(Arc::clone(self).follow_datacenters());
         tasks.spawn(Arc::clone(self).expire_remote());
     }
@@ -229,7 +287,9 @@ impl ConsulSync {
             last_contact_seconds_ago: lock(&self.last_ok).map(|t| t.elapsed().as_secs_f64()),
             failing_for_seconds: lock(&self.failing_since).map(|t| t.elapsed().as_secs_f64()),
             last_error: self.last_error.locked().clone(),
-            services_watched: self.watchers.load(Ordering::Relaxed),
+            services: self.indexes.locked().len(),
+            queued: self.dirty.locked().outstanding(),
+            max_connections: self.budget.feeds + self.budget.readers + self.budget.remote,
             remote_watches: self
                 .remote
                 .locked()
@@ -252,6 +312,20 @@ mod tests {
         assert_eq!(next_index(42, 50), 50);
         assert_eq!(next_index(42, 7), 0, "backwards: start over");
         assert_eq!(next_index(0, 0), 1, "below 1 is 1");
+    }
+
+    #[test]
+    fn the_connection_budget() {
+        let b = Budget::new(8);
+        assert_eq!((b.feeds, b.readers, b.remote), (2, 4, 2));
+        let b = Budget::new(1);
+        assert_eq!(
+            (b.feeds, b.readers, b.remote),
+            (2, 1, 1),
+            "at least the minimum"
+        );
+        let b = Budget::new(200);
+        assert_eq!(b.feeds + b.readers + b.remote, 200);
     }
 
     #[test]

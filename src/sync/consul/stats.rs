@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 /// Handles to shared atomics: clones count into the same metric.
 #[derive(Debug, Clone)]
 pub struct ConsulStats {
-    /// From a blocking response arriving to its change answering in DNS.
+    /// From a change showing in a feed to it answering in DNS.
     pub change_to_dns: Histogram,
     pub requests: Counter,
     pub errors: Counter,
@@ -19,6 +19,10 @@ pub struct ConsulStats {
     pub staleness: Gauge<f64, AtomicU64>,
     /// 1 once the first full sync is done.
     pub synced: Gauge,
+    /// Local services marked changed and not yet read.
+    pub queued: Gauge,
+    /// Changes no feed could place, so every service was read again.
+    pub sweeps: Counter,
 }
 
 impl Default for ConsulStats {
@@ -30,6 +34,8 @@ impl Default for ConsulStats {
             errors: Counter::default(),
             staleness: Gauge::default(),
             synced: Gauge::default(),
+            queued: Gauge::default(),
+            sweeps: Counter::default(),
         }
     }
 }
@@ -38,7 +44,7 @@ impl ConsulStats {
     pub fn register(&self, m: &mut Metrics) {
         m.add(
             "consul_change_to_dns_seconds",
-            "Time from a Consul blocking response arriving to its change being answered in DNS",
+            "Time from a change showing in the Consul agent's feeds to it being answered in DNS",
             self.change_to_dns.clone(),
         );
         m.add(
@@ -50,6 +56,16 @@ impl ConsulStats {
             "consul_errors",
             "Consul agent requests that failed (unreachable, 5xx, bad body)",
             self.errors.clone(),
+        );
+        m.add(
+            "consul_queued_services",
+            "Services the sync knows changed and has not read yet",
+            self.queued.clone(),
+        );
+        m.add(
+            "consul_sweeps",
+            "Changes no feed could place, after which every service was read again",
+            self.sweeps.clone(),
         );
         m.add(
             "consul_staleness_seconds",

@@ -1,74 +1,10 @@
-//! The watchers: the service list, one blocking query per service (local
-//! and in other datacenters, within the watch slots), the datacenter list.
+//! The watchers of other datacenters: one blocking query per service asked
+//! for by DNS (within the remote slots), and the datacenter list.
 
 use super::blocking::segment;
 use super::*;
 
 impl ConsulSync {
-    pub(super) async fn follow_services(self: Arc<Self>) {
-        let mut index = 0;
-        let mut backoff = Backoff::new();
-        let mut watchers: HashMap<String, AbortHandle> = HashMap::new();
-        let mut set = JoinSet::new();
-        loop {
-            let started = Instant::now();
-            let result = self
-                .get::<BTreeMap<String, Vec<String>>>(
-                    "/v1/catalog/services",
-                    None,
-                    index,
-                    LONG_WAIT,
-                )
-                .await;
-            let (returned, services, _) = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    self.failed(&e);
-                    tokio::time::sleep(backoff.next()).await;
-                    continue;
-                }
-            };
-            backoff.reset();
-            let mut firsts = Vec::new();
-            for name in services.keys() {
-                if !watchers.contains_key(name) {
-                    let (tx, rx) = oneshot::channel();
-                    let h =
-                        set.spawn(Arc::clone(&self).watch_service(None, name.clone(), Some(tx)));
-                    watchers.insert(name.clone(), h);
-                    firsts.push(rx);
-                }
-            }
-            let gone: Vec<String> = watchers
-                .keys()
-                .filter(|n| !services.contains_key(*n))
-                .cloned()
-                .collect();
-            for name in gone {
-                if let Some(h) = watchers.remove(&name) {
-                    h.abort();
-                }
-                self.purge(None, &name);
-            }
-            while set.try_join_next().is_some() {}
-            if !self.is_synced() {
-                // The first full sync: every service read once.
-                for rx in firsts {
-                    let _ = rx.await;
-                }
-                self.synced.store(true, Ordering::SeqCst);
-                self.stats.synced.set(1);
-                tracing::info!(
-                    services = services.len(),
-                    "first sync from consul done in {:.2}s",
-                    self.started.elapsed().as_secs_f64()
-                );
-            }
-            index = next_index(index, returned);
-            tokio::time::sleep_until(started + MIN_INTERVAL).await;
-        }
-    }
-
     pub(super) async fn watch_service(
         self: Arc<Self>,
         dc: Option<String>,
@@ -119,10 +55,12 @@ impl ConsulSync {
     pub(super) async fn follow_datacenters(self: Arc<Self>) {
         let mut backoff = Backoff::new();
         loop {
-            match self
-                .get::<Vec<String>>("/v1/catalog/datacenters", None, 0, Duration::ZERO)
-                .await
-            {
+            let result = {
+                let _slot = self.slots.acquire().await.expect("never closed");
+                self.get::<Vec<String>>("/v1/catalog/datacenters", None, 0, Duration::ZERO)
+                    .await
+            };
+            match result {
                 Ok((_, dcs, _)) => {
                     backoff.reset();
                     *self.datacenters.write_locked() =

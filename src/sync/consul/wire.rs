@@ -109,6 +109,43 @@ pub(super) struct CCheck {
     pub(super) service_name: String,
 }
 
+/// A check of `/v1/health/state/any`, as far as telling changes apart.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct CheckState {
+    pub(super) node: String,
+    #[serde(rename = "CheckID")]
+    pub(super) check_id: String,
+    pub(super) status: String,
+    #[serde(default)]
+    pub(super) output: String,
+    #[serde(default)]
+    pub(super) service_name: String,
+    #[serde(default)]
+    pub(super) modify_index: u64,
+}
+
+/// A service of `/v1/internal/ui/services` (Consul's UI summary): what
+/// tells instances added and removed, and health counts moving.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Summary {
+    pub(super) name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub(super) nodes: Vec<String>,
+    #[serde(default)]
+    pub(super) instance_count: u64,
+    #[serde(default)]
+    pub(super) checks_passing: u64,
+    #[serde(default)]
+    pub(super) checks_warning: u64,
+    #[serde(default)]
+    pub(super) checks_critical: u64,
+    /// Services of peered clusters, which the mirror does not follow.
+    #[serde(default)]
+    pub(super) peer_name: String,
+}
+
 pub(super) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
