@@ -1,7 +1,7 @@
 //! `/v1/catalog/*` and `/v1/status/*`: nodes and service instances of the
 //! whole catalog, as external-service tools register them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -14,7 +14,7 @@ use super::agent::keep_status_of;
 use super::shapes::{NodeOut, ServiceNodeOut, ServiceOut};
 use super::{encoded, json_body, keep, reply, Api, ApiError, ApiResult, Params};
 use crate::registry::definition::{CatalogParts, CatalogRegistration};
-use crate::registry::{InstanceKey, Source, State as Registry};
+use crate::registry::{Health, InstanceKey, Source, State as Registry};
 use crate::registry::{Table, Topic};
 
 type Shared = State<Arc<Api>>;
@@ -159,18 +159,29 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
         })
     };
     api.blocking(&params, Topic::Table(Table::Services), |s| {
-        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for lower in s.service_names() {
-            for v in s
-                .service_instances(lower)
-                .filter(local(&api))
-                .filter(wanted)
-            {
-                out.entry(v.instance.name.clone())
-                    .or_default()
-                    .extend(v.instance.tags.iter().cloned());
+        // Borrowed names and tags, and no health worked out: this is read
+        // on every change by every mirror following the catalog.
+        let mut out: HashMap<&str, BTreeSet<&str>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (instance, node) in s.members() {
+            let Some(node) = node.filter(|n| n.datacenter == api.datacenter) else {
+                continue;
+            };
+            if filter.is_some() {
+                let v = crate::registry::InstanceView {
+                    instance,
+                    node: Some(node),
+                    health: Health::Passing,
+                };
+                if !wanted(&v) {
+                    continue;
+                }
             }
+            out.entry(instance.name.as_str())
+                .or_default()
+                .extend(instance.tags.iter().map(String::as_str));
         }
+        let out: BTreeMap<_, _> = out.into_iter().collect();
         encoded(s.tables().services, &out)
     })
     .await

@@ -3,7 +3,7 @@
 //! a service summary with sources and health counts, and "what does DNS
 //! answer now", run through the real DNS handler in process.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -175,42 +175,95 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
 /// tell which services changed.
 pub(super) async fn consul_services(State(api): Shared, params: Params) -> ApiResult {
     api.blocking(&params, Topic::Any, |s| {
-        let mut out = Vec::new();
-        for lower in s.service_names() {
-            let mut name = None;
-            let mut tags = BTreeSet::new();
-            let mut nodes = BTreeSet::new();
-            let mut checks = BTreeSet::new();
-            let mut counts = [0u32; 3];
-            let mut instances = 0;
-            for v in s.service_instances(lower) {
-                if v.node.is_none_or(|n| n.datacenter != api.datacenter) {
-                    continue;
-                }
-                name.get_or_insert_with(|| v.instance.name.clone());
-                instances += 1;
-                tags.extend(v.instance.tags.iter().cloned());
-                nodes.insert(v.instance.node.as_str());
-                let key = v.instance.key();
-                for c in s.checks_of(&key).chain(s.node_checks(&v.instance.node)) {
-                    if checks.insert((c.node.as_str(), c.id.as_str())) {
-                        counts[c.status as usize] += 1;
+        // One pass over the catalog, borrowed throughout: a mirror reads
+        // this on every catalog change. Grouped by name in any case, as
+        // services are.
+        let mut by_name: HashMap<Folded<'_>, ServiceSummary<'_>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (instance, node) in s.members() {
+            if node.is_none_or(|n| n.datacenter != api.datacenter) {
+                continue;
+            }
+            let sum = by_name
+                .entry(Folded(&instance.name))
+                .or_insert_with(|| ServiceSummary {
+                    name: &instance.name,
+                    datacenter: &api.datacenter,
+                    ..Default::default()
+                });
+            sum.instance_count += 1;
+            sum.tags.extend(instance.tags.iter().map(String::as_str));
+            sum.nodes.insert(instance.node.as_str());
+            for c in s.checks_of(&instance.key()) {
+                if sum.checks.insert((c.node.as_str(), c.id.as_str())) {
+                    match c.status {
+                        Health::Passing => sum.checks_passing += 1,
+                        Health::Warning => sum.checks_warning += 1,
+                        Health::Critical => sum.checks_critical += 1,
                     }
                 }
             }
-            let Some(name) = name else { continue };
-            out.push(json!({
-                "Kind": "", "Name": name, "Datacenter": api.datacenter, "Tags": tags,
-                "Nodes": nodes, "ExternalSources": [], "InstanceCount": instances,
-                "ChecksPassing": counts[Health::Passing as usize],
-                "ChecksWarning": counts[Health::Warning as usize],
-                "ChecksCritical": counts[Health::Critical as usize],
-                "ConnectedWithProxy": false, "ConnectedWithGateway": false,
-            }));
         }
+        let mut out: Vec<_> = by_name.into_iter().collect();
+        out.sort_unstable_by_key(|(name, _)| *name);
+        let out: Vec<_> = out.into_iter().map(|(_, sum)| sum).collect();
         encoded(s.index(), &out)
     })
     .await
+}
+
+/// A name ordered and compared without regard to ASCII case.
+#[derive(Clone, Copy)]
+struct Folded<'a>(&'a str);
+
+impl<'a> Ord for Folded<'a> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let fold = |s: &'a str| s.bytes().map(|b| b.to_ascii_lowercase());
+        fold(self.0).cmp(fold(other.0))
+    }
+}
+
+impl PartialOrd for Folded<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Folded<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(other.0)
+    }
+}
+
+impl Eq for Folded<'_> {}
+
+impl std::hash::Hash for Folded<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for b in self.0.bytes() {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+    }
+}
+
+/// One entry of `/v1/internal/ui/services`, as Consul spells it.
+#[derive(serde::Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceSummary<'a> {
+    kind: &'a str,
+    name: &'a str,
+    datacenter: &'a str,
+    tags: BTreeSet<&'a str>,
+    nodes: BTreeSet<&'a str>,
+    external_sources: [(); 0],
+    instance_count: u32,
+    checks_passing: u32,
+    checks_warning: u32,
+    checks_critical: u32,
+    connected_with_proxy: bool,
+    connected_with_gateway: bool,
+    /// Counted once each (a node's check is on every instance there).
+    #[serde(skip)]
+    checks: BTreeSet<(&'a str, &'a str)>,
 }
 
 /// `/v1/signpost/ui/nodes`: every node with its services and its own

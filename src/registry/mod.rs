@@ -75,9 +75,9 @@ pub struct CheckOwner {
 pub struct State {
     nodes: OrdMap<String, Arc<Node>>,
     instances: OrdMap<InstanceKey, Arc<Instance>>,
-    checks: imbl::HashMap<CheckOwner, Arc<SmallMap<String, Check>>>,
+    checks: OrdMap<CheckOwner, Arc<SmallMap<String, Check>>>,
     /// (node, check id) → owner, to find a check by the ID the API uses.
-    check_owner: imbl::HashMap<(String, String), CheckOwner>,
+    check_owner: OrdMap<(String, String), CheckOwner>,
     /// (lower-cased service name, instance): one flat ordered set, so that a
     /// service's instances are a range and adding one to a service with
     /// 50,000 copies a path, not the service's whole list. Names are

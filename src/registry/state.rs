@@ -166,6 +166,24 @@ impl State {
             .filter_map(move |(_, k)| self.view(k))
     }
 
+    /// Every instance with its node, in key order, in one pass and no
+    /// look-up: instances sort by node name as nodes do, so the two maps
+    /// are walked side by side. For reads of the whole catalog.
+    pub fn members(&self) -> impl Iterator<Item = (&Instance, Option<&Node>)> {
+        let mut nodes = self.nodes.iter().peekable();
+        self.instances.iter().map(move |(key, instance)| {
+            while nodes
+                .next_if(|(name, _)| name.as_str() < &*key.node)
+                .is_some()
+            {}
+            let node = nodes
+                .peek()
+                .filter(|(name, _)| name.as_str() == &*key.node)
+                .map(|(_, n)| &***n);
+            (&**instance, node)
+        })
+    }
+
     /// Every instance that carries Connect traffic for a service (by
     /// lower-cased name): its native instances and the proxies in front of
     /// it. A scan of every instance: Connect lookups are HTTP reads, rare

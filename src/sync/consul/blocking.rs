@@ -106,6 +106,13 @@ impl ConsulSync {
             .await
             .map_err(|e| SyncError::Unreachable(e.reason))?;
         let arrived = Instant::now();
+        // hyper hands the connection back to its pool from another task once
+        // the body is read; a request started before that opens a new one
+        // (and the budget counts connections). Letting that task run first
+        // keeps the count at one per slot.
+        for _ in 0..2 {
+            tokio::task::yield_now().await;
+        }
         if !reply.is_success() {
             return Err(SyncError::Status {
                 status: reply.status,

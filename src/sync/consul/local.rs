@@ -195,7 +195,8 @@ impl ConsulSync {
                 }
             };
             backoff.reset();
-            if returned != index || lost_contact {
+            let moved = returned != index || lost_contact;
+            if moved {
                 let fresh = self.read_summaries().await;
                 if returned < index || lost_contact || swept.elapsed() >= SWEEP_EVERY {
                     // Consul started over (its index went backwards), the
@@ -231,7 +232,7 @@ impl ConsulSync {
             }
             services = now;
             index = next_index(index, returned);
-            tokio::time::sleep_until(started + MIN_INTERVAL).await;
+            tokio::time::sleep_until(feed_pace(started, arrived, moved)).await;
         }
     }
 
@@ -275,9 +276,10 @@ impl ConsulSync {
                 });
                 self.mark(names.iter().map(String::as_str), arrived);
             }
+            let moved = returned != index;
             checks = now;
             index = next_index(index, returned);
-            tokio::time::sleep_until(started + MIN_INTERVAL).await;
+            tokio::time::sleep_until(feed_pace(started, arrived, moved)).await;
         }
     }
 

@@ -100,8 +100,29 @@ impl Budget {
     }
 }
 
-/// A loop never starts requests closer together than this.
+/// A loop never starts requests closer together than this, except a feed
+/// of the local datacenter right after its index moved (see [`feed_pace`]).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// After a move, a local feed asks again once it has waited half as long
+/// as the move's follow-up reads took, and at least this long.
+const MIN_FEED_PAUSE: Duration = Duration::from_millis(5);
+
+/// When a local feed may start its next blocking read. A return that moved
+/// nothing (a timeout, a spurious wake-up) waits out [`MIN_INTERVAL`] from
+/// the start of the read, so a misbehaving agent cannot make it spin. After
+/// a move it waits half as long as handling the move took (from
+/// `arrived`), so under constant churn it keeps the agent busy at most two
+/// thirds of one connection's time, rather than a fixed 100 ms that every
+/// change would wait behind.
+fn feed_pace(started: Instant, arrived: Instant, moved: bool) -> Instant {
+    if moved {
+        let now = Instant::now();
+        now + (now.duration_since(arrived) / 2).max(MIN_FEED_PAUSE)
+    } else {
+        started + MIN_INTERVAL
+    }
+}
 
 /// Consul's default blocking wait.
 const LONG_WAIT: Duration = Duration::from_secs(300);
@@ -312,6 +333,21 @@ mod tests {
         assert_eq!(next_index(42, 50), 50);
         assert_eq!(next_index(42, 7), 0, "backwards: start over");
         assert_eq!(next_index(0, 0), 1, "below 1 is 1");
+    }
+
+    #[test]
+    fn a_feed_waits_long_only_when_nothing_moved() {
+        let started = Instant::now() - Duration::from_secs(60);
+        let arrived = Instant::now() - Duration::from_millis(60);
+        assert_eq!(feed_pace(started, arrived, false), started + MIN_INTERVAL);
+        let next = feed_pace(started, arrived, true);
+        let wait = next.duration_since(Instant::now());
+        assert!(
+            wait >= Duration::from_millis(25) && wait <= Duration::from_millis(31),
+            "as long as the move's work took: {wait:?}"
+        );
+        let next = feed_pace(started, Instant::now(), true);
+        assert!(next >= Instant::now() + MIN_FEED_PAUSE - Duration::from_millis(1));
     }
 
     #[test]

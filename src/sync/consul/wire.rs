@@ -131,8 +131,11 @@ pub(super) struct CheckState {
 #[serde(rename_all = "PascalCase")]
 pub(super) struct Summary {
     pub(super) name: String,
+    /// Only compared, never read: a fingerprint of the node names rather
+    /// than a string each (the summary of every service is read on every
+    /// catalog change).
     #[serde(default, deserialize_with = "null_default")]
-    pub(super) nodes: Vec<String>,
+    pub(super) nodes: NamesPrint,
     #[serde(default)]
     pub(super) instance_count: u64,
     #[serde(default)]
@@ -146,10 +149,91 @@ pub(super) struct Summary {
     pub(super) peer_name: String,
 }
 
+/// A list of names as a count and an order-independent sum of their
+/// hashes: equal lists give equal prints; a changed one almost surely not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NamesPrint {
+    count: u32,
+    sum: u64,
+}
+
+impl<'de> Deserialize<'de> for NamesPrint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = NamesPrint;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of names")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NamesPrint, A::Error> {
+                let mut print = NamesPrint::default();
+                while let Some(Hashed(h)) = seq.next_element()? {
+                    print.count += 1;
+                    print.sum = print.sum.wrapping_add(h);
+                }
+                Ok(print)
+            }
+        }
+        d.deserialize_seq(Names)
+    }
+}
+
+/// One string, hashed as it is read (no copy).
+struct Hashed(u64);
+
+impl<'de> Deserialize<'de> for Hashed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl serde::de::Visitor<'_> for Str {
+            type Value = Hashed;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Hashed, E> {
+                use std::hash::{BuildHasher, Hasher};
+                // Fixed keys: prints of two reads must compare equal.
+                let mut h = foldhash::quality::FixedState::with_seed(0x5165_7a3e).build_hasher();
+                h.write(v.as_bytes());
+                Ok(Hashed(h.finish()))
+            }
+        }
+        d.deserialize_str(Str)
+    }
+}
+
 pub(super) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_lists_compare_by_print() {
+        let print = |json: &str| {
+            let s: Summary = serde_json::from_str(json).unwrap();
+            s.nodes
+        };
+        let a = print(r#"{"Name": "web", "Nodes": ["n1", "n2"]}"#);
+        assert_eq!(a, print(r#"{"Name": "web", "Nodes": ["n2", "n1"]}"#));
+        assert_ne!(a, print(r#"{"Name": "web", "Nodes": ["n1", "n3"]}"#));
+        assert_ne!(a, print(r#"{"Name": "web", "Nodes": ["n1"]}"#));
+        assert_eq!(
+            print(r#"{"Name": "web", "Nodes": null}"#),
+            print(r#"{"Name": "web"}"#)
+        );
+        assert_eq!(
+            print(r#"{"Name": "web", "Nodes": ["a\"b"]}"#),
+            print(r#"{"Name": "web", "Nodes": ["a\u0022b"]}"#),
+            "escaped names hash as what they say"
+        );
+    }
 }
