@@ -242,22 +242,18 @@ impl<'a> CheckOut<'a> {
     /// `instance` is the check's service, when it has one, for its tags.
     pub(super) fn new(c: &'a Check, instance: Option<&'a Instance>) -> CheckOut<'a> {
         let (interval, timeout) = match &c.kind {
-            CheckKind::Http {
-                interval, timeout, ..
-            }
-            | CheckKind::Tcp {
-                interval, timeout, ..
-            } => (format_duration(*interval), format_duration(*timeout)),
+            CheckKind::Http(p) => (format_duration(p.interval), format_duration(p.timeout)),
+            CheckKind::Tcp(p) => (format_duration(p.interval), format_duration(p.timeout)),
             _ => (String::new(), String::new()),
         };
         let mut definition = BTreeMap::new();
         match &c.kind {
-            CheckKind::Http { url, method, .. } => {
-                definition.insert("HTTP".to_string(), url.clone());
-                definition.insert("Method".to_string(), method.clone());
+            CheckKind::Http(p) => {
+                definition.insert("HTTP".to_string(), p.url.clone());
+                definition.insert("Method".to_string(), p.method.clone());
             }
-            CheckKind::Tcp { address, .. } => {
-                definition.insert("TCP".to_string(), address.clone());
+            CheckKind::Tcp(p) => {
+                definition.insert("TCP".to_string(), p.address.clone());
             }
             CheckKind::Ttl { ttl } => {
                 definition.insert("TTL".to_string(), format_duration(*ttl));

@@ -41,7 +41,7 @@ impl CheckRuns {
     }
 }
 use crate::registry::definition::format_duration;
-use crate::registry::{CheckKind, Health, InstanceKey, Registry, Source, Thresholds};
+use crate::registry::{CheckKind, Health, HttpProbe, InstanceKey, Registry, Source, Thresholds};
 use probe::{HttpCheck, HttpClients};
 use status::StatusMachine;
 
@@ -252,15 +252,15 @@ fn run_check(
     spec: Arc<Spec>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let reaper = Reaper::new(&spec);
-    match spec.kind {
-        CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => {
-            Box::pin(async move {
-                let _live = Live::new(&shared.running);
-                run_periodic(&registry, &shared, &key, &spec, interval, reaper).await
-            })
-        }
-        CheckKind::Ttl { .. } | CheckKind::Static => Box::pin(std::future::ready(())),
-    }
+    let interval = match &spec.kind {
+        CheckKind::Http(p) => p.interval,
+        CheckKind::Tcp(p) => p.interval,
+        CheckKind::Ttl { .. } | CheckKind::Static => return Box::pin(std::future::ready(())),
+    };
+    Box::pin(async move {
+        let _live = Live::new(&shared.running);
+        run_periodic(&registry, &shared, &key, &spec, interval, reaper).await
+    })
 }
 
 /// Deregisters a service once its check has been critical for
@@ -333,15 +333,16 @@ async fn run_periodic(
         let (result, output) = {
             let _slot = shared.permits.acquire().await.expect("never closed");
             match &spec.kind {
-                CheckKind::Http {
-                    url,
-                    method,
-                    headers,
-                    body,
-                    tls_skip_verify,
-                    timeout,
-                    ..
-                } => {
+                CheckKind::Http(p) => {
+                    let HttpProbe {
+                        url,
+                        method,
+                        headers,
+                        body,
+                        tls_skip_verify,
+                        timeout,
+                        ..
+                    } = &**p;
                     let check = HttpCheck {
                         url,
                         method,
@@ -352,9 +353,7 @@ async fn run_periodic(
                     };
                     probe::http(&shared.clients, &check).await
                 }
-                CheckKind::Tcp {
-                    address, timeout, ..
-                } => probe::tcp(address, *timeout).await,
+                CheckKind::Tcp(p) => probe::tcp(&p.address, p.timeout).await,
                 _ => return,
             }
         };

@@ -36,8 +36,8 @@ use compact::SmallMap;
 pub use changes::{ChangeListener, Changes, TableIndexes, Touched};
 pub use commit::{Registry, StoreStatus};
 pub use model::{
-    Behavior, Check, CheckKind, Connect, Health, Instance, InstanceKey, KvEntry, Meta, Node,
-    Session, Source, TaggedAddress, Thresholds, Weights,
+    Behavior, Check, CheckKind, Connect, Health, HttpProbe, Instance, InstanceKey, KvEntry, Meta,
+    Node, Session, Source, TaggedAddress, TcpProbe, Thresholds, Weights,
 };
 pub use store::{Store, StoreError};
 pub use topics::{Table, Topic};

@@ -216,20 +216,29 @@ pub enum CheckKind {
     Ttl {
         ttl: Duration,
     },
-    Http {
-        url: String,
-        method: String,
-        headers: BTreeMap<String, Vec<String>>,
-        body: String,
-        tls_skip_verify: bool,
-        interval: Duration,
-        timeout: Duration,
-    },
-    Tcp {
-        address: String,
-        interval: Duration,
-        timeout: Duration,
-    },
+    /// Boxed, as `Tcp`: most checks are TTL or static, and every check
+    /// would otherwise be as large as the largest probe. (A struct variant
+    /// and a boxed struct serialize alike, so stores read unchanged.)
+    Http(Box<HttpProbe>),
+    Tcp(Box<TcpProbe>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body: String,
+    pub tls_skip_verify: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpProbe {
+    pub address: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 impl CheckKind {
@@ -237,8 +246,8 @@ impl CheckKind {
         match self {
             CheckKind::Static => "",
             CheckKind::Ttl { .. } => "ttl",
-            CheckKind::Http { .. } => "http",
-            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Http(_) => "http",
+            CheckKind::Tcp(_) => "tcp",
         }
     }
 }
@@ -371,4 +380,22 @@ pub fn cap_output(mut s: String) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores written while the probes were struct variants read the same.
+    #[test]
+    fn boxed_probes_keep_the_stored_shape() {
+        let stored = r#"{"Http":{"url":"http://127.0.0.1:1/","method":"GET","headers":{},"body":"","tls_skip_verify":false,"interval":{"secs":10,"nanos":0},"timeout":{"secs":1,"nanos":0}}}"#;
+        let kind: CheckKind = serde_json::from_str(stored).unwrap();
+        assert!(matches!(&kind, CheckKind::Http(p) if p.url == "http://127.0.0.1:1/"));
+        assert_eq!(serde_json::to_string(&kind).unwrap(), stored);
+        let stored = r#"{"Tcp":{"address":"127.0.0.1:1","interval":{"secs":10,"nanos":0},"timeout":{"secs":1,"nanos":0}}}"#;
+        let kind: CheckKind = serde_json::from_str(stored).unwrap();
+        assert_eq!(serde_json::to_string(&kind).unwrap(), stored);
+        assert!(std::mem::size_of::<CheckKind>() <= 24);
+    }
 }

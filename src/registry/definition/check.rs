@@ -1,6 +1,7 @@
 //! A check definition (agent or catalog), validated into a [`CheckDef`].
 
 use super::*;
+use crate::registry::{HttpProbe, TcpProbe};
 
 /// A check as it arrives: in a service definition, in a catalog
 /// registration, or on `PUT /v1/agent/check/register`.
@@ -174,7 +175,7 @@ impl TryFrom<RawCheck> for CheckDef {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
                 return Err(format!("check: method {method:?} is not an HTTP method"));
             }
-            CheckKind::Http {
+            CheckKind::Http(Box::new(HttpProbe {
                 url,
                 method: method.to_ascii_uppercase(),
                 headers: raw.header.clone(),
@@ -182,16 +183,16 @@ impl TryFrom<RawCheck> for CheckDef {
                 tls_skip_verify: raw.tls_skip_verify.unwrap_or(false),
                 interval: interval("HTTP")?,
                 timeout,
-            }
+            }))
         } else if let Some(address) = raw.tcp.clone() {
             if !address.contains(':') {
                 return Err(format!("check: TCP {address:?} is not host:port"));
             }
-            CheckKind::Tcp {
+            CheckKind::Tcp(Box::new(TcpProbe {
                 address,
                 interval: interval("TCP")?,
                 timeout,
-            }
+            }))
         } else if let Some(ttl) = raw.ttl {
             if ttl.is_zero() {
                 return Err("check: TTL must be above zero".into());
