@@ -104,21 +104,21 @@ impl Budget {
 /// of the local datacenter right after its index moved (see [`feed_pace`]).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// After a move, a local feed asks again once it has waited half as long
-/// as the move's follow-up reads took, and at least this long.
+/// After a move, a local feed asks again once it has waited a quarter as
+/// long as the move's follow-up reads took, and at least this long.
 const MIN_FEED_PAUSE: Duration = Duration::from_millis(5);
 
 /// When a local feed may start its next blocking read. A return that moved
 /// nothing (a timeout, a spurious wake-up) waits out [`MIN_INTERVAL`] from
 /// the start of the read, so a misbehaving agent cannot make it spin. After
-/// a move it waits half as long as handling the move took (from
-/// `arrived`), so under constant churn it keeps the agent busy at most two
-/// thirds of one connection's time, rather than a fixed 100 ms that every
-/// change would wait behind.
+/// a move it waits a quarter as long as handling the move took (from
+/// `arrived`), so under constant churn it keeps the agent busy at most four
+/// fifths of one connection's time (Consul's own watches never wait),
+/// rather than a fixed 100 ms that every change would wait behind.
 fn feed_pace(started: Instant, arrived: Instant, moved: bool) -> Instant {
     if moved {
         let now = Instant::now();
-        now + (now.duration_since(arrived) / 2).max(MIN_FEED_PAUSE)
+        now + (now.duration_since(arrived) / 4).max(MIN_FEED_PAUSE)
     } else {
         started + MIN_INTERVAL
     }
@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn a_feed_waits_long_only_when_nothing_moved() {
         let started = Instant::now() - Duration::from_secs(60);
-        let arrived = Instant::now() - Duration::from_millis(60);
+        let arrived = Instant::now() - Duration::from_millis(120);
         assert_eq!(feed_pace(started, arrived, false), started + MIN_INTERVAL);
         let next = feed_pace(started, arrived, true);
         let wait = next.duration_since(Instant::now());
