@@ -60,10 +60,11 @@ impl Answers {
         let target_id = *target_ids
             .entry(srv_rr[0][SRV_TARGET_AT..].to_ascii_lowercase())
             .or_insert(next);
-        let (addr_rr, is_v6, cname_rr) = match ip {
+        let (head, first) = match ip {
             Some(ip) => {
                 let (tail, v6) = addr_tail(ip, ttl);
-                (Some(owned_by_question(&tail)), v6, None)
+                let head = if v6 { Head::V6 } else { Head::V4 };
+                (head, owned_by_question(&tail))
             }
             None => {
                 let tail = rr_tail(
@@ -71,7 +72,7 @@ impl Answers {
                     ttl,
                     &RData::CNAME(CNAME(targets[0].clone())),
                 );
-                (None, false, Some(owned_by_question(&tail)))
+                (Head::Cname, owned_by_question(&tail))
             }
         };
         let node_txt = if ip.is_some() && on_node && self.config().dns.node_meta_txt {
@@ -86,16 +87,9 @@ impl Answers {
         } else {
             Arc::clone(&NO_TXT)
         };
-        Some(Entry {
-            addr_rr,
-            is_v6,
-            cname_rr,
-            srv_rr,
-            glue: ip.is_some(),
-            node_txt,
-            target_id,
-            weight,
-        })
+        Some(Entry::new(
+            head, &first, &srv_rr, node_txt, target_id, weight,
+        ))
     }
 
     /// The service's answer sets, one per datacenter its instances are in.

@@ -18,17 +18,19 @@ pub(super) static NO_TXT: std::sync::LazyLock<Arc<[Box<[u8]>]>> =
     std::sync::LazyLock::new(|| Arc::from(Vec::new()));
 
 /// One instance's ready-made records.
+///
+/// Its records sit back to back in one boxed slice (there is one `Entry`
+/// per instance, and three allocations each cost a million instances
+/// about 50 MiB): first its A, AAAA or CNAME record, then its SRV record
+/// for each domain.
 #[derive(Debug)]
 pub struct Entry {
-    /// Its A or AAAA record; `None` when the address is a host name.
-    pub addr_rr: Option<Box<[u8]>>,
-    pub is_v6: bool,
-    /// For a host-name address: a CNAME to it.
-    pub cname_rr: Option<Box<[u8]>>,
-    /// Its SRV record, one per domain (same order as `AnswerConfig::domains`).
-    pub srv_rr: Vec<Box<[u8]>>,
-    /// Whether `addr_rr` is also the glue of the SRV target.
-    pub glue: bool,
+    records: Box<[u8]>,
+    /// Where each SRV record ends: `[end of the first record, end of the
+    /// SRV of domain 0, of domain 1]` (the last two equal when there is
+    /// one domain).
+    ends: [u16; 3],
+    head: Head,
     /// The node's meta as TXT records (type..RDATA), for the additional
     /// section of SRV answers whose target is the node.
     pub node_txt: Arc<[Box<[u8]>]>,
@@ -38,10 +40,85 @@ pub struct Entry {
     pub weight: u16,
 }
 
+/// What an entry's first record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Head {
+    V4,
+    V6,
+    /// The address is a host name: a CNAME to it.
+    Cname,
+}
+
 impl Entry {
+    /// `first` (an address or CNAME record) and one SRV record per domain
+    /// (at most two: the domain and its alternative), each owned by the
+    /// question name.
+    pub(super) fn new(
+        head: Head,
+        first: &[u8],
+        srv: &[Box<[u8]>],
+        node_txt: Arc<[Box<[u8]>]>,
+        target_id: u32,
+        weight: u16,
+    ) -> Entry {
+        assert!(
+            (1..=2).contains(&srv.len()),
+            "a domain and at most one alternative"
+        );
+        let mut records =
+            Vec::with_capacity(first.len() + srv.iter().map(|r| r.len()).sum::<usize>());
+        records.extend_from_slice(first);
+        let mut ends = [first.len() as u16; 3];
+        for (d, rr) in srv.iter().enumerate() {
+            records.extend_from_slice(rr);
+            ends[d + 1] = records.len() as u16;
+        }
+        if srv.len() == 1 {
+            ends[2] = ends[1];
+        }
+        Entry {
+            records: records.into_boxed_slice(),
+            ends,
+            head,
+            node_txt,
+            target_id,
+            weight,
+        }
+    }
+
+    fn first(&self) -> &[u8] {
+        &self.records[..self.ends[0] as usize]
+    }
+
+    /// Its A or AAAA record; `None` when the address is a host name.
+    pub fn addr_rr(&self) -> Option<&[u8]> {
+        (self.head != Head::Cname).then(|| self.first())
+    }
+
+    /// Whether its address record is an AAAA.
+    pub fn is_v6(&self) -> bool {
+        self.head == Head::V6
+    }
+
+    /// For a host-name address: a CNAME to it.
+    pub fn cname_rr(&self) -> Option<&[u8]> {
+        (self.head == Head::Cname).then(|| self.first())
+    }
+
+    /// Its SRV record in domain `d` (same order as `AnswerConfig::domains`).
+    pub fn srv_rr(&self, d: usize) -> &[u8] {
+        let start = self.ends[d] as usize;
+        &self.records[start..self.ends[d + 1] as usize]
+    }
+
+    /// Whether the address record is also the glue of the SRV target.
+    pub fn glue(&self) -> bool {
+        self.head != Head::Cname
+    }
+
     /// The A/AAAA record minus its owner: type, class, TTL, RDLENGTH, RDATA.
     pub fn addr_tail(&self) -> Option<&[u8]> {
-        self.addr_rr.as_deref().map(|rr| &rr[2..])
+        self.addr_rr().map(|rr| &rr[2..])
     }
 }
 

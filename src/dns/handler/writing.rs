@@ -19,9 +19,9 @@ impl Handler {
         let qtype = ask.qtype;
         let wants = |e: &Entry| -> bool {
             match qtype {
-                rtype::A => e.addr_rr.is_some() && !e.is_v6,
-                rtype::AAAA => e.addr_rr.is_some() && e.is_v6,
-                rtype::ANY => e.addr_rr.is_some(),
+                rtype::A => e.addr_rr().is_some() && !e.is_v6(),
+                rtype::AAAA => e.addr_rr().is_some() && e.is_v6(),
+                rtype::ANY => e.addr_rr().is_some(),
                 rtype::SRV => true,
                 _ => false,
             }
@@ -52,7 +52,7 @@ impl Handler {
             };
             let e = &set.entries[idx as usize];
             if !wants(e) {
-                if e.cname_rr.is_some() && cname.is_none() {
+                if e.cname_rr().is_some() && cname.is_none() {
                     cname = Some(idx);
                 }
                 continue;
@@ -63,9 +63,9 @@ impl Handler {
             }
             let at = w.len();
             let rr = if qtype == rtype::SRV {
-                &e.srv_rr[ask.domain]
+                e.srv_rr(ask.domain)
             } else {
-                e.addr_rr.as_ref().expect("filtered above")
+                e.addr_rr().expect("filtered above")
             };
             if !w.answer(&[rr]) {
                 break;
@@ -103,9 +103,9 @@ impl Handler {
             let p = pointer(target_at);
             let owner: &[u8] = match &p {
                 Some(p) => p,
-                None => &e.srv_rr[0][SRV_TARGET_AT..],
+                None => &e.srv_rr(0)[SRV_TARGET_AT..],
             };
-            if e.glue {
+            if e.glue() {
                 if let Some(tail) = e.addr_tail() {
                     if !w.additional(&[owner, tail]) {
                         return;
@@ -129,7 +129,7 @@ impl Handler {
         ask: Ask,
         s: &mut Scratch,
     ) -> Found {
-        let rr = e.cname_rr.as_ref().expect("chosen for its CNAME");
+        let rr = e.cname_rr().expect("chosen for its CNAME");
         let at = w.len();
         if !w.answer(&[rr]) {
             return Found::Answered;
@@ -147,9 +147,9 @@ impl Handler {
         };
         let mut buf = [0u8; 63];
         let addr_ok = |e: &Entry| match ask.qtype {
-            rtype::A => e.addr_rr.is_some() && !e.is_v6,
-            rtype::AAAA => e.addr_rr.is_some() && e.is_v6,
-            _ => e.addr_rr.is_some(),
+            rtype::A => e.addr_rr().is_some() && !e.is_v6(),
+            rtype::AAAA => e.addr_rr().is_some() && e.is_v6(),
+            _ => e.addr_rr().is_some(),
         };
         match classify(&labels, head) {
             Lookup::Service { name, tag, dc } if self.is_local_dc(dc) => {
