@@ -143,6 +143,8 @@ struct Catalog {
     zero_index: usize,
     /// The client ports requests came from: one per connection.
     connections: BTreeSet<u16>,
+    /// The index of the last `/v1/catalog/services` read (0 for none).
+    catalog_asked: u64,
 }
 
 #[derive(Clone)]
@@ -247,6 +249,10 @@ impl Fake {
         ConnectInfo(peer): ConnectInfo<SocketAddr>,
         RawQuery(q): RawQuery,
     ) -> axum::response::Response {
+        fake.catalog.lock().unwrap().catalog_asked = params(&q)
+            .get("index")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if let Err(code) = fake.block(peer, &q).await {
             return (code, "rpc error: No cluster leader").into_response();
         }
@@ -431,7 +437,13 @@ async fn follows_consul_shaped_responses_through_index_resets_and_outages() {
     .await;
 
     // An instance changed in place (same node and ID, a new address): no
-    // body shows which service, so the sidecar reads every one again.
+    // body shows which service, so the sidecar reads every one again. (Once
+    // the catalog feed waits on the reset's index, so that its start-over
+    // read cannot take this change in too.)
+    eventually(SYNCED, "the feed waits at index 3", || async {
+        fake.catalog.lock().unwrap().catalog_asked == 3
+    })
+    .await;
     fake.set(|c| {
         c.index = 5;
         c.services.get_mut(&("dc1".into(), "redis".into())).unwrap()[0] =

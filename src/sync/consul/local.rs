@@ -198,8 +198,10 @@ impl ConsulSync {
             let moved = returned != index || lost_contact;
             if moved {
                 let fresh = self.read_summaries().await;
-                if returned < index || lost_contact || swept.elapsed() >= SWEEP_EVERY {
-                    // Consul started over (its index went backwards), the
+                if returned < index || index == 0 || lost_contact || swept.elapsed() >= SWEEP_EVERY
+                {
+                    // Consul started over (its index went backwards, and
+                    // this or the next read, at index 0, sees it), the
                     // agent was out of reach, or it is time: read
                     // everything again.
                     self.mark_all(&now, arrived);
