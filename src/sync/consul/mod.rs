@@ -7,8 +7,10 @@
 //! which services changed, and a few readers read only those. A Consul
 //! agent serves 200 connections per client by default; the default here is
 //! 8. Every blocking loop keeps Consul's contract: the index is reset to 0
-//! when it goes backwards, an index below 1 is taken as 1, and a loop never
-//! runs more often than every [`MIN_INTERVAL`].
+//! when it goes backwards and an index below 1 is taken as 1. A loop never
+//! runs more often than every [`MIN_INTERVAL`], except a local feed right
+//! after a move, which pauses in proportion to the move's work
+//! ([`feed_pace`]).
 //!
 //! When the agent is unreachable or answers 5xx, the last known view keeps
 //! serving (instances known to be unhealthy stay out) while the loops
