@@ -7,6 +7,8 @@
 #   benches/memory-binary.sh
 #   API=10000 benches/memory-binary.sh
 #   SERVICES=0 API=100000 benches/memory-binary.sh   # all through the API
+#   SERVICES=0 AGENT=100000 benches/memory-binary.sh # agent API, no checks
+#   SERVICES=0 AGENT=100000 TTL=1 benches/memory-binary.sh  # a TTL check each
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -44,6 +46,28 @@ done
 count=$(curl -s "http://$http/v1/catalog/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
 sleep 2
 echo "$services x 5 instances from a definition file ($count services): RSS $(rss)"
+
+if [ "${AGENT:-0}" -gt 0 ]; then
+  # Through the agent API, as most deployments register, each with a TTL
+  # check when TTL=1 (the health runner then holds a clock for each).
+  python3 - "$http" "$AGENT" "${TTL:-0}" <<'EOF'
+import http.client, json, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ttl = sys.argv[3] == "1"
+conn = http.client.HTTPConnection(host, int(port))
+for k in range(int(sys.argv[2])):
+    body = {"ID": f"a{k}", "Name": f"api{k // 5}", "Tags": ["v1", "primary"], "Port": 80}
+    if ttl:
+        body["Check"] = {"TTL": "30m"}
+    conn.request("PUT", "/v1/agent/service/register", json.dumps(body))
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+EOF
+  sleep 3
+  with=$([ "${TTL:-0}" = 1 ] && echo ", a TTL check each" || true)
+  echo "and $AGENT registered through the agent API into the store$with: RSS $(rss)"
+fi
 
 if [ "${API:-0}" -gt 0 ]; then
   python3 - "$http" "$API" <<'EOF'
