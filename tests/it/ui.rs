@@ -112,6 +112,63 @@ async fn ui_files_reads_and_host_check() {
     srv.stop().await;
 }
 
+/// `/v1/internal/ui/services`, which mirrors read on every catalog change:
+/// Consul's summary shape, one entry per name in any case, each check
+/// counted once, and a blocking read that wakes on a change.
+#[tokio::test]
+async fn consul_ui_services_summary() {
+    let srv = TestServer::start(None).await;
+    for reg in [
+        r#"{"Node": "n1", "Address": "10.9.0.1",
+            "Service": {"ID": "w1", "Service": "Web", "Tags": ["a"], "Port": 80},
+            "Check": {"CheckID": "alive", "Name": "alive", "Status": "passing"}}"#,
+        r#"{"Node": "n2", "Address": "10.9.0.2",
+            "Service": {"ID": "w2", "Service": "web", "Tags": ["b", "a"], "Port": 80},
+            "Check": {"CheckID": "w2-up", "Name": "up", "Status": "critical", "ServiceID": "w2"}}"#,
+        r#"{"Node": "n2", "Address": "10.9.0.2",
+            "Service": {"ID": "w3", "Service": "web", "Port": 81}}"#,
+    ] {
+        let r = http("PUT", &srv.url("/v1/catalog/register"), Some(reg)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = http("GET", &srv.url("/v1/internal/ui/services"), None).await;
+    let v = r.json();
+    let web: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Name"].as_str().unwrap().eq_ignore_ascii_case("web"))
+        .collect();
+    assert_eq!(web.len(), 1, "one entry whatever the case: {v}");
+    let web = web[0];
+    assert_eq!(web["Tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(web["Nodes"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(web["InstanceCount"], 3);
+    assert_eq!(web["Datacenter"], "dc1");
+    assert_eq!(
+        (web["ChecksPassing"].clone(), web["ChecksCritical"].clone()),
+        (serde_json::json!(1), serde_json::json!(1)),
+        "n1's node check counted once, w2's own check once: {web}"
+    );
+    assert_eq!(web["ExternalSources"], serde_json::json!([]));
+
+    // Blocking on its index: a registration elsewhere wakes it.
+    let index = r.index.unwrap();
+    let url = srv.url(&format!("/v1/internal/ui/services?index={index}&wait=20s"));
+    let held = tokio::spawn(async move { http("GET", &url, None).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "held until something changes");
+    let reg = r#"{"Node": "n3", "Address": "10.9.0.3", "Service": {"ID": "d1", "Service": "db", "Port": 5432}}"#;
+    http("PUT", &srv.url("/v1/catalog/register"), Some(reg)).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("woken by the registration")
+        .unwrap();
+    assert!(r.index.unwrap() > index);
+    assert!(r.body.contains(r#""Name":"db""#), "{}", r.body);
+    srv.stop().await;
+}
+
 /// Runs the browser script with Node (clients.rs's runner, bounded).
 async fn node(args: Vec<String>) {
     tokio::task::spawn_blocking(move || {
