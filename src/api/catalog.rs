@@ -179,7 +179,7 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
             }
             out.entry(instance.name.as_str())
                 .or_default()
-                .extend(instance.tags.iter().map(String::as_str));
+                .extend(instance.tags.iter().map(|t| &**t));
         }
         let out: BTreeMap<_, _> = out.into_iter().collect();
         encoded(s.tables().services, &out)
@@ -194,7 +194,7 @@ pub(super) fn service_index(s: &Registry, name: &str) -> u64 {
 }
 
 /// Whether an instance carries every tag asked for (case-insensitively).
-pub(super) fn has_tags(tags: &[String], wanted: &[&str]) -> bool {
+pub(super) fn has_tags(tags: &[Arc<str>], wanted: &[&str]) -> bool {
     wanted
         .iter()
         .all(|w| tags.iter().any(|t| t.eq_ignore_ascii_case(w)))

@@ -1,6 +1,7 @@
 //! The JSON shapes of Consul's read endpoints, built from registry entries.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -88,7 +89,7 @@ pub(super) struct ServiceOut<'a> {
     #[serde(rename = "ID")]
     pub id: &'a str,
     pub service: &'a str,
-    pub tags: &'a [String],
+    pub tags: &'a [Arc<str>],
     pub address: &'a str,
     pub tagged_addresses: &'a BTreeMap<String, TaggedAddress>,
     pub meta: &'a Meta,
@@ -170,7 +171,7 @@ pub(super) struct ServiceNodeOut<'a> {
     #[serde(rename = "ServiceID")]
     pub service_id: &'a str,
     pub service_name: &'a str,
-    pub service_tags: &'a [String],
+    pub service_tags: &'a [Arc<str>],
     pub service_address: &'a str,
     pub service_tagged_addresses: &'a BTreeMap<String, TaggedAddress>,
     pub service_weights: Weights,
@@ -227,7 +228,7 @@ pub(super) struct CheckOut<'a> {
     #[serde(rename = "ServiceID")]
     pub service_id: &'a str,
     pub service_name: &'a str,
-    pub service_tags: &'a [String],
+    pub service_tags: &'a [Arc<str>],
     #[serde(rename = "Type")]
     pub kind: &'static str,
     pub interval: String,

@@ -192,7 +192,7 @@ pub(super) async fn consul_services(State(api): Shared, params: Params) -> ApiRe
                     ..Default::default()
                 });
             sum.instance_count += 1;
-            sum.tags.extend(instance.tags.iter().map(String::as_str));
+            sum.tags.extend(instance.tags.iter().map(|t| &**t));
             sum.nodes.insert(instance.node.as_str());
             for c in s.checks_of(&instance.key()) {
                 if sum.checks.insert((c.node.as_str(), c.id.as_str())) {

@@ -136,7 +136,10 @@ pub struct Instance {
     pub node: String,
     pub id: String,
     pub name: String,
-    pub tags: Vec<String>,
+    /// `Arc<str>`: the registry shares each tag with the same tag of the
+    /// service's other instances (most instances of a service carry the
+    /// same few), instead of a string per instance.
+    pub tags: Vec<Arc<str>>,
     /// Empty means "the node's address", as in Consul.
     pub address: String,
     pub port: u16,

@@ -56,10 +56,26 @@ impl State {
 
     /// Stores an instance and indexes it by service; returns its
     /// lower-cased service name.
-    pub(super) fn insert_instance(&mut self, inst: Instance) -> String {
+    pub(super) fn insert_instance(&mut self, mut inst: Instance) -> String {
         let key = inst.key();
         let lower = inst.name.to_ascii_lowercase();
         let shared: Arc<str> = lower.as_str().into();
+        // Share each tag with the service's first instance when it carries
+        // the same: one string per tag and service, not per instance.
+        // Bounded by construction (only tags held by instances are kept).
+        let sibling = self
+            .by_service
+            .range((shared.clone(), InstanceKey::new("", ""))..)
+            .next()
+            .filter(|(name, _)| *name == shared)
+            .and_then(|(_, k)| self.instances.get(k));
+        if let Some(sibling) = sibling {
+            for tag in &mut inst.tags {
+                if let Some(same) = sibling.tags.iter().find(|t| t[..] == tag[..]) {
+                    *tag = Arc::clone(same);
+                }
+            }
+        }
         if self
             .by_service
             .insert((shared.clone(), key.clone()))

@@ -227,7 +227,7 @@ impl ServiceDef {
             node: node.to_string(),
             id: self.id,
             name: self.name,
-            tags: self.tags,
+            tags: self.tags.into_iter().map(std::sync::Arc::from).collect(),
             address: self.address,
             port: self.port,
             meta: self.meta,

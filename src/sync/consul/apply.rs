@@ -73,7 +73,7 @@ impl ConsulSync {
                     node: node_name.clone(),
                     id: e.service.id.clone(),
                     name: e.service.service.clone(),
-                    tags: e.service.tags,
+                    tags: e.service.tags.into_iter().map(Arc::from).collect(),
                     address: e.service.address,
                     port: e.service.port,
                     meta: e.service.meta,
