@@ -37,9 +37,9 @@ fn node(name: String, address: String) -> Node {
 fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {
     Instance {
         node: node.into(),
-        id,
+        id: id.into(),
         name: name.into(),
-        tags: vec!["v1".into()],
+        tags: ["v1".into()].into(),
         address: String::new(),
         port,
         meta: Default::default(),

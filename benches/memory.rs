@@ -70,10 +70,10 @@ fn main() {
                         });
                     }
                     t.upsert_instance(Instance {
-                        node,
-                        id: format!("s{s}-{i}"),
-                        name: format!("s{s}"),
-                        tags: vec!["v1".into(), "primary".into()],
+                        node: node.into(),
+                        id: format!("s{s}-{i}").into(),
+                        name: format!("s{s}").into(),
+                        tags: ["v1".into(), "primary".into()].into(),
                         address: String::new(),
                         port: 8080,
                         meta: Default::default(),

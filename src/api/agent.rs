@@ -125,7 +125,7 @@ pub(super) async fn register_service(
 fn own_instance(api: &Api, id: &str) -> Result<(InstanceKey, Source, String), ApiError> {
     let key = InstanceKey::new(&api.node, id);
     api.registry
-        .read(|s| s.instance(&key).map(|i| (i.source, i.name.clone())))
+        .read(|s| s.instance(&key).map(|i| (i.source, i.name.to_string())))
         .map(|(source, name)| (key, source, name))
         .ok_or_else(|| {
             ApiError::not_found(format!(
@@ -363,7 +363,7 @@ pub(super) async fn register_check(
             }
             let mut check = def.clone().into_check(
                 &node,
-                service.as_ref().map(|(i, n)| (i.as_str(), n.as_str())),
+                service.as_ref().map(|(i, n)| (&**i, &**n)),
                 id.clone(),
                 Source::Api,
             );
@@ -462,7 +462,7 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
             .node_instances(&api.node)
             .map(|v| {
                 (
-                    v.instance.id.as_str(),
+                    &*v.instance.id,
                     ServiceOut::new(v.instance, &api.datacenter),
                 )
             })

@@ -177,7 +177,7 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
                     continue;
                 }
             }
-            out.entry(instance.name.as_str())
+            out.entry(&*instance.name)
                 .or_default()
                 .extend(instance.tags.iter().map(|t| &**t));
         }
@@ -282,12 +282,7 @@ pub(super) async fn node(
         let body = s.node(&name).map(|n| {
             let services: BTreeMap<&str, ServiceOut<'_>> = s
                 .node_instances(&name)
-                .map(|v| {
-                    (
-                        v.instance.id.as_str(),
-                        ServiceOut::new(v.instance, &n.datacenter),
-                    )
-                })
+                .map(|v| (&*v.instance.id, ServiceOut::new(v.instance, &n.datacenter)))
                 .collect();
             json!({"Node": NodeOut::new(n), "Services": services})
         });

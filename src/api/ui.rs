@@ -144,7 +144,7 @@ pub(super) async fn services(State(api): Shared, params: Params) -> ApiResult {
             // Passing, warning, critical, maintenance.
             let mut counts = [0u32; 4];
             for v in s.service_instances(lower) {
-                name = v.instance.name.clone();
+                name = v.instance.name.to_string();
                 tags.extend(v.instance.tags.iter().cloned());
                 sources.insert(source_name(v.instance.source));
                 let i = if in_maintenance(s, &v.instance.key()) {
@@ -193,7 +193,7 @@ pub(super) async fn consul_services(State(api): Shared, params: Params) -> ApiRe
                 });
             sum.instance_count += 1;
             sum.tags.extend(instance.tags.iter().map(|t| &**t));
-            sum.nodes.insert(instance.node.as_str());
+            sum.nodes.insert(&instance.node);
             for c in s.checks_of(&instance.key()) {
                 if sum.checks.insert((c.node.as_str(), c.id.as_str())) {
                     match c.status {

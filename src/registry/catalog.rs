@@ -24,7 +24,7 @@ impl Txn<'_> {
 
     /// Removes a node with its instances and checks.
     pub fn remove_node(&mut self, name: &str) -> bool {
-        let keys: Vec<InstanceKey> = self.state.keys_on(name).cloned().collect();
+        let keys: Vec<InstanceKey> = self.state.instances_on(name).map(Instance::key).collect();
         for k in keys {
             self.remove_instance(&k);
         }
@@ -43,12 +43,12 @@ impl Txn<'_> {
     /// Adds or replaces an instance. Its node must exist. Unchanged content
     /// is not a change.
     pub fn upsert_instance(&mut self, mut inst: Instance) {
-        debug_assert!(self.state.nodes.contains_key(&inst.node));
+        debug_assert!(self.state.nodes.contains_key(&*inst.node));
         let key = inst.key();
-        if let Some(old) = self.state.instances.get(&key) {
+        if let Some(old) = self.state.instance(&key) {
             inst.create_index = old.create_index;
             inst.modify_index = old.modify_index;
-            if **old == inst {
+            if *old == inst {
                 return;
             }
             if !old.name.eq_ignore_ascii_case(&inst.name) {
@@ -68,7 +68,7 @@ impl Txn<'_> {
 
     /// Removes an instance and its checks.
     pub fn remove_instance(&mut self, key: &InstanceKey) -> Option<Instance> {
-        let inst = self.state.instances.remove(key)?;
+        let inst = self.state.take_instance(key)?;
         self.touched.instances.insert(key.clone());
         let lower = inst.name.to_ascii_lowercase();
         self.state.unindex_service(&lower, key);
@@ -99,7 +99,7 @@ impl Txn<'_> {
         match &owner.service_id {
             Some(id) => {
                 let key = InstanceKey::new(&owner.node, id);
-                if let Some(name) = self.state.instances.get(&key).map(|i| i.name.clone()) {
+                if let Some(name) = self.state.instance(&key).map(|i| i.name.to_string()) {
                     self.touch_service(&name);
                 }
             }

@@ -19,6 +19,7 @@ pub mod compact;
 pub mod definition;
 mod kv;
 pub mod model;
+mod order;
 pub mod query;
 mod sessions;
 pub mod shared;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 
 use compact::SmallMap;
+use order::{ByKey, ByService, KeyAt, ServiceAt};
 
 pub use changes::{ChangeListener, Changes, TableIndexes, Touched};
 pub use commit::{Registry, StoreStatus};
@@ -74,17 +76,17 @@ pub struct CheckOwner {
 #[derive(Debug, Default, Clone)]
 pub struct State {
     nodes: OrdMap<String, Arc<Node>>,
-    instances: OrdMap<InstanceKey, Arc<Instance>>,
+    /// Every instance, in key order (see [`order`]).
+    instances: OrdSet<order::ByKey>,
     checks: OrdMap<CheckOwner, Arc<SmallMap<String, Check>>>,
     /// (node, check id) → owner, to find a check by the ID the API uses.
     check_owner: OrdMap<(String, String), CheckOwner>,
-    /// (lower-cased service name, instance): one flat ordered set, so that a
-    /// service's instances are a range and adding one to a service with
-    /// 50,000 copies a path, not the service's whole list. Names are
-    /// `Arc<str>` here and below for the same reason as [`InstanceKey`]'s
-    /// fields: a path copy clones every key of its nodes.
-    by_service: OrdSet<(Arc<str>, InstanceKey)>,
+    /// Every instance again, in service order: one flat ordered set, so
+    /// that a service's instances are a range and adding one to a service
+    /// with 50,000 copies a path, not the service's whole list.
+    by_service: OrdSet<order::ByService>,
     /// Lower-cased service name → its instance count and change index.
+    /// `Arc<str>`: a path copy clones every key of its nodes.
     services: OrdMap<Arc<str>, ServiceEntry>,
     kv: OrdMap<String, Arc<KvEntry>>,
     sessions: OrdMap<String, Arc<Session>>,
@@ -186,7 +188,7 @@ impl Txn<'_> {
             self.touch_node(&name);
         }
         for i in saved.instances {
-            let node = i.node.clone();
+            let node = i.node.to_string();
             let lower = self.state.insert_instance(i);
             self.changes.services.insert(lower);
             self.changes.nodes.insert(node);
@@ -239,10 +241,7 @@ impl Txn<'_> {
             match from.check(node, id) {
                 Some(c) => {
                     let owner_here = match &c.service_id {
-                        Some(sid) => self
-                            .state
-                            .instances
-                            .contains_key(&InstanceKey::new(node, sid)),
+                        Some(sid) => self.state.has_instance(&InstanceKey::new(node, sid)),
                         None => self.state.nodes.contains_key(node),
                     };
                     if owner_here {
@@ -296,7 +295,7 @@ impl Txn<'_> {
         }
         for n in &stale.nodes {
             let ours = self.state.node(n).is_some_and(|n| n.source == source);
-            if ours && self.state.keys_on(n).next().is_none() {
+            if ours && self.state.instances_on(n).next().is_none() {
                 self.remove_node(n);
             }
         }
@@ -317,7 +316,7 @@ mod tests {
             node: node.into(),
             id: id.into(),
             name: id.into(),
-            tags: vec![],
+            tags: Arc::from([]),
             address: String::new(),
             port: 80,
             meta: Meta::new(),
@@ -344,7 +343,11 @@ mod tests {
             }
         });
         let on = |n: &str| -> Vec<String> {
-            r.read(|s| s.node_instances(n).map(|v| v.instance.id.clone()).collect())
+            r.read(|s| {
+                s.node_instances(n)
+                    .map(|v| v.instance.id.to_string())
+                    .collect()
+            })
         };
         assert_eq!(on("web"), ["shared", "web-a"]);
         assert_eq!(on("web2"), ["shared", "web2-a"]);

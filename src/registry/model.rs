@@ -133,13 +133,16 @@ pub struct InstanceKey {
 /// One service instance (Consul: a "service node").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
-    pub node: String,
-    pub id: String,
-    pub name: String,
-    /// `Arc<str>`: the registry shares each tag with the same tag of the
-    /// service's other instances (most instances of a service carry the
-    /// same few), instead of a string per instance.
-    pub tags: Vec<Arc<str>>,
+    /// `Arc<str>`, as the key's halves and the name: the registry shares
+    /// them with the node's other instances, the key, and the service, so a
+    /// million instances do not hold a million copies of each (see
+    /// `State::insert_instance`). `key()` clones without allocating.
+    pub node: Arc<str>,
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    /// Shared whole with the service's first instance when it carries the
+    /// same tags (nearly always): no allocation per instance.
+    pub tags: Arc<[Arc<str>]>,
     /// Empty means "the node's address", as in Consul.
     pub address: String,
     pub port: u16,
@@ -207,7 +210,10 @@ impl InstanceKey {
 
 impl Instance {
     pub fn key(&self) -> InstanceKey {
-        InstanceKey::new(&self.node, &self.id)
+        InstanceKey {
+            node: Arc::clone(&self.node),
+            id: Arc::clone(&self.id),
+        }
     }
 }
 

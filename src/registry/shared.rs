@@ -237,9 +237,7 @@ impl Txn<'_> {
                 }
                 let ikey = inst.key();
                 self.upsert_instance(inst);
-                if let Some(i) = self.state.instances.get_mut(&ikey) {
-                    Arc::make_mut(i).create_index = create;
-                }
+                self.state.set_create_index(&ikey, create);
             }
             ("instances", None) => {
                 if let Some((node, id)) = rest.split_once('/') {
@@ -249,10 +247,7 @@ impl Txn<'_> {
             ("checks", Some(v)) => {
                 let check: Check = decode(key, v)?;
                 let owner_here = match &check.service_id {
-                    Some(sid) => self
-                        .state
-                        .instances
-                        .contains_key(&InstanceKey::new(&check.node, sid)),
+                    Some(sid) => self.state.has_instance(&InstanceKey::new(&check.node, sid)),
                     None => self.state.nodes.contains_key(&check.node),
                 };
                 if !owner_here {

@@ -57,40 +57,75 @@ impl State {
     /// Stores an instance and indexes it by service; returns its
     /// lower-cased service name.
     pub(super) fn insert_instance(&mut self, mut inst: Instance) -> String {
-        let key = inst.key();
         let lower = inst.name.to_ascii_lowercase();
-        let shared: Arc<str> = lower.as_str().into();
-        // Share each tag with the service's first instance when it carries
-        // the same: one string per tag and service, not per instance.
-        // Bounded by construction (only tags held by instances are kept).
+        // Share the strings a million instances would otherwise each hold
+        // a copy of with those already stored: the service's name and tags
+        // with its first instance, the node's name with the node's first
+        // instance. Only strings held by stored instances are shared, so
+        // nothing outlives its last holder.
         let sibling = self
             .by_service
-            .range((shared.clone(), InstanceKey::new("", ""))..)
+            .range(ServiceAt(&lower, "", "")..)
             .next()
-            .filter(|(name, _)| *name == shared)
-            .and_then(|(_, k)| self.instances.get(k));
+            .filter(|s| s.0.name.eq_ignore_ascii_case(&lower));
         if let Some(sibling) = sibling {
-            for tag in &mut inst.tags {
-                if let Some(same) = sibling.tags.iter().find(|t| t[..] == tag[..]) {
-                    *tag = Arc::clone(same);
+            share_service_strings(&mut inst, &sibling.0);
+        }
+        let neighbour = self
+            .instances
+            .range(KeyAt(&inst.node, "")..)
+            .next()
+            .filter(|n| n.0.node == inst.node);
+        if let Some(neighbour) = neighbour {
+            inst.node = Arc::clone(&neighbour.0.node);
+        }
+        let inst = Arc::new(inst);
+        if self
+            .by_service
+            .insert(ByService(Arc::clone(&inst)))
+            .is_none()
+        {
+            match self.services.get_mut(lower.as_str()) {
+                Some(e) => e.instances += 1,
+                None => {
+                    let entry = ServiceEntry {
+                        instances: 1,
+                        ..Default::default()
+                    };
+                    self.services.insert(lower.as_str().into(), entry);
                 }
             }
         }
-        if self
-            .by_service
-            .insert((shared.clone(), key.clone()))
-            .is_none()
-        {
-            self.services.entry(shared).or_default().instances += 1;
-        }
-        self.instances.insert(key, Arc::new(inst));
+        self.instances.insert(ByKey(inst));
         lower
+    }
+
+    /// Takes an instance out of the key order only; `unindex_service`
+    /// takes it out of its service.
+    pub(super) fn take_instance(&mut self, key: &InstanceKey) -> Option<Arc<Instance>> {
+        self.instances.remove(key).map(|i| i.0)
+    }
+
+    /// Replaces an instance's create index (a replicated write's own).
+    pub(super) fn set_create_index(&mut self, key: &InstanceKey, create: u64) {
+        if let Some(old) = self.instance(key) {
+            let mut inst = old.clone();
+            inst.create_index = create;
+            let inst = Arc::new(inst);
+            // Equal in both orders: each replaces the old entry.
+            self.by_service.insert(ByService(Arc::clone(&inst)));
+            self.instances.insert(ByKey(inst));
+        }
+    }
+
+    pub(super) fn has_instance(&self, key: &InstanceKey) -> bool {
+        self.instances.contains(key)
     }
 
     pub(super) fn unindex_service(&mut self, lower: &str, key: &InstanceKey) {
         if self
             .by_service
-            .remove(&(Arc::from(lower), key.clone()))
+            .remove(&ServiceAt(lower, &key.node, &key.id))
             .is_some()
         {
             if let Some(e) = self.services.get_mut(lower) {
@@ -157,11 +192,11 @@ impl State {
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Option<&Instance> {
-        self.instances.get(key).map(|i| &**i)
+        self.instances.get(key).map(|i| &*i.0)
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {
-        self.instances.values().map(|i| &**i)
+        self.instances.iter().map(|i| &*i.0)
     }
 
     /// Lower-cased names of every service with at least one instance.
@@ -175,11 +210,11 @@ impl State {
         &'a self,
         lower_name: &str,
     ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
-        let name: Arc<str> = lower_name.into();
+        let name = lower_name.to_string();
         self.by_service
-            .range((name.clone(), InstanceKey::new("", ""))..)
-            .take_while(move |(n, _)| *n == name)
-            .filter_map(move |(_, k)| self.view(k))
+            .range(ServiceAt(&name, "", "")..)
+            .take_while(move |i| i.0.name.eq_ignore_ascii_case(&name))
+            .map(move |i| self.view_of(&i.0))
     }
 
     /// Every instance with its node, in key order, in one pass and no
@@ -187,16 +222,17 @@ impl State {
     /// are walked side by side. For reads of the whole catalog.
     pub fn members(&self) -> impl Iterator<Item = (&Instance, Option<&Node>)> {
         let mut nodes = self.nodes.iter().peekable();
-        self.instances.iter().map(move |(key, instance)| {
+        self.instances.iter().map(move |i| {
+            let instance = &*i.0;
             while nodes
-                .next_if(|(name, _)| name.as_str() < &*key.node)
+                .next_if(|(name, _)| name.as_str() < &*instance.node)
                 .is_some()
             {}
             let node = nodes
                 .peek()
-                .filter(|(name, _)| name.as_str() == &*key.node)
+                .filter(|(name, _)| name.as_str() == &*instance.node)
                 .map(|(_, n)| &***n);
-            (&**instance, node)
+            (instance, node)
         })
     }
 
@@ -210,36 +246,41 @@ impl State {
     ) -> impl Iterator<Item = InstanceView<'a>> + 'a {
         self.instances
             .iter()
-            .filter(move |(_, i)| {
-                i.connect_for()
+            .filter(move |i| {
+                i.0.connect_for()
                     .is_some_and(|f| f.eq_ignore_ascii_case(lower_name))
             })
-            .filter_map(move |(k, _)| self.view(k))
+            .map(move |i| self.view_of(&i.0))
     }
 
     /// Every instance on a node.
     pub fn node_instances<'a>(&'a self, node: &str) -> impl Iterator<Item = InstanceView<'a>> + 'a {
-        self.keys_on(node).filter_map(move |k| self.view(k))
+        self.instances_on(node).map(move |i| self.view_of(i))
     }
 
-    /// The keys of a node's instances: keys sort by node first, so they are
-    /// one range of the instance map (no per-node index to keep in memory).
-    pub(super) fn keys_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a InstanceKey> + 'a {
+    /// A node's instances: keys sort by node first, so they are one range
+    /// of the key order (no per-node index to keep in memory).
+    pub(super) fn instances_on<'a>(
+        &'a self,
+        node: &str,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
         let node = node.to_string();
-        let from = InstanceKey::new(&node, "");
         self.instances
-            .range(from..)
-            .map(|(k, _)| k)
-            .take_while(move |k| *k.node == *node)
+            .range(KeyAt(&node, "")..)
+            .map(|i| &*i.0)
+            .take_while(move |i| *i.node == *node)
     }
 
     pub fn view(&self, key: &InstanceKey) -> Option<InstanceView<'_>> {
-        let instance = self.instances.get(key)?;
-        Some(InstanceView {
+        Some(self.view_of(self.instance(key)?))
+    }
+
+    fn view_of<'a>(&'a self, instance: &'a Instance) -> InstanceView<'a> {
+        InstanceView {
             instance,
-            node: self.node(&key.node),
-            health: self.health_of(key),
-        })
+            node: self.node(&instance.node),
+            health: self.health_of(&instance.key()),
+        }
     }
 
     /// The worst status among an instance's checks and its node's checks;
@@ -283,5 +324,25 @@ impl State {
 
     pub fn checks(&self) -> impl Iterator<Item = &Check> {
         self.checks.values().flat_map(|m| m.values())
+    }
+}
+
+/// Points `inst`'s name and tags at `sibling`'s (another instance of the
+/// same service) where they are equal.
+fn share_service_strings(inst: &mut Instance, sibling: &Instance) {
+    if inst.name == sibling.name {
+        inst.name = Arc::clone(&sibling.name);
+    }
+    if inst.tags == sibling.tags {
+        inst.tags = Arc::clone(&sibling.tags);
+    } else if inst.tags.iter().any(|t| sibling.tags.contains(t)) {
+        inst.tags = inst
+            .tags
+            .iter()
+            .map(|t| {
+                let same = sibling.tags.iter().find(|s| *s == t);
+                Arc::clone(same.unwrap_or(t))
+            })
+            .collect();
     }
 }

@@ -514,9 +514,9 @@ impl Store {
         self.run(|txn| {
             if let Some(old) = &old {
                 let mut instances = txn.open_table(INSTANCES)?;
-                for i in saved.instances.iter_mut().filter(|i| &i.node == old) {
+                for i in saved.instances.iter_mut().filter(|i| *i.node == **old) {
                     instances.remove(pair_key(old, &i.id).as_str())?;
-                    i.node = node.to_string();
+                    i.node = node.into();
                     instances.insert(pair_key(node, &i.id).as_str(), json(i).as_slice())?;
                     moved.0 += 1;
                 }

@@ -97,7 +97,8 @@ impl Answers {
         let ttl = self.config().dns.service_ttl.get(lower);
         let mut target_ids: HashMap<String, HashMap<Vec<u8>, u32>> = HashMap::new();
         let mut node_txt = HashMap::new();
-        let mut sets: HashMap<String, ServiceSet> = HashMap::new();
+        type Building = (Vec<Arc<Entry>>, HashMap<Arc<str>, Vec<Arc<Entry>>>);
+        let mut sets: HashMap<String, Building> = HashMap::new();
         for v in state.service_instances(lower) {
             if !self.fit(&v) {
                 continue;
@@ -109,29 +110,28 @@ impl Answers {
             let Some(entry) = self.entry(&v, ttl, ids, &mut node_txt) else {
                 continue;
             };
-            let set = sets.entry(dc).or_default();
+            let (all, tags) = sets.entry(dc).or_default();
             let entry = Arc::new(entry);
-            for tag in &v.instance.tags {
-                let key = tag.to_ascii_lowercase().into_boxed_str();
-                let tagged = set.tags.entry(key).or_default();
+            for tag in v.instance.tags.iter() {
+                // The registry's string when it is already lower case.
+                let tagged = match tag.bytes().any(|b| b.is_ascii_uppercase()) {
+                    true => tags.entry(tag.to_ascii_lowercase().into()),
+                    false => tags.entry(Arc::clone(tag)),
+                }
+                .or_default();
                 // A tag listed twice on one instance counts once.
-                if !tagged
-                    .entries
-                    .last()
-                    .is_some_and(|e| Arc::ptr_eq(e, &entry))
-                {
-                    tagged.entries.push(Arc::clone(&entry));
+                if !tagged.last().is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                    tagged.push(Arc::clone(&entry));
                 }
             }
-            set.all.entries.push(entry);
+            all.push(entry);
         }
-        for (dc, set) in sets.iter_mut() {
-            let targets = target_ids.get(dc).map(|t| t.len() as u32).unwrap_or(0);
-            for r in std::iter::once(&mut set.all).chain(set.tags.values_mut()) {
-                *r = RecordSet::of(std::mem::take(&mut r.entries), targets);
-            }
-        }
-        sets
+        sets.into_iter()
+            .map(|(dc, (all, tags))| {
+                let targets = target_ids.get(&dc).map(|t| t.len() as u32).unwrap_or(0);
+                (dc, ServiceSet::new(all, tags, targets))
+            })
+            .collect()
     }
 
     pub(super) fn build_node(&self, state: &State, name: &str) -> Option<NodeSet> {

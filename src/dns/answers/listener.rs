@@ -19,20 +19,14 @@ impl ChangeListener for Answers {
         let mut remote = self.remote_dcs.locked();
         for lower in &changes.services {
             let mut sets = self.build_service(state, lower);
-            let tags = sets
-                .get(&self.config().datacenter)
-                .map(|set| set.tags.keys().cloned().collect())
-                .unwrap_or_default();
-            self.tags.set(lower, tags);
-            match sets.remove(&self.config().datacenter) {
-                Some(set) => {
-                    self.services
-                        .insert(lower.clone().into_boxed_str(), Arc::new(set));
-                }
-                None => {
-                    self.services.remove(lower.as_str());
-                }
-            }
+            let new = sets.remove(&self.config().datacenter).map(Arc::new);
+            let old = match &new {
+                Some(set) => self
+                    .services
+                    .insert(lower.clone().into_boxed_str(), Arc::clone(set)),
+                None => self.services.remove(lower.as_str()).map(|(_, set)| set),
+            };
+            self.tags.replace(old.as_deref(), new.as_deref());
             let gone: Vec<String> = remote
                 .get(lower)
                 .map(|dcs| {

@@ -53,7 +53,7 @@ impl Answers {
                 let Some(node) = v.node.filter(|n| n.datacenter == cfg.datacenter) else {
                     continue;
                 };
-                name = v.instance.name.clone();
+                name = v.instance.name.to_string();
                 let a = &v.instance.address;
                 if !a.is_empty() && *a != node.address {
                     if let Ok(ip) = a.parse() {

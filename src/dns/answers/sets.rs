@@ -139,6 +139,8 @@ impl RecordSet {
     /// A set of `entries`, with what is derived from them: `targets`
     /// distinct SRV targets, and whether every weight is the same.
     pub fn of(entries: Vec<Arc<Entry>>, targets: u32) -> RecordSet {
+        let mut entries = entries;
+        entries.shrink_to_fit();
         RecordSet {
             uniform: entries.windows(2).all(|p| p[0].weight == p[1].weight),
             targets,
@@ -151,8 +153,46 @@ impl RecordSet {
 #[derive(Debug, Default)]
 pub struct ServiceSet {
     pub all: RecordSet,
-    /// Lower-cased tag → the instances carrying it.
-    pub tags: HashMap<Box<str>, RecordSet>,
+    /// Lower-cased tag → the instances carrying it, sorted by tag: a
+    /// service has a few tags, and a slice costs one allocation where a
+    /// hash map costs a table. `None` when every instance carries the tag,
+    /// as nearly always: the tag answers from `all` (and shares its
+    /// rotation) instead of keeping the same set twice.
+    tags: Box<[(Arc<str>, Option<RecordSet>)]>,
+}
+
+impl ServiceSet {
+    /// A service's set from its instances' entries and, per lower-cased
+    /// tag, the entries carrying it (each entry at most once).
+    pub fn new(
+        all: Vec<Arc<Entry>>,
+        tags: HashMap<Arc<str>, Vec<Arc<Entry>>>,
+        targets: u32,
+    ) -> ServiceSet {
+        let mut tags: Vec<_> = tags
+            .into_iter()
+            .map(|(tag, entries)| {
+                let set = (entries.len() < all.len()).then(|| RecordSet::of(entries, targets));
+                (tag, set)
+            })
+            .collect();
+        tags.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ServiceSet {
+            all: RecordSet::of(all, targets),
+            tags: tags.into_boxed_slice(),
+        }
+    }
+
+    /// The instances carrying a lower-cased tag.
+    pub fn tag(&self, lower: &str) -> Option<&RecordSet> {
+        let i = self.tags.binary_search_by(|(t, _)| (**t).cmp(lower)).ok()?;
+        Some(self.tags[i].1.as_ref().unwrap_or(&self.all))
+    }
+
+    /// The lower-cased tags some instance carries, sorted.
+    pub fn tag_names(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|(t, _)| &**t)
+    }
 }
 
 #[derive(Debug)]

@@ -3,33 +3,32 @@
 
 use super::*;
 
-/// Tags of local services: service → its tags, tag → how many services
-/// carry it.
+/// Tag → how many local services carry it. A service's own tags are read
+/// from its answer set, so they are not kept twice.
 #[derive(Debug, Default)]
 pub(super) struct TagIndex {
-    /// Written by the listener only; never held across an await.
-    pub(super) by_service: Mutex<HashMap<String, Vec<Box<str>>>>,
     /// Read by DNS queries (the NXDOMAIN path): a sharded map, so that a
     /// flood of such queries on every DNS thread takes no common lock.
+    /// Written by the registry listener only, one service at a time.
     pub(super) counts: NameMap<u32>,
 }
 
 impl TagIndex {
-    pub(super) fn set(&self, service: &str, tags: Vec<Box<str>>) {
-        let mut by_service = self.by_service.locked();
-        for old in by_service.remove(service).unwrap_or_default() {
-            if let dashmap::Entry::Occupied(mut c) = self.counts.entry(old) {
+    /// Counts a service's tags as its set goes from `old` to `new`.
+    pub(super) fn replace(&self, old: Option<&ServiceSet>, new: Option<&ServiceSet>) {
+        for tag in old.into_iter().flat_map(ServiceSet::tag_names) {
+            if let dashmap::Entry::Occupied(mut c) = self.counts.entry(tag.into()) {
                 *c.get_mut() -= 1;
                 if *c.get() == 0 {
                     c.remove();
                 }
             }
         }
-        for t in &tags {
-            *self.counts.entry(t.clone()).or_default() += 1;
-        }
-        if !tags.is_empty() {
-            by_service.insert(service.to_string(), tags);
+        for tag in new.into_iter().flat_map(ServiceSet::tag_names) {
+            match self.counts.get_mut(tag) {
+                Some(mut c) => *c += 1,
+                None => *self.counts.entry(tag.into()).or_default() += 1,
+            }
         }
     }
 }

@@ -55,8 +55,7 @@ pub(super) fn filter_by_tags(
                 None => (true, t.as_str()),
             };
             let members = set
-                .tags
-                .get(tag.to_ascii_lowercase().as_str())
+                .tag(&tag.to_ascii_lowercase())
                 .map(|t| t.entries.iter().map(Arc::as_ptr).collect())
                 .unwrap_or_default();
             (wanted, members)
@@ -284,7 +283,7 @@ impl Handler {
                 };
                 let records = match tag {
                     None => &set.all,
-                    Some(t) => match lower(t, &mut buf).and_then(|t| set.tags.get(t)) {
+                    Some(t) => match lower(t, &mut buf).and_then(|t| set.tag(t)) {
                         Some(r) => r,
                         None => return Found::NxDomain,
                     },

@@ -158,7 +158,7 @@ impl Handler {
                 };
                 let records = match tag {
                     None => &set.all,
-                    Some(t) => match lower(t, &mut buf).and_then(|t| set.tags.get(t)) {
+                    Some(t) => match lower(t, &mut buf).and_then(|t| set.tag(t)) {
                         Some(r) => r,
                         None => return Found::Answered,
                     },

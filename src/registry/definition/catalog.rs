@@ -132,8 +132,8 @@ impl CatalogRegistration {
         let service_name = |id: &str| -> Option<String> {
             service
                 .as_ref()
-                .filter(|(i, _)| i.id == id)
-                .map(|(i, _)| i.name.clone())
+                .filter(|(i, _)| *i.id == *id)
+                .map(|(i, _)| i.name.to_string())
         };
         let checks = self
             .checks

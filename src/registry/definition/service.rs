@@ -224,9 +224,9 @@ impl ServiceDef {
             })
             .collect();
         let instance = Instance {
-            node: node.to_string(),
-            id: self.id,
-            name: self.name,
+            node: node.into(),
+            id: self.id.into(),
+            name: self.name.into(),
             tags: self.tags.into_iter().map(std::sync::Arc::from).collect(),
             address: self.address,
             port: self.port,

@@ -70,9 +70,9 @@ impl ConsulSync {
                     _ => Weights::default(),
                 };
                 txn.upsert_instance(Instance {
-                    node: node_name.clone(),
-                    id: e.service.id.clone(),
-                    name: e.service.service.clone(),
+                    node: node_name.as_str().into(),
+                    id: e.service.id.as_str().into(),
+                    name: e.service.service.as_str().into(),
                     tags: e.service.tags.into_iter().map(Arc::from).collect(),
                     address: e.service.address,
                     port: e.service.port,

@@ -269,7 +269,7 @@ impl ConsulSync {
                             names.extend(
                                 s.node_instances(&c.node)
                                     .filter(|v| v.instance.source == Source::Consul)
-                                    .map(|v| v.instance.name.clone()),
+                                    .map(|v| v.instance.name.to_string()),
                             );
                         } else {
                             names.insert(c.service_name.clone());

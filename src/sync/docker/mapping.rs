@@ -283,8 +283,8 @@ pub fn contribution(
             status,
             output,
             notes: format!("container {container_name}"),
-            service_id: Some(inst.id.clone()),
-            service_name: inst.name.clone(),
+            service_id: Some(inst.id.to_string()),
+            service_name: inst.name.to_string(),
             kind: CheckKind::Static,
             thresholds: Default::default(),
             source: Source::Docker,
@@ -415,7 +415,7 @@ mod tests {
     fn names(c: &Contribution) -> Vec<(String, String, u16)> {
         c.instances
             .iter()
-            .map(|i| (i.name.clone(), i.address.clone(), i.port))
+            .map(|i| (i.name.to_string(), i.address.clone(), i.port))
             .collect()
     }
 

@@ -1,0 +1,127 @@
+//! The two orders the registry keeps its instances in, as ordered sets of
+//! the instances themselves: by key (node, then ID), and by service
+//! (lower-cased name, then key). An entry is one pointer and its order is
+//! read through it; a map from a key to the instance held the key's names
+//! beside the pointer, about 50 bytes more per instance and order once the
+//! B-tree's spare room is counted.
+//!
+//! Instances are never changed in place while in a set (a change replaces
+//! the `Arc`), so an entry's position cannot go stale.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use equivalent::{Comparable, Equivalent};
+
+use super::model::{Instance, InstanceKey};
+
+/// An instance in key order.
+#[derive(Clone, Debug)]
+pub(super) struct ByKey(pub(super) Arc<Instance>);
+
+impl ByKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0.node, &self.0.id)
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+/// A key to look up or start a range at, borrowed: (node, ID).
+pub(super) struct KeyAt<'a>(pub(super) &'a str, pub(super) &'a str);
+
+impl Equivalent<ByKey> for KeyAt<'_> {
+    fn equivalent(&self, key: &ByKey) -> bool {
+        (self.0, self.1) == key.parts()
+    }
+}
+
+impl Comparable<ByKey> for KeyAt<'_> {
+    fn compare(&self, key: &ByKey) -> Ordering {
+        (self.0, self.1).cmp(&key.parts())
+    }
+}
+
+impl Equivalent<ByKey> for InstanceKey {
+    fn equivalent(&self, key: &ByKey) -> bool {
+        KeyAt(&self.node, &self.id).equivalent(key)
+    }
+}
+
+impl Comparable<ByKey> for InstanceKey {
+    fn compare(&self, key: &ByKey) -> Ordering {
+        KeyAt(&self.node, &self.id).compare(key)
+    }
+}
+
+/// An instance in service order: its name compared as if lower-cased
+/// (the registry's service key), then its key.
+#[derive(Clone, Debug)]
+pub(super) struct ByService(pub(super) Arc<Instance>);
+
+/// `name` lower-cased, compared with `lower`, without allocating.
+fn cmp_folded(lower: &str, name: &str) -> Ordering {
+    lower
+        .bytes()
+        .cmp(name.bytes().map(|b| b.to_ascii_lowercase()))
+}
+
+impl PartialEq for ByService {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for ByService {}
+
+impl PartialOrd for ByService {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByService {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (a, b) = (&self.0, &other.0);
+        a.name
+            .bytes()
+            .map(|b| b.to_ascii_lowercase())
+            .cmp(b.name.bytes().map(|b| b.to_ascii_lowercase()))
+            .then_with(|| (&*a.node, &*a.id).cmp(&(&*b.node, &*b.id)))
+    }
+}
+
+/// A position in service order, borrowed: (lower-cased name, node, ID).
+/// `ServiceAt(name, "", "")` is where the service's instances start.
+pub(super) struct ServiceAt<'a>(pub(super) &'a str, pub(super) &'a str, pub(super) &'a str);
+
+impl Equivalent<ByService> for ServiceAt<'_> {
+    fn equivalent(&self, key: &ByService) -> bool {
+        self.compare(key) == Ordering::Equal
+    }
+}
+
+impl Comparable<ByService> for ServiceAt<'_> {
+    fn compare(&self, key: &ByService) -> Ordering {
+        let i = &key.0;
+        cmp_folded(self.0, &i.name).then_with(|| (self.1, self.2).cmp(&(&*i.node, &*i.id)))
+    }
+}
