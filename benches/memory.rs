@@ -20,7 +20,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let per: usize = 5;
+    // Instances per service: 5 unless BENCH_PER_SERVICE says otherwise
+    // (issue 29's million is 100,000 services × 10).
+    let per: usize = std::env::var("BENCH_PER_SERVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     // Instances per node: 1 (the worst case, as the load benchmark's data)
     // unless BENCH_PER_NODE says more.
     let per_node: usize = std::env::var("BENCH_PER_NODE")
@@ -74,13 +79,11 @@ fn main() {
                         id: format!("s{s}-{i}").into(),
                         name: format!("s{s}").into(),
                         tags: ["v1".into(), "primary".into()].into(),
-                        address: String::new(),
+                        address: "".into(),
                         port: 8080,
-                        meta: Default::default(),
                         weights: Weights::default(),
-                        tagged_addresses: Default::default(),
                         enable_tag_override: false,
-                        connect: None,
+                        extra: Default::default(),
                         source: Source::Api,
                         create_index: 0,
                         modify_index: 0,

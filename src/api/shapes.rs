@@ -122,7 +122,7 @@ pub(super) struct ConnectOut {
 }
 
 fn connect_parts(i: &Instance) -> (Option<ProxyOut<'_>>, Option<ConnectOut>) {
-    match i.connect.as_deref() {
+    match i.extra.connect.as_ref() {
         Some(Connect::Proxy { destination }) => (
             Some(ProxyOut {
                 destination_service_name: destination,
@@ -141,8 +141,8 @@ impl<'a> ServiceOut<'a> {
             service: &i.name,
             tags: &i.tags,
             address: &i.address,
-            tagged_addresses: &i.tagged_addresses,
-            meta: &i.meta,
+            tagged_addresses: &i.extra.tagged_addresses,
+            meta: &i.extra.meta,
             port: i.port,
             weights: i.weights.into(),
             enable_tag_override: i.enable_tag_override,
@@ -201,9 +201,9 @@ impl<'a> ServiceNodeOut<'a> {
             service_name: &i.name,
             service_tags: &i.tags,
             service_address: &i.address,
-            service_tagged_addresses: &i.tagged_addresses,
+            service_tagged_addresses: &i.extra.tagged_addresses,
             service_weights: i.weights.into(),
-            service_meta: &i.meta,
+            service_meta: &i.extra.meta,
             service_port: i.port,
             service_enable_tag_override: i.enable_tag_override,
             service_proxy: connect_parts(i).0,

@@ -38,8 +38,9 @@ use order::{ByKey, ByService, KeyAt, ServiceAt};
 pub use changes::{ChangeListener, Changes, TableIndexes, Touched};
 pub use commit::{Registry, StoreStatus};
 pub use model::{
-    Behavior, Check, CheckKind, Connect, Health, HttpProbe, Instance, InstanceKey, KvEntry, Meta,
-    Node, Session, Source, TaggedAddress, TcpProbe, Thresholds, Weights,
+    Behavior, Check, CheckKind, Connect, Extra, ExtraFields, Health, HttpProbe, Instance,
+    InstanceKey, KvEntry, Meta, Node, Session, Source, TaggedAddress, TcpProbe, Thresholds,
+    Weights,
 };
 pub use store::{Store, StoreError};
 pub use topics::{Table, Topic};
@@ -305,7 +306,6 @@ impl Txn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn node(name: &str) -> Node {
         Node::new(name.into(), "10.0.0.1".into(), "dc1".into(), Source::Api)
@@ -317,13 +317,11 @@ mod tests {
             id: id.into(),
             name: id.into(),
             tags: Arc::from([]),
-            address: String::new(),
+            address: "".into(),
             port: 80,
-            meta: Meta::new(),
             weights: Weights::default(),
-            tagged_addresses: BTreeMap::new(),
             enable_tag_override: false,
-            connect: None,
+            extra: Default::default(),
             source: Source::Api,
             create_index: 0,
             modify_index: 0,

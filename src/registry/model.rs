@@ -144,21 +144,86 @@ pub struct Instance {
     /// same tags (nearly always): no allocation per instance.
     pub tags: Arc<[Arc<str>]>,
     /// Empty means "the node's address", as in Consul.
-    pub address: String,
+    pub address: Box<str>,
     pub port: u16,
-    pub meta: Meta,
     pub weights: Weights,
-    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
     pub enable_tag_override: bool,
-    /// Consul Connect: a sidecar proxy for another service, or a service
-    /// that speaks Connect natively. Boxed: one pointer on the instances
-    /// (nearly all) that have none. `default`: stores written before it
-    /// load unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect: Option<Box<Connect>>,
     pub source: Source,
+    /// Meta, tagged addresses and Connect, stored and sent as fields of
+    /// the instance.
+    #[serde(flatten)]
+    pub extra: Extra,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// What few instances have: meta, tagged addresses, Connect. Behind one
+/// pointer, absent when all are empty, so that a million instances without
+/// them carry 8 bytes each for the three (the instance fits a 128-byte
+/// block with its reference count). Reads see the fields through `Deref`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extra(Option<Box<ExtraFields>>);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraFields {
+    #[serde(default)]
+    pub meta: Meta,
+    #[serde(default)]
+    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
+    /// Consul Connect: a sidecar proxy for another service, or a service
+    /// that speaks Connect natively. `default`: stores written before it
+    /// load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Connect>,
+}
+
+static NO_EXTRA: ExtraFields = ExtraFields {
+    meta: BTreeMap::new(),
+    tagged_addresses: BTreeMap::new(),
+    connect: None,
+};
+
+impl Extra {
+    pub fn new(
+        meta: Meta,
+        tagged_addresses: BTreeMap<String, TaggedAddress>,
+        connect: Option<Connect>,
+    ) -> Extra {
+        ExtraFields {
+            meta,
+            tagged_addresses,
+            connect,
+        }
+        .into()
+    }
+}
+
+impl From<ExtraFields> for Extra {
+    fn from(f: ExtraFields) -> Extra {
+        match f == NO_EXTRA {
+            true => Extra(None),
+            false => Extra(Some(Box::new(f))),
+        }
+    }
+}
+
+impl std::ops::Deref for Extra {
+    type Target = ExtraFields;
+    fn deref(&self) -> &ExtraFields {
+        self.0.as_deref().unwrap_or(&NO_EXTRA)
+    }
+}
+
+impl Serialize for Extra {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Extra {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Extra, D::Error> {
+        ExtraFields::deserialize(d).map(Extra::from)
+    }
 }
 
 /// How an instance takes part in Consul Connect.
@@ -174,7 +239,7 @@ impl Instance {
     /// The service this instance carries Connect traffic for, if any: its
     /// own name when native, the destination when a proxy.
     pub fn connect_for(&self) -> Option<&str> {
-        match self.connect.as_deref()? {
+        match self.extra.connect.as_ref()? {
             Connect::Native => Some(&self.name),
             Connect::Proxy { destination } => Some(destination),
         }
@@ -182,7 +247,7 @@ impl Instance {
 
     /// Consul's `Kind`: "connect-proxy" for a proxy, "" otherwise.
     pub fn kind(&self) -> &'static str {
-        match self.connect.as_deref() {
+        match self.extra.connect.as_ref() {
             Some(Connect::Proxy { .. }) => "connect-proxy",
             _ => "",
         }
@@ -406,5 +471,38 @@ mod tests {
         let kind: CheckKind = serde_json::from_str(stored).unwrap();
         assert_eq!(serde_json::to_string(&kind).unwrap(), stored);
         assert!(std::mem::size_of::<CheckKind>() <= 24);
+    }
+
+    /// Rows written while meta, tagged addresses and Connect were fields of
+    /// the instance read the same, and write the same fields back; without
+    /// any of them the instance holds no allocation for them.
+    #[test]
+    fn extra_fields_keep_the_stored_shape() {
+        let row = |extra: &str| {
+            format!(
+                r#"{{"node":"n1","id":"web-1","name":"web","tags":["v1"],"address":"","port":80,{extra}"weights":{{"passing":1,"warning":1}},"enable_tag_override":false,"source":"api","create_index":3,"modify_index":4}}"#
+            )
+        };
+        let full = row(
+            r#""meta":{"version":"2"},"tagged_addresses":{"lan":{"Address":"10.0.0.1","Port":80}},"connect":{"Proxy":{"destination":"db"}},"#,
+        );
+        let bare = row(r#""meta":{},"tagged_addresses":{},"#);
+        for stored in [&full, &bare] {
+            let inst: Instance = serde_json::from_str(stored).unwrap();
+            let again: serde_json::Value = serde_json::to_value(&inst).unwrap();
+            let stored: serde_json::Value = serde_json::from_str(stored).unwrap();
+            assert_eq!(again, stored);
+        }
+        let inst: Instance = serde_json::from_str(&full).unwrap();
+        assert_eq!(
+            inst.extra.meta.get("version").map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(inst.extra.tagged_addresses["lan"].port, 80);
+        assert_eq!(inst.connect_for(), Some("db"));
+        let inst: Instance = serde_json::from_str(&bare).unwrap();
+        assert_eq!(inst.extra, Extra::default());
+        // With its reference count, an instance fits a 128-byte block.
+        assert!(std::mem::size_of::<Instance>() <= 112);
     }
 }

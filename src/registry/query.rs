@@ -233,7 +233,7 @@ impl QuerySpec {
             && self
                 .service_meta
                 .iter()
-                .all(|(k, want)| v.instance.meta.get(k) == Some(want))
+                .all(|(k, want)| v.instance.extra.meta.get(k) == Some(want))
             && self
                 .node_meta
                 .iter()

@@ -21,14 +21,14 @@ impl Answers {
     ) -> Option<Entry> {
         let node = v.node?;
         let inst = v.instance;
-        let address = if inst.address.is_empty() {
+        let address: &str = if inst.address.is_empty() {
             &node.address
         } else {
             &inst.address
         };
         let ip: Option<IpAddr> = address.parse().ok();
         let dc = node.datacenter.as_str();
-        let on_node = inst.address.is_empty() || inst.address == node.address;
+        let on_node = inst.address.is_empty() || *inst.address == *node.address;
         let targets: Vec<Name> = match ip {
             Some(_) if on_node => {
                 // A node name with dots (`t2.320`, as Consul allows) is

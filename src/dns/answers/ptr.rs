@@ -55,7 +55,7 @@ impl Answers {
                 };
                 name = v.instance.name.to_string();
                 let a = &v.instance.address;
-                if !a.is_empty() && *a != node.address {
+                if !a.is_empty() && **a != *node.address {
                     if let Ok(ip) = a.parse() {
                         ips.insert(ip);
                     }

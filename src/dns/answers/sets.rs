@@ -150,6 +150,9 @@ impl RecordSet {
     }
 }
 
+/// A service's tags with their sets (see [`ServiceSet`]).
+type TagSets = Box<[(Arc<str>, Option<Box<RecordSet>>)]>;
+
 #[derive(Debug, Default)]
 pub struct ServiceSet {
     pub all: RecordSet,
@@ -157,8 +160,9 @@ pub struct ServiceSet {
     /// service has a few tags, and a slice costs one allocation where a
     /// hash map costs a table. `None` when every instance carries the tag,
     /// as nearly always: the tag answers from `all` (and shares its
-    /// rotation) instead of keeping the same set twice.
-    tags: Box<[(Arc<str>, Option<RecordSet>)]>,
+    /// rotation) instead of keeping the same set twice; boxed, so that such
+    /// a tag costs two pointers.
+    tags: TagSets,
 }
 
 impl ServiceSet {
@@ -172,7 +176,8 @@ impl ServiceSet {
         let mut tags: Vec<_> = tags
             .into_iter()
             .map(|(tag, entries)| {
-                let set = (entries.len() < all.len()).then(|| RecordSet::of(entries, targets));
+                let set =
+                    (entries.len() < all.len()).then(|| Box::new(RecordSet::of(entries, targets)));
                 (tag, set)
             })
             .collect();
@@ -186,7 +191,7 @@ impl ServiceSet {
     /// The instances carrying a lower-cased tag.
     pub fn tag(&self, lower: &str) -> Option<&RecordSet> {
         let i = self.tags.binary_search_by(|(t, _)| (**t).cmp(lower)).ok()?;
-        Some(self.tags[i].1.as_ref().unwrap_or(&self.all))
+        Some(self.tags[i].1.as_deref().unwrap_or(&self.all))
     }
 
     /// The lower-cased tags some instance carries, sorted.

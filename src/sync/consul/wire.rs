@@ -68,16 +68,16 @@ pub(super) struct CConnect {
 }
 
 impl CService {
-    pub(super) fn connect(&self) -> Option<Box<Connect>> {
+    pub(super) fn connect(&self) -> Option<Connect> {
         let destination = self
             .proxy
             .as_ref()
             .map(|p| p.destination_service_name.as_str());
         match (self.kind.as_str(), destination) {
-            ("connect-proxy", Some(d)) if !d.is_empty() => Some(Box::new(Connect::Proxy {
+            ("connect-proxy", Some(d)) if !d.is_empty() => Some(Connect::Proxy {
                 destination: d.to_string(),
-            })),
-            _ if self.connect.as_ref().is_some_and(|c| c.native) => Some(Box::new(Connect::Native)),
+            }),
+            _ if self.connect.as_ref().is_some_and(|c| c.native) => Some(Connect::Native),
             _ => None,
         }
     }

@@ -415,7 +415,7 @@ mod tests {
     fn names(c: &Contribution) -> Vec<(String, String, u16)> {
         c.instances
             .iter()
-            .map(|i| (i.name.to_string(), i.address.clone(), i.port))
+            .map(|i| (i.name.to_string(), i.address.to_string(), i.port))
             .collect()
     }
 
