@@ -15,6 +15,25 @@ use equivalent::{Comparable, Equivalent};
 
 use super::model::{Instance, InstanceKey};
 
+/// Equality and partial order from a type's `Ord`, for the two orders.
+macro_rules! ordered_by_cmp {
+    ($t:ty) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.cmp(other) == Ordering::Equal
+            }
+        }
+
+        impl Eq for $t {}
+
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+    };
+}
+
 /// An instance in key order.
 #[derive(Clone, Debug)]
 pub(super) struct ByKey(pub(super) Arc<Instance>);
@@ -25,19 +44,7 @@ impl ByKey {
     }
 }
 
-impl PartialEq for ByKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for ByKey {}
-
-impl PartialOrd for ByKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ordered_by_cmp!(ByKey);
 
 impl Ord for ByKey {
     fn cmp(&self, other: &Self) -> Ordering {
@@ -77,34 +84,18 @@ impl Comparable<ByKey> for InstanceKey {
 #[derive(Clone, Debug)]
 pub(super) struct ByService(pub(super) Arc<Instance>);
 
-/// `name` lower-cased, compared with `lower`, without allocating.
-fn cmp_folded(lower: &str, name: &str) -> Ordering {
-    lower
-        .bytes()
-        .cmp(name.bytes().map(|b| b.to_ascii_lowercase()))
+/// A name's bytes lower-cased, to compare without allocating.
+fn folded(name: &str) -> impl Iterator<Item = u8> + '_ {
+    name.bytes().map(|b| b.to_ascii_lowercase())
 }
 
-impl PartialEq for ByService {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for ByService {}
-
-impl PartialOrd for ByService {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
+ordered_by_cmp!(ByService);
 
 impl Ord for ByService {
     fn cmp(&self, other: &Self) -> Ordering {
         let (a, b) = (&self.0, &other.0);
-        a.name
-            .bytes()
-            .map(|b| b.to_ascii_lowercase())
-            .cmp(b.name.bytes().map(|b| b.to_ascii_lowercase()))
+        folded(&a.name)
+            .cmp(folded(&b.name))
             .then_with(|| (&*a.node, &*a.id).cmp(&(&*b.node, &*b.id)))
     }
 }
@@ -122,6 +113,9 @@ impl Equivalent<ByService> for ServiceAt<'_> {
 impl Comparable<ByService> for ServiceAt<'_> {
     fn compare(&self, key: &ByService) -> Ordering {
         let i = &key.0;
-        cmp_folded(self.0, &i.name).then_with(|| (self.1, self.2).cmp(&(&*i.node, &*i.id)))
+        self.0
+            .bytes()
+            .cmp(folded(&i.name))
+            .then_with(|| (self.1, self.2).cmp(&(&*i.node, &*i.id)))
     }
 }

@@ -79,12 +79,7 @@ impl State {
         if let Some(neighbour) = neighbour {
             inst.node = Arc::clone(&neighbour.0.node);
         }
-        let inst = Arc::new(inst);
-        if self
-            .by_service
-            .insert(ByService(Arc::clone(&inst)))
-            .is_none()
-        {
+        if self.put(Arc::new(inst)) {
             match self.services.get_mut(lower.as_str()) {
                 Some(e) => e.instances += 1,
                 None => {
@@ -96,8 +91,18 @@ impl State {
                 }
             }
         }
-        self.instances.insert(ByKey(inst));
         lower
+    }
+
+    /// Puts an instance in both orders, replacing the entry with its key;
+    /// true when it is new to its service.
+    fn put(&mut self, inst: Arc<Instance>) -> bool {
+        let new = self
+            .by_service
+            .insert(ByService(Arc::clone(&inst)))
+            .is_none();
+        self.instances.insert(ByKey(inst));
+        new
     }
 
     /// Takes an instance out of the key order only; `unindex_service`
@@ -111,10 +116,7 @@ impl State {
         if let Some(old) = self.instance(key) {
             let mut inst = old.clone();
             inst.create_index = create;
-            let inst = Arc::new(inst);
-            // Equal in both orders: each replaces the old entry.
-            self.by_service.insert(ByService(Arc::clone(&inst)));
-            self.instances.insert(ByKey(inst));
+            self.put(Arc::new(inst));
         }
     }
 

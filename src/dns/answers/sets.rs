@@ -138,8 +138,8 @@ pub struct RecordSet {
 impl RecordSet {
     /// A set of `entries`, with what is derived from them: `targets`
     /// distinct SRV targets, and whether every weight is the same.
-    pub fn of(entries: Vec<Arc<Entry>>, targets: u32) -> RecordSet {
-        let mut entries = entries;
+    pub fn of(mut entries: Vec<Arc<Entry>>, targets: u32) -> RecordSet {
+        // Built by pushing: give back the growth room it will never use.
         entries.shrink_to_fit();
         RecordSet {
             uniform: entries.windows(2).all(|p| p[0].weight == p[1].weight),
