@@ -11,6 +11,8 @@
 #   SERVICES=0 AGENT=100000 TTL=1 benches/memory-binary.sh  # a TTL check each
 #   SERVICES=100000 PER=10 PER_NODE=10 benches/memory-binary.sh  # issue 29's million
 #   SERVICES=0 API=1000000 PER=10 PER_NODE=10 benches/memory-binary.sh  # the same over HTTP
+#   DATA=/tmp/store SERVICES=0 API=1000000 PER=10 PER_NODE=10 benches/memory-binary.sh
+#   DATA=/tmp/store SERVICES=0 benches/memory-binary.sh   # restart from that store alone
 #
 # PER: instances per service (5); PER_NODE: instances per node (1). API
 # registrations go over CONNS connections at once (16), so that the store's
@@ -24,7 +26,11 @@ per=${PER:-5}
 per_node=${PER_NODE:-1}
 
 cargo build --release --manifest-path "$root/Cargo.toml" --bin signpost
-mkdir -p "$work/zones" "$work/data"
+# DATA: a store directory kept after the run (and restored from when it
+# already holds one), so a restart can be measured again without
+# registering everything anew.
+data=${DATA:-$work/data}
+mkdir -p "$work/zones" "$data"
 python3 - "$services" "$per" "$per_node" > "$work/zones/all.json" <<'EOF'
 import json, sys
 services, per, per_node = map(int, sys.argv[1:4])
@@ -41,9 +47,10 @@ json.dump(out, sys.stdout)
 EOF
 
 "$root/target/release/signpost" --dns 127.0.0.1:0 --http 127.0.0.1:0 --zones "$work/zones" \
-  --data-dir "$work/data" --node bench --log-level info > "$work/log" 2>&1 &
+  --data-dir "$data" --node bench --log-level info > "$work/log" 2>&1 &
 pid=$!
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$pid/status"; }
+hwm() { awk '/VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$pid/status"; }
 # The HTTP address is logged at startup; the zones are loaded before it is.
 for _ in $(seq 300); do
   http=$(grep -o 'serving HTTP on [0-9.:]*' "$work/log" | grep -o '[0-9.]*:[0-9]*$' || true)
@@ -54,7 +61,7 @@ done
 count=$(curl -s "http://$http/v1/catalog/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
 # The allocator hands back the parse's peak over a few seconds.
 sleep 8
-echo "$services x $per instances, $per_node a node, from a definition file ($count services): RSS $(rss)"
+echo "$services x $per instances, $per_node a node, from a definition file, and the store ($count services): RSS $(rss), peak $(hwm)"
 
 if [ "${AGENT:-0}" -gt 0 ]; then
   # Through the agent API, as most deployments register, each with a TTL
@@ -107,12 +114,16 @@ EOF
   kill $pid; wait $pid 2>/dev/null || true
   : > "$work/log"
   "$root/target/release/signpost" --dns 127.0.0.1:0 --http 127.0.0.1:0 --zones "$work/zones" \
-    --data-dir "$work/data" --node bench --log-level info > "$work/log" 2>&1 &
+    --data-dir "$data" --node bench --log-level info > "$work/log" 2>&1 &
   pid=$!
-  for _ in $(seq 600); do
+  started=$(date +%s)
+  for _ in $(seq 3000); do
     grep -q 'serving HTTP on' "$work/log" && break
     sleep 0.1
   done
-  sleep 2
-  echo "after a restart that restores them from the store: RSS $(rss)"
+  http=$(grep -o 'serving HTTP on [0-9.:]*' "$work/log" | grep -o '[0-9.]*:[0-9]*$')
+  back=$(curl -s "http://$http/v1/catalog/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+  restored=$(( $(date +%s) - started ))
+  sleep 8
+  echo "after a restart that restores them from the store ($back services back in $restored s, store $(du -sh "$data" | cut -f1)): RSS $(rss), peak $(hwm)"
 fi

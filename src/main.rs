@@ -142,7 +142,11 @@ fn main() -> ExitCode {
                     "open file limit: {now} (soft limit was {before}; the hard limit caps it)"
                 );
             }
-            let result = tokio::runtime::Runtime::new()
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .on_thread_unpark(signpost::alloc::worker_busy)
+                .on_thread_park(signpost::alloc::worker_idle)
+                .build()
                 .context("cannot start the async runtime")
                 .and_then(|rt| rt.block_on(run(config, cli.opts)));
             // Leave without exit-time destructors: a SIGTERM during startup

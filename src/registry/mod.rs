@@ -328,6 +328,27 @@ mod tests {
         }
     }
 
+    /// Instances read from the store share their service's name and tags
+    /// and their node's name with the first read, whatever the case of the
+    /// service name, before any of them reaches a state.
+    #[test]
+    fn instances_read_from_the_store_share_their_strings() {
+        let mut sharing = state::Sharing::default();
+        let mut loaded = Vec::new();
+        for (node, id, name) in [("n1", "a", "web"), ("n1", "b", "Web"), ("n2", "c", "web")] {
+            let mut i = instance(node, id);
+            i.name = name.into();
+            i.tags = ["v1", "primary"].map(Arc::from).into();
+            sharing.share(&mut i, &loaded);
+            loaded.push(i);
+        }
+        let [a, b, c] = &loaded[..] else { unreachable!() };
+        assert!(Arc::ptr_eq(&a.tags, &b.tags) && Arc::ptr_eq(&a.tags, &c.tags));
+        assert!(Arc::ptr_eq(&a.name, &c.name), "same spelling: one string");
+        assert_eq!(&*b.name, "Web", "another spelling is kept as registered");
+        assert!(Arc::ptr_eq(&a.node, &b.node) && !Arc::ptr_eq(&a.node, &c.node));
+    }
+
     /// A node's instances are a range of the instance map; names that
     /// extend one another ("web", "web-2", "web2") must not bleed into it.
     #[test]

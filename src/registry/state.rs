@@ -329,6 +329,38 @@ impl State {
     }
 }
 
+/// Shares strings between instances as they are read from the store, one
+/// at a time, before any is in a [`State`]: a restart of a million reads
+/// them all first, and copies dropped only after the last was read would
+/// leave the allocator's pages a third empty for good.
+#[derive(Default)]
+pub(super) struct Sharing {
+    /// Lower-cased service name → where its first instance is in the
+    /// loaded list.
+    services: std::collections::HashMap<String, usize>,
+    nodes: std::collections::HashSet<Arc<str>>,
+}
+
+impl Sharing {
+    /// Points `inst`'s service name, tags and node at those of an instance
+    /// of `loaded` (read before it), where they are equal.
+    pub(super) fn share(&mut self, inst: &mut Instance, loaded: &[Instance]) {
+        let lower = inst.name.to_ascii_lowercase();
+        match self.services.get(&lower) {
+            Some(&i) => share_service_strings(inst, &loaded[i]),
+            None => {
+                self.services.insert(lower, loaded.len());
+            }
+        }
+        match self.nodes.get(&inst.node) {
+            Some(node) => inst.node = Arc::clone(node),
+            None => {
+                self.nodes.insert(Arc::clone(&inst.node));
+            }
+        }
+    }
+}
+
 /// Points `inst`'s name and tags at `sibling`'s (another instance of the
 /// same service) where they are equal.
 fn share_service_strings(inst: &mut Instance, sibling: &Instance) {

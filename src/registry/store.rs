@@ -434,10 +434,11 @@ impl Store {
         for row in txn.open_table(NODES)?.iter()? {
             saved.nodes.push(serde_json::from_slice(row?.1.value())?);
         }
+        let mut sharing = super::state::Sharing::default();
         for row in txn.open_table(INSTANCES)?.iter()? {
-            saved
-                .instances
-                .push(serde_json::from_slice(row?.1.value())?);
+            let mut inst = serde_json::from_slice(row?.1.value())?;
+            sharing.share(&mut inst, &saved.instances);
+            saved.instances.push(inst);
         }
         for row in txn.open_table(CHECKS)?.iter()? {
             saved.checks.push(serde_json::from_slice(row?.1.value())?);
