@@ -342,7 +342,9 @@ mod tests {
             sharing.share(&mut i, &loaded);
             loaded.push(i);
         }
-        let [a, b, c] = &loaded[..] else { unreachable!() };
+        let [a, b, c] = &loaded[..] else {
+            unreachable!()
+        };
         assert!(Arc::ptr_eq(&a.tags, &b.tags) && Arc::ptr_eq(&a.tags, &c.tags));
         assert!(Arc::ptr_eq(&a.name, &c.name), "same spelling: one string");
         assert_eq!(&*b.name, "Web", "another spelling is kept as registered");
