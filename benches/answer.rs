@@ -1,7 +1,10 @@
 //! Query bytes in → response bytes out, in process: the cost of the DNS
 //! handler alone, against a registry of 1,000 services × 5 instances (the
 //! load benchmark's data), plus one service of 5,000 instances answered
-//! over TCP to show that answer cost does not grow with what is registered.
+//! over TCP to show that answer cost does not grow with what is registered;
+//! and the same three-record answer as the catalog grows from 10,000 to
+//! 1,000,000 instances in total and from 5 to 5,000 per service
+//! (`cargo bench --bench answer -- scale`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -76,6 +79,75 @@ fn handler() -> Handler {
         }
     });
     Handler::new(answers, Vec::new(), None)
+}
+
+/// A handler over `services` services of `per` instances each, ten
+/// instances to a node, plus one service `probe` of `probe_size`.
+fn catalog(services: usize, per: usize, probe_size: usize) -> Handler {
+    let mut config = Config::ephemeral();
+    config.node = "bench".into();
+    let answers = Arc::new(Answers::new(config.answer_config()));
+    let registry = Registry::new(answers.clone());
+    registry.write(|txn| {
+        let mut place = |k: usize, id: String, name: &str| {
+            let n = format!("n{}", k / 10);
+            if k.is_multiple_of(10) {
+                txn.upsert_node(node(n.clone(), addr(k / 10 + 1)));
+            }
+            txn.upsert_instance(instance(&n, id, name, 8080));
+        };
+        for s in 0..services {
+            for i in 0..per {
+                place(s * per + i, format!("s{s}-{i}"), &format!("s{s}"));
+            }
+        }
+        for i in 0..probe_size {
+            place(services * per + i, format!("probe-{i}"), "probe");
+        }
+    });
+    Handler::new(answers, Vec::new(), None)
+}
+
+/// The same answer (three A records: Consul's `udp_answer_limit` without
+/// EDNS) from catalogs of growing size, and from services of growing size:
+/// a query's cost must follow what it writes, not what is registered.
+fn scale(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scale");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(std::time::Duration::from_secs(3));
+    let q = query("probe.service.consul.", RecordType::A, false);
+    let cases = [
+        ("total 10,000, 10 per service", 999, 10, 10),
+        ("total 100,000, 10 per service", 9_999, 10, 10),
+        ("total 1,000,000, 10 per service", 99_999, 10, 10),
+        ("total 100,000, 5 per service", 9_999, 10, 5),
+        ("total 100,000, 50 per service", 9_995, 10, 50),
+        ("total 100,000, 500 per service", 9_950, 10, 500),
+        ("total 100,000, 5,000 per service", 9_500, 10, 5_000),
+    ];
+    let mut out = Vec::with_capacity(65535);
+    let mut scratch = Scratch::default();
+    for (name, services, per, probe) in cases {
+        let h = catalog(services, per, probe);
+        assert_eq!(
+            h.handle(&q, Transport::Udp, CLIENT, &mut out, &mut scratch),
+            Outcome::Reply
+        );
+        assert_eq!(u16::from_be_bytes([out[6], out[7]]), 3, "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                h.handle(
+                    black_box(&q),
+                    Transport::Udp,
+                    CLIENT,
+                    &mut out,
+                    &mut scratch,
+                );
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
 }
 
 fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
@@ -232,5 +304,5 @@ fn write_with_queries(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, write, write_with_queries);
+criterion_group!(benches, bench, write, write_with_queries, scale);
 criterion_main!(benches);

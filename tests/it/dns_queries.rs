@@ -219,6 +219,41 @@ async fn record_order_rotates() {
     srv.stop().await;
 }
 
+/// Past 64 entries a set is ordered by a random affine walk rather than a
+/// shuffle: every answer must still hold each instance once, and both the
+/// first record and the step between records must vary.
+#[tokio::test]
+async fn large_sets_are_answered_whole_in_varying_orders() {
+    let zones = ZoneDir::new(&[("big.json", &crate::zones::bench_catalog(1, 200))]);
+    let srv = TestServer::start(Some(zones.path())).await;
+    let mut firsts = std::collections::BTreeSet::new();
+    let mut next: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for _ in 0..30 {
+        let m = query(srv.dns, Via::Tcp, "s0.service.consul.", RecordType::A).await;
+        let got: Vec<String> = m.answers.iter().map(|r| r.to_string()).collect();
+        let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+        assert_eq!(
+            (got.len(), distinct.len()),
+            (200, 200),
+            "each instance once"
+        );
+        firsts.insert(got[0].clone());
+        for w in got.windows(2) {
+            next.entry(w[0].clone()).or_default().insert(w[1].clone());
+        }
+    }
+    assert!(firsts.len() > 15, "starts vary: {} of 30", firsts.len());
+    // One stride would give every record one successor; 64 strides give
+    // most of them a different one in most of the 30 answers.
+    let successors: usize = next.values().map(|s| s.len()).sum();
+    assert!(
+        successors > 10 * 200,
+        "strides vary: {successors} successor pairs"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn question_case_is_echoed_and_matching_ignores_case() {
     let (srv, _zones) = server().await;

@@ -40,6 +40,11 @@ impl Handler {
         s.written.clear();
         let mut matched = false;
         let mut cname: Option<u32> = None;
+        // The affine walk's next position, advanced without a division.
+        let mut at_affine = match draw {
+            Draw::Affine { start, .. } => start,
+            _ => 0,
+        };
         for i in 0..n {
             let idx = match draw {
                 Draw::Lazy => {
@@ -48,7 +53,14 @@ impl Handler {
                     s.order[i]
                 }
                 Draw::Fixed => s.order[i],
-                Draw::Affine { start, stride } => ((start + i * stride) % n) as u32,
+                Draw::Affine { stride, .. } => {
+                    let idx = at_affine as u32;
+                    at_affine += stride;
+                    if at_affine >= n {
+                        at_affine -= n;
+                    }
+                    idx
+                }
             };
             let e = &set.entries[idx as usize];
             if !wants(e) {
