@@ -43,6 +43,32 @@ for label, mode, field, higher_better in metrics:
             ratios.append(f"{a / b:.2f}")
     print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 
+# The same ratios rotation by rotation (each peer against signpost's run of
+# the same rotation), so a median comes with its spread.
+runs = sorted({r["run"] for r in rows}, key=int)
+if len(runs) > 1:
+    print()
+    print(f"Per rotation ({len(runs)} rotations): median (min-max) of signpost / peer")
+    print()
+    peers = [s for s in servers if s != "signpost"]
+    print("| measure | " + " | ".join(f"signpost / {s}" for s in peers) + " |")
+    print("|---" * (1 + len(peers)) + "|")
+    for label, mode, field, higher_better in metrics[:4]:
+        cells = []
+        for peer in peers:
+            ratios = []
+            for run in runs:
+                def one(name):
+                    v = [float(r[field]) for r in rows if r["name"] == name and r["mode"] == mode
+                         and r["run"] == run and r[field] not in ("", None)]
+                    return v[0] if v else None
+                a, b = one("signpost"), one(peer)
+                if a is not None and b:
+                    ratios.append(a / b)
+            cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                         if ratios else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
 qps = {}
 for mode in ("udp", "tcp"):
     f = work / f"signpost-{mode}.txt"
