@@ -8,7 +8,7 @@
 //! so a write is visible in DNS by the time its caller acknowledges it.
 //!
 //! API writes are made durable first, through one seam: [`store::Durable`],
-//! which the committer thread (`commit`) hands each batch. The embedded redb
+//! which the committer thread (`commit::committer`) hands each batch. The embedded redb
 //! store (`store`) implements it; a replicated store is a second
 //! implementation of the same thing.
 
