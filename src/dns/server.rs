@@ -276,10 +276,9 @@ fn udp_loop(
                 }
             }
         }
-        let elapsed = started.elapsed();
-        for reply in batch.replies() {
-            handler.stats().record(false, reply, elapsed);
-        }
+        handler
+            .stats()
+            .record_udp_batch(batch.replies(), started.elapsed());
         batch.send(&sock);
     }
 }

@@ -143,15 +143,19 @@ impl Batch {
             msg.msg_hdr.msg_flags = 0;
             msg.msg_len = 0;
         }
+        // Through syscall(2), not libc's wrapper: the wrapper is a thread
+        // cancellation point, which costs two calls into libc a batch that
+        // this thread, never cancelled, does not need (so `send` too).
         // SAFETY: every pointer in `msgs` points into buffers owned by
         // `self`, sized as declared, alive for the call.
         let n = unsafe {
-            libc::recvmmsg(
+            libc::syscall(
+                libc::SYS_recvmmsg,
                 sock.as_raw_fd(),
                 self.msgs.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
+                std::ptr::null_mut::<libc::timespec>(),
             )
         };
         if n < 0 {
@@ -223,7 +227,8 @@ impl Batch {
             // SAFETY: as in `receive`; the replies and addresses outlive
             // the call.
             let n = unsafe {
-                libc::sendmmsg(
+                libc::syscall(
+                    libc::SYS_sendmmsg,
                     sock.as_raw_fd(),
                     self.out_msgs[sent..].as_mut_ptr(),
                     (count - sent) as libc::c_uint,
