@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Outcome, Scratch};
-use super::udp::{enable_timestamps, Batch, Stamp};
+use super::udp::{dont_fragment, enable_timestamps, send_reply, Batch, Stamp};
 use super::wire::Transport;
 
 /// How often an idle UDP thread looks at the stop flag.
@@ -52,6 +52,9 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     s.set_read_timeout(Some(UDP_STOP_POLL))?;
     let sock: UdpSocket = s.into();
     enable_timestamps(&sock)?;
+    if addr.is_ipv4() {
+        dont_fragment(&sock)?;
+    }
     Ok(sock)
 }
 
@@ -246,7 +249,7 @@ fn udp_loop(
                                 handler.stats().record(false, &reply, started.elapsed());
                                 batch.cancel_reply();
                                 if !reply.is_empty() {
-                                    let _ = sock.send_to(&reply, peer);
+                                    let _ = send_reply(&sock, &reply, peer);
                                 }
                                 continue;
                             }
@@ -268,7 +271,7 @@ fn udp_loop(
                                 super::wire::log_query(peer, "udp", &reply, started.elapsed());
                             }
                             if !reply.is_empty() {
-                                let _ = sock.send_to(&reply, peer);
+                                let _ = send_reply(&sock, &reply, peer);
                             }
                         },
                         runtime,

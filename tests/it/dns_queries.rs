@@ -363,3 +363,75 @@ async fn no_question_and_two_questions_get_formerr() {
     }
     srv.stop().await;
 }
+
+/// IPv4 replies go out with Don't Fragment set; one bigger than the link
+/// (a trusted client's, past 1232 bytes) is refused by the kernel and must
+/// then go out fragmented, whole. Loopback in a namespace of the test's
+/// own, its MTU lowered to Ethernet's 1500.
+#[test]
+fn a_reply_bigger_than_the_link_still_goes_out_over_udp() {
+    if !have("dig") {
+        return missing_tool("dig", "dnsutils", "a UDP client that offers 8192 bytes");
+    }
+    let Some(mut ns) = Netns::new("mtu") else {
+        return;
+    };
+    assert!(ns
+        .exec(&["ip", "link", "set", "lo", "mtu", "1500"])
+        .status()
+        .unwrap()
+        .success());
+    let zones = ZoneDir::new(&[("big.json", &crate::zones::bench_catalog(1, 200))]);
+    let child = ns
+        .exec(&[
+            env!("CARGO_BIN_EXE_signpost"),
+            "--dns",
+            "127.0.0.1:53",
+            "--http",
+            "127.0.0.1:8500",
+            "--zones",
+            zones.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ns.children.push(child);
+    let dig = |bufsize: &str| {
+        let out = ns
+            .exec(&[
+                "dig",
+                "@127.0.0.1",
+                bufsize,
+                "+notcp",
+                "+ignore",
+                "+tries=1",
+                "+time=2",
+                "s0.service.consul",
+                "A",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut out = dig("+bufsize=8192");
+    while !out.contains("ANSWER: 200") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        out = dig("+bufsize=8192");
+    }
+    let size: usize = out
+        .lines()
+        .find_map(|l| l.split("MSG SIZE  rcvd: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        out.contains("ANSWER: 200") && size > 1500,
+        "a {size}-byte reply over UDP:\n{out}"
+    );
+    assert!(!out.contains(" tc"), "not truncated:\n{out}");
+    // A client offering the fragmentation-safe size gets a truncated
+    // reply that fits, as before.
+    let small = dig("+bufsize=1232");
+    assert!(small.contains("flags: qr aa tc"), "{small}");
+}

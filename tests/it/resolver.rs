@@ -233,65 +233,13 @@ async fn no_recursors_no_ra() {
     srv.stop().await;
 }
 
-/// A network namespace of the test's own, removed on drop.
-struct Netns {
-    name: String,
-    children: Vec<std::process::Child>,
-}
-
-impl Netns {
-    fn exec(&self, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
-    }
-}
-
 /// signpost on port 53 of a namespace's loopback as its only nameserver;
 /// glibc (`getent hosts`) resolves a service and a forwarded name.
 #[test]
 fn glibc_resolves_through_signpost_on_port_53_in_a_network_namespace() {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let have_ip = std::process::Command::new("ip").arg("-V").output().is_ok();
-    if !root || !have_ip {
-        return missing_tool(
-            "root or ip",
-            "iproute2 (and run as root)",
-            "a network namespace",
-        );
-    }
-    let ns = Netns {
-        name: format!("signpost-test-{}", std::process::id()),
-        children: Vec::new(),
+    let Some(mut ns) = Netns::new("resolver") else {
+        return;
     };
-    assert!(std::process::Command::new("ip")
-        .args(["netns", "add", &ns.name])
-        .status()
-        .unwrap()
-        .success());
-    let mut ns = ns;
-    assert!(ns
-        .exec(&["ip", "link", "set", "lo", "up"])
-        .status()
-        .unwrap()
-        .success());
     std::fs::create_dir_all(format!("/etc/netns/{}", ns.name)).unwrap();
     std::fs::write(
         format!("/etc/netns/{}/resolv.conf", ns.name),

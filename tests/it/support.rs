@@ -499,3 +499,65 @@ pub(crate) fn without_serial(lines: Vec<String>) -> Vec<String> {
         })
         .collect()
 }
+
+/// A network namespace of the test's own with its loopback up, removed
+/// (with the processes started in it) on drop.
+pub(crate) struct Netns {
+    pub name: String,
+    pub children: Vec<std::process::Child>,
+}
+
+impl Netns {
+    /// A new namespace, or `None` (after [`missing_tool`]) where this is
+    /// not root or has no `ip`.
+    pub(crate) fn new(tag: &str) -> Option<Netns> {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        if !root || !have("ip") {
+            missing_tool(
+                "root or ip",
+                "iproute2 (and run as root)",
+                "a network namespace",
+            );
+            return None;
+        }
+        let ns = Netns {
+            name: format!("signpost-{tag}-{}", std::process::id()),
+            children: Vec::new(),
+        };
+        assert!(std::process::Command::new("ip")
+            .args(["netns", "add", &ns.name])
+            .status()
+            .unwrap()
+            .success());
+        assert!(ns
+            .exec(&["ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success());
+        Some(ns)
+    }
+
+    /// `args` run inside the namespace.
+    pub(crate) fn exec(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+    }
+}
