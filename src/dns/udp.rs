@@ -294,8 +294,7 @@ impl Batch {
                 )
             };
             if n <= 0 {
-                let refused = io::Error::last_os_error();
-                if refused.raw_os_error() == Some(libc::EMSGSIZE) {
+                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EMSGSIZE) {
                     let i = self.reply_to[sent];
                     let len = self.msgs[i].msg_hdr.msg_namelen;
                     if let Some(to) = sockaddr(&self.addrs[i], len).filter(|a| a.is_ipv4()) {
