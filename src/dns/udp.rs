@@ -50,8 +50,8 @@ pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
 /// datagram from an unconnected socket IP ID 0 instead of hashing one from
 /// a shared table (3.6 % of the core at 400k replies a second). A reply too
 /// big for the link (a trusted client's, up to `udp_payload_max_trusted`)
-/// is refused with EMSGSIZE and goes out fragmented through
-/// [`send_fragmentable`], as it did before.
+/// is refused with EMSGSIZE and goes out fragmented, as it did before
+/// ([`send_reply`], and [`Batch::send`] for the rest of its batch).
 pub fn dont_fragment(sock: &UdpSocket) -> io::Result<()> {
     set_pmtudisc(sock, libc::IP_PMTUDISC_PROBE)
 }
@@ -93,7 +93,7 @@ pub fn send_reply(sock: &UdpSocket, reply: &[u8], to: SocketAddr) -> io::Result<
 
 /// Sends one IPv4 reply that may be fragmented, on a socket set by
 /// [`dont_fragment`].
-pub fn send_fragmentable(sock: &UdpSocket, reply: &[u8], to: SocketAddr) -> io::Result<usize> {
+fn send_fragmentable(sock: &UdpSocket, reply: &[u8], to: SocketAddr) -> io::Result<usize> {
     let _held = FRAGMENTING.lock().unwrap_or_else(|e| e.into_inner());
     set_pmtudisc(sock, libc::IP_PMTUDISC_DONT)?;
     let sent = sock.send_to(reply, to);
@@ -281,6 +281,10 @@ impl Batch {
             hdr.msg_flags = 0;
         }
         let mut sent = 0;
+        // Set once a reply was too big for the link: the rest of the batch
+        // then goes out allowed to fragment, so that a flood of big replies
+        // costs two more system calls a batch rather than three a reply.
+        let mut fragmenting = None;
         while sent < count {
             // SAFETY: as in `receive`; the replies and addresses outlive
             // the call.
@@ -293,21 +297,26 @@ impl Batch {
                     0,
                 )
             };
-            if n <= 0 {
-                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EMSGSIZE) {
-                    let i = self.reply_to[sent];
-                    let len = self.msgs[i].msg_hdr.msg_namelen;
-                    if let Some(to) = sockaddr(&self.addrs[i], len).filter(|a| a.is_ipv4()) {
-                        let _ = send_fragmentable(sock, &self.replies[sent], to);
-                    }
-                }
-                // Skip the reply the kernel refused (too big for the link:
-                // sent above, fragmented; or e.g. an unreachable
-                // destination) and go on with the rest.
-                sent += 1;
-            } else {
+            if n > 0 {
                 sent += n as usize;
+                continue;
             }
+            let too_big =
+                n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EMSGSIZE);
+            let i = self.reply_to[sent];
+            if too_big && fragmenting.is_none() && self.addrs[i].ss_family == libc::AF_INET as u16 {
+                let held = FRAGMENTING.lock().unwrap_or_else(|e| e.into_inner());
+                if set_pmtudisc(sock, libc::IP_PMTUDISC_DONT).is_ok() {
+                    fragmenting = Some(held);
+                    continue;
+                }
+            }
+            // Skip the reply the kernel refused (e.g. an unreachable
+            // destination) and go on with the rest.
+            sent += 1;
+        }
+        if fragmenting.is_some() {
+            let _ = set_pmtudisc(sock, libc::IP_PMTUDISC_PROBE);
         }
         count
     }
