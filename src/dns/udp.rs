@@ -7,7 +7,8 @@
 //! that waited in the socket's bounded receive queue longer than the shed
 //! limit is dropped unanswered, so under overload the oldest queries, whose
 //! clients are giving up, go first and the backlog never grows past the
-//! queue.
+//! queue. IPv4 replies carry Don't Fragment unless too big for the link
+//! ([`dont_fragment`]).
 
 use std::io;
 use std::mem::{size_of, zeroed};
