@@ -19,7 +19,7 @@ use signpost::dns::answers::Answers;
 use signpost::dns::handler::{Handler, Outcome, Scratch};
 use signpost::dns::wire::Transport;
 use signpost::registry::query::PreparedQuery;
-use signpost::registry::{Instance, Node, Registry, Source, Weights};
+use signpost::registry::{Instance, Node, Registry, Source, Txn, Weights};
 use signpost::Config;
 
 const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -54,12 +54,18 @@ fn instance(node: &str, id: String, name: &str, port: u16) -> Instance {
     }
 }
 
-fn handler() -> Handler {
+/// A handler over a registry that `fill` writes.
+fn handler_with(fill: impl FnOnce(&mut Txn<'_>)) -> Handler {
     let mut config = Config::ephemeral();
     config.node = "bench".into();
     let answers = Arc::new(Answers::new(config.answer_config()));
     let registry = Registry::new(answers.clone());
-    registry.write(|txn| {
+    registry.write(fill);
+    Handler::new(answers, Vec::new(), None)
+}
+
+fn handler() -> Handler {
+    handler_with(|txn| {
         for i in 0..1000 {
             for k in 0..5 {
                 let n = format!("n{i}-{k}");
@@ -77,18 +83,13 @@ fn handler() -> Handler {
             txn.upsert_node(node(n.clone(), addr(100_000 + k)));
             txn.upsert_instance(instance(&n, format!("big-{k}"), "big", 9000));
         }
-    });
-    Handler::new(answers, Vec::new(), None)
+    })
 }
 
 /// A handler over `services` services of `per` instances each, ten
 /// instances to a node, plus one service `probe` of `probe_size`.
 fn catalog(services: usize, per: usize, probe_size: usize) -> Handler {
-    let mut config = Config::ephemeral();
-    config.node = "bench".into();
-    let answers = Arc::new(Answers::new(config.answer_config()));
-    let registry = Registry::new(answers.clone());
-    registry.write(|txn| {
+    handler_with(|txn| {
         let mut place = |k: usize, id: String, name: &str| {
             let n = format!("n{}", k / 10);
             if k.is_multiple_of(10) {
@@ -104,8 +105,7 @@ fn catalog(services: usize, per: usize, probe_size: usize) -> Handler {
         for i in 0..probe_size {
             place(services * per + i, format!("probe-{i}"), "probe");
         }
-    });
-    Handler::new(answers, Vec::new(), None)
+    })
 }
 
 /// The same answer (three A records: Consul's `udp_answer_limit` without

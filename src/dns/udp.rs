@@ -26,22 +26,7 @@ const CMSG_SPACE: usize = 64;
 
 /// Asks the kernel to stamp datagrams with their arrival time.
 pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a plain setsockopt on a socket we own, with a c_int option.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            &on as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_int_option(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// IPv4 replies go out with Don't Fragment set and the path MTU ignored
@@ -51,20 +36,31 @@ pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
 /// datagram from an unconnected socket IP ID 0 instead of hashing one from
 /// a shared table (3.6 % of the core at 400k replies a second). A reply too
 /// big for the link (a trusted client's, up to `udp_payload_max_trusted`)
-/// is refused with EMSGSIZE and goes out fragmented, as it did before
-/// ([`send_reply`], and [`Batch::send`] for the rest of its batch).
+/// is refused with EMSGSIZE and goes out fragmented, as it did before,
+/// under a `Fragmenting` ([`send_reply`], and [`Batch::send`] for the
+/// rest of its batch).
 pub fn dont_fragment(sock: &UdpSocket) -> io::Result<()> {
-    set_pmtudisc(sock, libc::IP_PMTUDISC_PROBE)
+    set_int_option(
+        sock,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )
 }
 
-fn set_pmtudisc(sock: &UdpSocket, mode: libc::c_int) -> io::Result<()> {
+fn set_int_option(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a plain setsockopt on a socket we own, with a c_int option.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            &mode as *const libc::c_int as *const libc::c_void,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -75,31 +71,50 @@ fn set_pmtudisc(sock: &UdpSocket, mode: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Held while a socket is switched to fragmenting for one reply, so that
-/// two such replies never switch it back under each other. The UDP
-/// thread's ordinary sends do not take it: one that goes out while the
-/// socket fragments is only sent as before.
+/// Held while a socket is switched to fragmenting, so that two senders
+/// never switch it back under each other. The UDP thread's ordinary sends
+/// do not take it: one that goes out while the socket fragments is only
+/// sent as before.
 static FRAGMENTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// An IPv4 socket set by [`dont_fragment`], allowed to fragment until this
+/// is dropped.
+struct Fragmenting<'a> {
+    sock: &'a UdpSocket,
+    _held: std::sync::MutexGuard<'static, ()>,
+}
+
+impl<'a> Fragmenting<'a> {
+    fn begin(sock: &'a UdpSocket) -> io::Result<Fragmenting<'a>> {
+        let held = FRAGMENTING.lock().unwrap_or_else(|e| e.into_inner());
+        set_int_option(
+            sock,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        )?;
+        Ok(Fragmenting { sock, _held: held })
+    }
+}
+
+impl Drop for Fragmenting<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = dont_fragment(self.sock) {
+            tracing::warn!("udp: could not set Don't Fragment again: {e}");
+        }
+    }
+}
 
 /// Sends one reply, and if the kernel refuses it as bigger than the link
 /// (see [`dont_fragment`]), sends it again allowed to fragment.
 pub fn send_reply(sock: &UdpSocket, reply: &[u8], to: SocketAddr) -> io::Result<usize> {
     match sock.send_to(reply, to) {
         Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && to.is_ipv4() => {
-            send_fragmentable(sock, reply, to)
+            let _fragmenting = Fragmenting::begin(sock)?;
+            sock.send_to(reply, to)
         }
         sent => sent,
     }
-}
-
-/// Sends one IPv4 reply that may be fragmented, on a socket set by
-/// [`dont_fragment`].
-fn send_fragmentable(sock: &UdpSocket, reply: &[u8], to: SocketAddr) -> io::Result<usize> {
-    let _held = FRAGMENTING.lock().unwrap_or_else(|e| e.into_inner());
-    set_pmtudisc(sock, libc::IP_PMTUDISC_DONT)?;
-    let sent = sock.send_to(reply, to);
-    set_pmtudisc(sock, libc::IP_PMTUDISC_PROBE)?;
-    sent
 }
 
 /// Buffers for one batch, reused for the life of the thread.
@@ -306,18 +321,14 @@ impl Batch {
                 n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EMSGSIZE);
             let i = self.reply_to[sent];
             if too_big && fragmenting.is_none() && self.addrs[i].ss_family == libc::AF_INET as u16 {
-                let held = FRAGMENTING.lock().unwrap_or_else(|e| e.into_inner());
-                if set_pmtudisc(sock, libc::IP_PMTUDISC_DONT).is_ok() {
-                    fragmenting = Some(held);
+                fragmenting = Fragmenting::begin(sock).ok();
+                if fragmenting.is_some() {
                     continue;
                 }
             }
             // Skip the reply the kernel refused (e.g. an unreachable
             // destination) and go on with the rest.
             sent += 1;
-        }
-        if fragmenting.is_some() {
-            let _ = set_pmtudisc(sock, libc::IP_PMTUDISC_PROBE);
         }
         count
     }
